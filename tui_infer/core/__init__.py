@@ -1,0 +1,1 @@
+"""The headless core: never imports Textual (a test checks it)."""

@@ -1,0 +1,39 @@
+"""Where tui-infer's files live. Nothing is created at import time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "tui-infer"
+
+
+@dataclass(frozen=True)
+class Paths:
+    config_file: Path
+    data_dir: Path
+
+    @property
+    def library_db(self) -> Path:
+        return self.data_dir / "library.sqlite3"
+
+    def ensure_data_dir(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir
+
+
+def default_paths(environ: dict[str, str] | None = None) -> Paths:
+    """Platform directories, overridable with TUI_INFER_CONFIG and TUI_INFER_DATA_DIR."""
+    env = os.environ if environ is None else environ
+    import platformdirs
+
+    config = env.get("TUI_INFER_CONFIG")
+    data = env.get("TUI_INFER_DATA_DIR")
+    config_file = (
+        Path(config).expanduser()
+        if config
+        else Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+    )
+    data_dir = Path(data).expanduser() if data else Path(platformdirs.user_data_dir(APP_NAME))
+    return Paths(config_file=config_file, data_dir=data_dir)
