@@ -19,7 +19,7 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
 
 def test_file_then_env_then_flags(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('ctx = 2048\ntemperature = 0.2\n[sampling]\ntop_k = 10\n')
+    cfg.write_text("ctx = 2048\ntemperature = 0.2\n[sampling]\ntop_k = 10\n")
     s = load_settings(cfg, environ={"TUI_INFER_TEMPERATURE": "0.5", "TUI_INFER_THREADS": "3"})
     assert (s.ctx, s.temperature, s.top_k, s.threads) == (2048, 0.5, 10, 3)
     s2 = s.with_overrides(temperature=0.0, ctx=None)

@@ -94,8 +94,12 @@ def test_absurd_counts_in_header(tmp_path: Path) -> None:
 
 
 def test_absurd_tensor_shape(tmp_path: Path) -> None:
-    p = write_gguf(tmp_path / "t.gguf", {"general.architecture": "llama"},
-                   tensors=[("w", (2**40, 2**20), 0)], data=b"\0" * 64)
+    p = write_gguf(
+        tmp_path / "t.gguf",
+        {"general.architecture": "llama"},
+        tensors=[("w", (2**40, 2**20), 0)],
+        data=b"\0" * 64,
+    )
     with pytest.raises(ModelFileError, match="absurd shape|truncated"):
         read_header(p)
 
@@ -113,7 +117,9 @@ def test_no_tensors(tmp_path: Path) -> None:
 
 
 def test_small_valid_file_reads(tmp_path: Path) -> None:
-    p = write_gguf(tmp_path / "ok.gguf", {"general.architecture": "llama", "general.name": "tiny",
-                                          "llama.block_count": 2})
+    p = write_gguf(
+        tmp_path / "ok.gguf",
+        {"general.architecture": "llama", "general.name": "tiny", "llama.block_count": 2},
+    )
     h = read_header(p)
     assert h.name == "tiny" and h.n_layer == 2 and h.parameter_count == 4

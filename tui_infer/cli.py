@@ -19,8 +19,12 @@ EXIT_BAD_INPUT = 2
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and sampling (override config and TUI_INFER_* variables)")
-    g.add_argument("-m", "--model", help="a .gguf path or a model name (default: configured, "
-                   "else the first GGUF bundled in an installed package)")
+    g.add_argument(
+        "-m",
+        "--model",
+        help="a .gguf path or a model name (default: configured, "
+        "else the first GGUF bundled in an installed package)",
+    )
     g.add_argument("--ctx", type=int, help="context window in tokens (default 4096)")
     g.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     g.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU (-1: all)")
@@ -47,13 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="answer one prompt headless, streaming to stdout",
-                         description="Answer PROMPT (or stdin) with the model, streaming "
-                         "the reply to stdout. Exit codes: 0 ok, 2 bad input, 130 interrupted.")
+    run = sub.add_parser(
+        "run",
+        help="answer one prompt headless, streaming to stdout",
+        description="Answer PROMPT (or stdin) with the model, streaming "
+        "the reply to stdout. Exit codes: 0 ok, 2 bad input, 130 interrupted.",
+    )
     _model_flags(run)
     run.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
-    run.add_argument("--json", action="store_true",
-                     help="print one JSON object with the reply and its figures")
+    run.add_argument(
+        "--json", action="store_true", help="print one JSON object with the reply and its figures"
+    )
     run.add_argument("--stats", action="store_true", help="print the figures to stderr")
 
     doctor = sub.add_parser("doctor", help="versions, backend, devices, paths, default model")

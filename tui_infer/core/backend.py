@@ -145,7 +145,11 @@ def probe_devices() -> list[Device]:
     name.argtypes = desc.argtypes = typ.argtypes = [ctypes.c_void_p]
     typ.restype = ctypes.c_int
     mem.restype = None
-    mem.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    mem.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
     out = []
     for i in range(count()):
         dev = get(i)

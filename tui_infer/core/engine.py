@@ -374,7 +374,8 @@ class Engine:
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if p.repeat_penalty != 1.0:
             lib.llama_sampler_chain_add(
-                chain, lib.llama_sampler_init_penalties(self._n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
+                chain,
+                lib.llama_sampler_init_penalties(self._n_vocab, 64, p.repeat_penalty, 0.0, 0.0),
             )
         if p.greedy:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
@@ -435,7 +436,7 @@ class Engine:
             # Reuse the longest common prefix already in the KV cache; keep at least
             # one token to evaluate so that there are logits to sample from.
             keep = 0
-            for a, b in zip(self._kv_tokens, prompt):
+            for a, b in zip(self._kv_tokens, prompt, strict=False):
                 if a != b:
                     break
                 keep += 1

@@ -30,13 +30,12 @@ def install() -> None:
 
     echo = os.environ.get("TUI_INFER_LLAMA_LOG") == "1"
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @llama_cpp.llama_log_callback
     def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         global _count
         s = text.decode("utf-8", errors="replace")
-        if echo:
-            if sys.__stderr__:
-                sys.__stderr__.write(s)
+        if echo and sys.__stderr__:
+            sys.__stderr__.write(s)
         with _lock:
             _partial.append(s)
             if s.endswith("\n"):

@@ -33,7 +33,7 @@ def find_bundled_models() -> list[BundledModel]:
                 continue
             path = Path(str(dist.locate_file(f))).resolve()
             if path.is_file() and path not in found:
-                name = dist.metadata.get("Name") or "?"
+                name = dist.metadata["Name"] or "?"
                 found[path] = BundledModel(name=path.stem, path=path, distribution=name)
     return sorted(found.values(), key=lambda m: (m.distribution.lower(), m.name.lower()))
 

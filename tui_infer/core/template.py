@@ -57,9 +57,11 @@ class ChatTemplate:
         from jinja2.exceptions import SecurityError
 
         try:
-            result = self._formatter(messages=[m.as_dict() for m in messages])
+            result = self._formatter(messages=[m.as_dict() for m in messages])  # type: ignore[misc]
         except SecurityError as exc:
-            raise TemplateError(f"the chat template tried something unsafe and was stopped: {exc}")
+            raise TemplateError(
+                f"the chat template tried something unsafe and was stopped: {exc}"
+            ) from None
         except (self._jinja_error, ValueError, TypeError, KeyError, IndexError) as exc:
             raise TemplateError(f"the chat template failed on this conversation: {exc}") from None
         except RecursionError:

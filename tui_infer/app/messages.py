@@ -1,0 +1,111 @@
+"""Messages the chat screen's workers post. Past tense: each says what happened.
+
+Workers run in threads and never touch widgets; they post these (post_message is
+thread-safe) and the screen's handlers, on the UI thread, update the widgets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual.message import Message
+
+from tui_infer.core.template import Message as ChatMessage
+
+if TYPE_CHECKING:
+    from tui_infer.core.engine import GenerationStats, KvCacheUsage, TokenChunk
+    from tui_infer.core.memory import MemorySnapshot
+
+
+class ModelLoaded(Message):
+    def __init__(self, engine: Any, path: Path, load_s: float, kv: KvCacheUsage) -> None:
+        super().__init__()
+        self.engine = engine
+        self.path = path
+        self.load_s = load_s
+        self.kv = kv
+
+
+class ModelLoadFailed(Message):
+    def __init__(self, path: Path | None, error: str) -> None:
+        super().__init__()
+        self.path = path
+        self.error = error
+
+
+class PromptAccepted(Message):
+    """The conversation fits the context window; generation starts now."""
+
+    def __init__(
+        self,
+        text: str,
+        turns: list[ChatMessage],
+        prompt_tokens: int,
+        n_ctx: int,
+        dropped_turns: int,
+        warning: str | None,
+    ) -> None:
+        super().__init__()
+        self.text = text
+        self.turns = turns  # the user/assistant turns sent, the new user turn last
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        self.dropped_turns = dropped_turns
+        self.warning = warning
+
+
+class PromptRefused(Message):
+    """Nothing was sent: the prompt does not fit (or there is no model)."""
+
+    def __init__(self, text: str, error: str) -> None:
+        super().__init__()
+        self.text = text
+        self.error = error
+
+
+class TokensStreamed(Message):
+    """Text decoded since the previous TokensStreamed (the worker buffers ~50 ms of it)."""
+
+    def __init__(self, text: str, last: TokenChunk) -> None:
+        super().__init__()
+        self.text = text
+        self.last = last
+
+
+class GenerationFinished(Message):
+    def __init__(self, stats: GenerationStats, text: str) -> None:
+        super().__init__()
+        self.stats = stats
+        self.text = text
+
+
+class GenerationFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class ConversationReset(Message):
+    def __init__(self, kv: KvCacheUsage | None) -> None:
+        super().__init__()
+        self.kv = kv
+
+
+class MemorySampled(Message):
+    def __init__(self, snapshot: MemorySnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+    def can_replace(self, message: Message) -> bool:
+        # Only the newest sample matters: an older one still queued is dropped.
+        return isinstance(message, MemorySampled)
+
+
+class WorkerFailed(Message):
+    """A worker raised something unexpected; the app turns it into a notification."""
+
+    def __init__(self, worker_name: str, error: BaseException | None) -> None:
+        super().__init__()
+        self.worker_name = worker_name
+        self.error = error

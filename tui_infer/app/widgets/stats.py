@@ -1,0 +1,202 @@
+"""The live figures beside the chat: speed, latency, KV cache, memory, backend.
+
+Tokens arrive ~20 times a second; the panel only records them and redraws on its
+own timer (4 Hz), so its cost does not grow with the token rate.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Label, ProgressBar, Sparkline, Static
+
+if TYPE_CHECKING:
+    from tui_infer.core.engine import GenerationStats, KvCacheUsage, TokenChunk
+    from tui_infer.core.memory import MemorySnapshot
+
+REFRESH_S = 0.25
+SPARK_POINTS = 60
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+class StatsPanel(VerticalScroll):
+    """Figures are kept as attributes (tests and other widgets read them) and drawn on a timer."""
+
+    can_focus = False
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        # the current (or last) reply
+        self.generating = False
+        self.prompt_tokens = 0
+        self.prompt_tps = 0.0
+        self.ttft_s: float | None = None
+        self.generated_tokens = 0
+        self.generation_tps = 0.0  # live: over the last refresh window; final: the reply's
+        self.total_s: float | None = None
+        self.finish_reason: str | None = None
+        self.kv: KvCacheUsage | None = None
+        self.kv_tokens = 0
+        self.memory: MemorySnapshot | None = None
+        self._tps_series: list[float] = []
+        self._last_chunk: TokenChunk | None = None
+        self._window_start: tuple[int, float] | None = None  # (n_generated, elapsed_s)
+        self._dirty = True
+
+    def compose(self) -> ComposeResult:
+        yield Label("Model", classes="section")
+        yield Static("no model", id="model-line", markup=False)
+        yield Static("", id="backend-line", markup=False)
+        yield Label("Reply", classes="section")
+        yield Static("", id="speed-line", markup=False)
+        yield Sparkline([], id="tps-sparkline")
+        yield Static("", id="reply-figures", markup=False)
+        yield Label("KV cache", classes="section")
+        yield ProgressBar(total=1, show_eta=False, id="kv-gauge")
+        yield Static("", id="kv-figures", markup=False)
+        yield Label("Memory", classes="section")
+        yield Static("", id="memory-figures", markup=False)
+
+    def on_mount(self) -> None:
+        self._redraw()
+        self.set_interval(REFRESH_S, self._tick)
+
+    # ----- inputs ---------------------------------------------------------------------------
+
+    def show_model(self, name: str, quantization: str, backend: str, kv: KvCacheUsage) -> None:
+        self.query_one("#model-line", Static).update(f"{name} · {quantization}")
+        self.query_one("#backend-line", Static).update(backend)
+        self.show_kv(kv)
+
+    def show_no_model(self, text: str = "no model") -> None:
+        self.query_one("#model-line", Static).update(text)
+        self.query_one("#backend-line", Static).update("")
+        self.kv = None
+        self.kv_tokens = 0
+        self._dirty = True
+
+    def show_kv(self, kv: KvCacheUsage) -> None:
+        self.kv = kv
+        self.kv_tokens = kv.tokens
+        self._dirty = True
+
+    def show_memory(self, snapshot: MemorySnapshot) -> None:
+        self.memory = snapshot
+        self._dirty = True
+
+    def reply_started(self, prompt_tokens: int) -> None:
+        self.generating = True
+        self.prompt_tokens = prompt_tokens
+        self.prompt_tps = 0.0
+        self.ttft_s = None
+        self.generated_tokens = 0
+        self.generation_tps = 0.0
+        self.total_s = None
+        self.finish_reason = None
+        self._tps_series = []
+        self._last_chunk = None
+        self._window_start = None
+        self._dirty = True
+
+    def tokens_streamed(self, chunk: TokenChunk) -> None:
+        self._last_chunk = chunk
+        self.ttft_s = chunk.ttft_s
+        self.generated_tokens = chunk.n_generated
+        self.kv_tokens = chunk.kv_tokens
+        if self._window_start is None:
+            # speed is counted from the first token: its wait is the TTFT's
+            self._window_start = (chunk.n_generated, chunk.elapsed_s)
+        self._dirty = True
+
+    def reply_finished(self, stats: GenerationStats) -> None:
+        self._tick()  # the last partial window
+        self.generating = False
+        self.prompt_tokens = stats.prompt_tokens
+        self.prompt_tps = stats.prompt_tps
+        self.ttft_s = stats.ttft_s if stats.generated_tokens else None
+        self.generated_tokens = stats.generated_tokens
+        self.generation_tps = stats.generation_tps
+        self.total_s = stats.total_s
+        self.finish_reason = stats.finish_reason
+        self.show_kv(stats.kv)
+        self._redraw()
+
+    def reply_failed(self) -> None:
+        self.generating = False
+        self.finish_reason = "error"
+        self._dirty = True
+
+    # ----- drawing --------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        chunk, start = self._last_chunk, self._window_start
+        if self.generating and chunk is not None and start is not None:
+            n0, t0 = start
+            dt = chunk.elapsed_s - t0
+            if chunk.n_generated > n0 and dt > 0:
+                self.generation_tps = (chunk.n_generated - n0) / dt
+                self._tps_series.append(self.generation_tps)
+                del self._tps_series[:-SPARK_POINTS]
+                self._window_start = (chunk.n_generated, chunk.elapsed_s)
+                self._dirty = True
+        if self._dirty:
+            self._redraw()
+
+    def _redraw(self) -> None:
+        self._dirty = False
+        speed = (
+            f"{self.generation_tps:6.1f} tok/s"
+            if self.generation_tps
+            else ("   … tok/s" if self.generating else "   - tok/s")
+        )
+        state = "generating" if self.generating else (self.finish_reason or "idle")
+        self.query_one("#speed-line", Static).update(f"{speed}  ({state})")
+        self.query_one("#tps-sparkline", Sparkline).data = list(self._tps_series)
+        ttft = f"{self.ttft_s * 1000:.0f} ms" if self.ttft_s is not None else "-"
+        ptps = f"{self.prompt_tps:.0f} tok/s" if self.prompt_tps else "-"
+        total = f"{self.total_s:.2f} s" if self.total_s is not None else "-"
+        self.query_one("#reply-figures", Static).update(
+            f"TTFT       {ttft}\n"
+            f"prompt     {self.prompt_tokens} tok · {ptps}\n"
+            f"generated  {self.generated_tokens} tok\n"
+            f"total      {total}"
+        )
+        gauge = self.query_one("#kv-gauge", ProgressBar)
+        kv = self.kv
+        if kv is None:
+            gauge.update(total=1, progress=0)
+            self.query_one("#kv-figures", Static).update("-")
+        else:
+            gauge.update(total=max(1, kv.n_ctx), progress=min(self.kv_tokens, kv.n_ctx))
+            used = self.kv_tokens * kv.bytes_per_token
+            self.query_one("#kv-figures", Static).update(
+                f"{self.kv_tokens} / {kv.n_ctx} tokens\n"
+                f"{human_bytes(used)} / {human_bytes(kv.allocated_bytes)} · {kv.cache_type}"
+            )
+        mem = self.memory
+        if mem is None:
+            text = "-"
+        else:
+            lines = [
+                f"process    {human_bytes(mem.rss_bytes)}",
+                f"available  {human_bytes(mem.system_available_bytes)}"
+                f" / {human_bytes(mem.system_total_bytes)}",
+            ]
+            if mem.gpus:
+                lines += [
+                    f"{g.name}: {human_bytes(g.used_bytes)} / {human_bytes(g.total_bytes)}"
+                    for g in mem.gpus
+                ]
+            else:
+                lines.append(mem.gpu_note or "no GPU")
+            text = "\n".join(lines)
+        self.query_one("#memory-figures", Static).update(text)
