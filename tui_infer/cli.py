@@ -4,7 +4,6 @@ and must import neither llama_cpp nor Textual."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(exc))
     except KeyboardInterrupt:
         return 130
-    if not sys.stdout.isatty() and os.environ.get("TUI_INFER_FORCE_TUI") != "1":
+    if not sys.stdout.isatty():
         return _error("the TUI needs a terminal; use 'tui-infer run PROMPT' for headless use")
     # A model that cannot be found is shown in the TUI, which stays open so that
     # the user can pick another one.
