@@ -69,12 +69,15 @@ class TuiInferApp(App[None]):
         chat = self.chat
         yield SystemCommand("New chat", "Clear the conversation (Ctrl+N)", chat.action_new_chat)
         yield SystemCommand("Stop generation", "Stop the reply now (Esc)", chat.action_stop)
-        yield SystemCommand("Focus input", "Move the cursor to the message box",
-                            chat.action_focus_input)
-        yield SystemCommand("Load model…", "Load a .gguf file by path (Ctrl+O)",
-                            chat.action_load_model)
-        yield SystemCommand("Reload model", "Load the current model again",
-                            chat.action_reload_model)
+        yield SystemCommand(
+            "Focus input", "Move the cursor to the message box", chat.action_focus_input
+        )
+        yield SystemCommand(
+            "Load model…", "Load a .gguf file by path (Ctrl+O)", chat.action_load_model
+        )
+        yield SystemCommand(
+            "Reload model", "Load the current model again", chat.action_reload_model
+        )
         yield from super().get_system_commands(screen)
 
     @on(WorkerFailed)

@@ -37,6 +37,7 @@ MEMORY_S = 1.0  # memory is sampled this often
 
 
 class ChatScreen(Screen[None]):
+    AUTO_FOCUS = "PromptInput"
     BINDINGS = [
         Binding("escape", "stop", "Stop", priority=True),
         Binding("ctrl+n", "new_chat", "New chat"),
@@ -79,7 +80,8 @@ class ChatScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(PromptInput).focus()
+        # AUTO_FOCUS alone loses it: the box is briefly hidden during the first layout.
+        self.call_after_refresh(self.prompt_input.focus)
         if self.startup_error:
             self._show_banner(self.startup_error, "error")
             self.query_one(StatsPanel).show_no_model()
@@ -136,7 +138,7 @@ class ChatScreen(Screen[None]):
         self.stats_panel.show_no_model(f"loading {path.name}…")
         self._load(path, old)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="model")
+    @work(thread=True, exclusive=True, exit_on_error=False, group="model", name="load model")
     def _load(self, path: Path, old: Any) -> None:
         with self._engine_lock:
             if old is not None:
@@ -182,13 +184,13 @@ class ChatScreen(Screen[None]):
             self._show_notice("a reply is still being generated: Esc stops it", "warning")
             return
         if self.engine is None:
-            why = "the model is still loading" if self.loading else "there is no model loaded"
-            self._show_notice(
-                f"not sent: {why}. Load one with Ctrl+O, or: {NO_MODEL_HELP}"
-                if not self.loading
-                else f"not sent: {why}; try again in a moment",
-                "error",
-            )
+            if self.loading:
+                hint = "the model is still loading; try again in a moment"
+            elif self.model_path is None and not self.startup_error:
+                hint = f"there is no model loaded. {NO_MODEL_HELP}"
+            else:
+                hint = "there is no model loaded. Load one with Ctrl+O (a .gguf path)"
+            self._show_notice(f"not sent: {hint}", "error")
             return
         self.generating = True
         self._cancel = threading.Event()
@@ -210,7 +212,7 @@ class ChatScreen(Screen[None]):
             n = engine.count_tokens(system + turns)
         return turns, n, dropped
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="chat")
+    @work(thread=True, exclusive=True, exit_on_error=False, group="chat", name="generate")
     def _generate(
         self, engine: Any, history: list[Message], text: str, cancel: threading.Event
     ) -> None:
@@ -231,7 +233,7 @@ class ChatScreen(Screen[None]):
                                 text,
                                 f"not sent: the conversation{alone} takes {n} tokens and the "
                                 f"context window holds {n_ctx}. Start a new chat (Ctrl+N), "
-                                "shorten the message, set overflow = \"drop-oldest\", "
+                                'shorten the message, set overflow = "drop-oldest", '
                                 "or raise --ctx.",
                             )
                         )
@@ -331,7 +333,7 @@ class ChatScreen(Screen[None]):
 
     # ----- memory ---------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="memory")
+    @work(thread=True, exclusive=True, exit_on_error=False, group="memory", name="sample memory")
     def _sample_memory(self) -> None:
         self.post_message(msg.MemorySampled(self._memory_probe.snapshot()))
 
@@ -357,7 +359,9 @@ class ChatScreen(Screen[None]):
             self._show_banner("the model could not be loaded (see the notification)", "error")
             self.stats_panel.show_no_model()
         if event.state == WorkerState.ERROR:
-            self.post_message(msg.WorkerFailed(event.worker.name, event.worker.error))
+            self.post_message(
+                msg.WorkerFailed(event.worker.name or event.worker.group, event.worker.error)
+            )
 
     # ----- actions --------------------------------------------------------------------------
 
@@ -380,7 +384,7 @@ class ChatScreen(Screen[None]):
         if self.engine is not None:
             self._reset(self.engine)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="reset")
+    @work(thread=True, exclusive=True, exit_on_error=False, group="reset", name="reset chat")
     def _reset(self, engine: Any) -> None:
         with self._engine_lock:
             engine.reset()

@@ -15,19 +15,19 @@ if TYPE_CHECKING:
 
 def reply_footer(stats: GenerationStats) -> str:
     """The small line under a finished reply."""
-    parts = [
-        f"{stats.generated_tokens} tokens",
-        f"{stats.generation_tps:.1f} tok/s",
-        f"TTFT {stats.ttft_s * 1000:.0f} ms",
-        f"prompt {stats.prompt_tokens} tok @ {stats.prompt_tps:.0f} tok/s",
-        f"{stats.total_s:.2f} s",
-    ]
-    reason = {"cancelled": "[stopped]", "length": "[length limit]"}.get(
+    reason = {"cancelled": "[stopped]", "length": "[length limit]", "stop": "done"}.get(
         stats.finish_reason, stats.finish_reason
     )
     if stats.error:
         reason = f"error: {stats.error}"
-    return " · ".join(parts) + f" · {reason}"
+    parts = [
+        reason,
+        f"{stats.generated_tokens} tokens",
+        f"{stats.generation_tps:.1f} tok/s",
+        f"TTFT {stats.ttft_s * 1000:.0f} ms",
+        f"{stats.total_s:.2f} s",
+    ]
+    return " · ".join(parts)
 
 
 class UserTurn(Markdown):

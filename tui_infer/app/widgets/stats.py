@@ -51,6 +51,13 @@ class StatsPanel(VerticalScroll):
         self._last_chunk: TokenChunk | None = None
         self._window_start: tuple[int, float] | None = None  # (n_generated, elapsed_s)
         self._dirty = True
+        self._shown: dict[str, str] = {}
+
+    def _set(self, widget_id: str, text: str) -> None:
+        """Update a line only when it changed: each update costs a layout pass."""
+        if self._shown.get(widget_id) != text:
+            self._shown[widget_id] = text
+            self.query_one(f"#{widget_id}", Static).update(text)
 
     def compose(self) -> ComposeResult:
         yield Label("Model", classes="section")
@@ -73,13 +80,13 @@ class StatsPanel(VerticalScroll):
     # ----- inputs ---------------------------------------------------------------------------
 
     def show_model(self, name: str, quantization: str, backend: str, kv: KvCacheUsage) -> None:
-        self.query_one("#model-line", Static).update(f"{name} · {quantization}")
-        self.query_one("#backend-line", Static).update(backend)
+        self._set("model-line", f"{name} · {quantization}")
+        self._set("backend-line", backend)
         self.show_kv(kv)
 
     def show_no_model(self, text: str = "no model") -> None:
-        self.query_one("#model-line", Static).update(text)
-        self.query_one("#backend-line", Static).update("")
+        self._set("model-line", text)
+        self._set("backend-line", "")
         self.kv = None
         self.kv_tokens = 0
         self._dirty = True
@@ -118,7 +125,7 @@ class StatsPanel(VerticalScroll):
         self._dirty = True
 
     def reply_finished(self, stats: GenerationStats) -> None:
-        self._tick()  # the last partial window
+        # (the last partial window is left out of the sparkline: too short to mean much)
         self.generating = False
         self.prompt_tokens = stats.prompt_tokens
         self.prompt_tps = stats.prompt_tps
@@ -159,28 +166,30 @@ class StatsPanel(VerticalScroll):
             else ("   … tok/s" if self.generating else "   - tok/s")
         )
         state = "generating" if self.generating else (self.finish_reason or "idle")
-        self.query_one("#speed-line", Static).update(f"{speed}  ({state})")
+        self._set("speed-line", f"{speed}  ({state})")
         self.query_one("#tps-sparkline", Sparkline).data = list(self._tps_series)
         ttft = f"{self.ttft_s * 1000:.0f} ms" if self.ttft_s is not None else "-"
         ptps = f"{self.prompt_tps:.0f} tok/s" if self.prompt_tps else "-"
         total = f"{self.total_s:.2f} s" if self.total_s is not None else "-"
-        self.query_one("#reply-figures", Static).update(
+        self._set(
+            "reply-figures",
             f"TTFT       {ttft}\n"
             f"prompt     {self.prompt_tokens} tok · {ptps}\n"
             f"generated  {self.generated_tokens} tok\n"
-            f"total      {total}"
+            f"total      {total}",
         )
         gauge = self.query_one("#kv-gauge", ProgressBar)
         kv = self.kv
         if kv is None:
             gauge.update(total=1, progress=0)
-            self.query_one("#kv-figures", Static).update("-")
+            self._set("kv-figures", "-")
         else:
             gauge.update(total=max(1, kv.n_ctx), progress=min(self.kv_tokens, kv.n_ctx))
             used = self.kv_tokens * kv.bytes_per_token
-            self.query_one("#kv-figures", Static).update(
+            self._set(
+                "kv-figures",
                 f"{self.kv_tokens} / {kv.n_ctx} tokens\n"
-                f"{human_bytes(used)} / {human_bytes(kv.allocated_bytes)} · {kv.cache_type}"
+                f"{human_bytes(used)} / {human_bytes(kv.allocated_bytes)} · {kv.cache_type}",
             )
         mem = self.memory
         if mem is None:
@@ -199,4 +208,4 @@ class StatsPanel(VerticalScroll):
             else:
                 lines.append(mem.gpu_note or "no GPU")
             text = "\n".join(lines)
-        self.query_one("#memory-figures", Static).update(text)
+        self._set("memory-figures", text)
