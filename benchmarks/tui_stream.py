@@ -7,7 +7,8 @@ in the TUI vs headless.
    token over the first and the last 2,000 tokens, and how long after the last token was
    produced the reply widget held all of it and a frame was drawn.
 2. Real model (budget: TUI tokens/s >= 0.95 of headless). The same greedy prompt through
-   the app and through the engine alone, alternating, in this process.
+   the app in a real terminal (tmux), through `tui-infer run` streaming into the same kind
+   of terminal, and through `run` piped, alternating, each in its own process.
 
     .venv/bin/python benchmarks/tui_stream.py [--tokens 20000] [--rate 2000] [--reps 3]
 """
@@ -16,8 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,21 +39,17 @@ from tui_infer.app.widgets.conversation import Reply  # noqa: E402
 from tui_infer.core.backend import BackendInfo  # noqa: E402
 from tui_infer.core.config import Settings  # noqa: E402
 from tui_infer.core.engine import (  # noqa: E402
-    Engine,
     GenerationStats,
     KvCacheUsage,
-    LoadOptions,
     ModelInfo,
     ReplyStream,
-    SamplingParams,
     TokenChunk,
 )
 from tui_infer.core.paths import default_paths  # noqa: E402
-from tui_infer.core.resolve import find_bundled_models  # noqa: E402
 from tui_infer.core.template import Message  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog and then writes some **markdown** `code` "
-WORDS = WORDS.split(" ")
+WORDS = WORDS.split()
 
 
 @dataclass
@@ -66,6 +68,7 @@ class SyntheticEngine:
                               1, 1, 1, 1, None)
         self.backend = BackendInfo("CPU", "synthetic", False, 0, 2, 1, (), "")
         self.t_last_token = 0.0
+        self.produced: list[str] = []
 
     def count_tokens(self, messages: list[Message]) -> int:
         return 10
@@ -93,6 +96,7 @@ class SyntheticEngine:
                     break
                 word = WORDS[i % len(WORDS)]
                 text = ("\n\n" if i % 200 == 199 else " ") + word
+                self.produced.append(text)
                 yield TokenChunk(text, i + 1, time.perf_counter() - t0, 0.001, i + 1)
             self.t_last_token = time.perf_counter()
             total = self.t_last_token - t0
@@ -113,90 +117,97 @@ class _Fixed:
 
 
 async def synthetic(n: int, rate: float) -> dict[str, float]:
+    """Main-thread CPU per token early and late in the message, and the final lag."""
     engine = SyntheticEngine(n, rate)
-    costs: list[tuple[int, float]] = []  # (characters appended, seconds)
-    real_append = Markdown.append
-
-    def timed_append(self: Markdown, markdown: str) -> Any:
-        t0 = time.perf_counter()
-        result = real_append(self, markdown)
-        costs.append((len(markdown), time.perf_counter() - t0))
-        return result
-
-    Markdown.append = timed_append  # type: ignore[method-assign]
     app = TuiInferApp(settings=Settings(max_tokens=n), paths=default_paths(),
                       model_path=Path("synthetic.gguf"),
                       engine_loader=lambda p, o: engine, memory_probe=_Fixed())
-    try:
-        async with app.run_test(size=(120, 40)) as pilot:
-            while app.chat.engine is None:
-                await asyncio.sleep(0.01)
-            await pilot.press(*"go")
-            await pilot.press("enter")
-            expected_words = n
-            while True:
-                await asyncio.sleep(0.005)
-                replies = app.chat.conversation.query(Reply)
-                if engine.t_last_token and replies:
-                    md = replies.last().query_one(Markdown)
-                    if len(md.source.split()) >= expected_words:
-                        await pilot.pause()
-                        lag = time.perf_counter() - engine.t_last_token
-                        break
-    finally:
-        Markdown.append = real_append  # type: ignore[method-assign]
-    # per-token cost: the append time spread over the tokens each append carried
-    chars_per_token = sum(len(w) + 1 for w in WORDS) / len(WORDS)
-    per_token: list[float] = []
-    for chars, secs in costs:
-        k = max(1, round(chars / chars_per_token))
-        per_token.extend([secs / k] * k)
-    window = min(2000, len(per_token) // 4)
-    first = statistics.mean(per_token[:window])
-    last = statistics.mean(per_token[-window:])
-    return {"lag_s": lag, "first_us": first * 1e6, "last_us": last * 1e6,
-            "appends": len(costs), "tokens": len(per_token)}
-
-
-async def real(path: Path, reps: int, max_tokens: int) -> dict[str, list[float]]:
-    settings = Settings(temperature=0, max_tokens=max_tokens, repeat_penalty=1.0, ctx=2048,
-                        threads=2)
-    opts = LoadOptions.from_settings(settings)
-    prompt = "Write a long story about a dragon who learns to cook."
-    headless = Engine.load(path, opts)
-    out: dict[str, list[float]] = {"tui": [], "headless": [], "tokens": []}
-    finished: list[GenerationStats] = []
-    app = TuiInferApp(settings=settings, paths=default_paths(), model_path=path)
+    samples: list[tuple[int, float]] = []  # (tokens produced, main-thread CPU seconds)
     async with app.run_test(size=(120, 40)) as pilot:
         while app.chat.engine is None:
             await asyncio.sleep(0.01)
-        real_finish = Reply.finish
+        await pilot.press(*"go")
+        await pilot.press("enter")
+        while True:
+            await asyncio.sleep(0.005)
+            samples.append((len(engine.produced), time.thread_time()))
+            replies = app.chat.conversation.query(Reply)
+            if engine.t_last_token and replies:
+                md = replies.last().query_one(Markdown)
+                expected = "".join(engine.produced).strip()
+                if md.source.strip().endswith(expected[-40:]) and len(md.source) >= len(
+                    expected
+                ):
+                    await pilot.pause()
+                    lag = time.perf_counter() - engine.t_last_token
+                    break
 
-        async def record(self: Reply, stats: Any, error: str | None = None) -> None:
-            if stats is not None:
-                finished.append(stats)
-            await real_finish(self, stats, error)
+    def slope(lo: int, hi: int) -> float:
+        """CPU seconds per token between the samples that bracket [lo, hi] tokens."""
+        inside = [(p, c) for p, c in samples if lo <= p <= hi]
+        (p0, c0), (p1, c1) = inside[0], inside[-1]
+        return (c1 - c0) / (p1 - p0)
 
-        Reply.finish = record  # type: ignore[method-assign]
-        for _ in range(reps):
-            await app.chat.action_new_chat()
-            await pilot.pause()
-            app.chat.prompt_input.text = prompt
-            await pilot.press("enter")
-            n_before = len(finished)
-            while len(finished) == n_before:
-                await asyncio.sleep(0.02)
-            out["tui"].append(finished[-1].generation_tps)
-            out["tokens"].append(finished[-1].generated_tokens)
-            headless.reset()
-            s = headless.chat([Message("user", prompt)],
-                              SamplingParams.from_settings(settings))
-            s.text()
-            assert s.stats is not None
-            out["headless"].append(s.stats.generation_tps)
-        Reply.finish = real_finish  # type: ignore[method-assign]
-    headless.close()
-    return out
+    window = max(n // 4, 2000)
+    first = slope(1, window)
+    last = slope(n - window, n)
+    return {"lag_s": lag, "first_us": first * 1e6, "last_us": last * 1e6}
+
+
+PROMPT = "Write a very long story about a dragon who learns to cook, with many chapters."
+FLAGS = "--temperature 0 --max-tokens {n} --repeat-penalty 1.0"
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+
+
+def tui_in_tmux(max_tokens: int) -> float:
+    """The real app in a real terminal (tmux, 120x40): type, wait for the reply's line."""
+    exe = Path(sys.executable).parent / "tui-infer"
+    _tmux("kill-session", "-t", "bench")
+    _tmux("new", "-d", "-s", "bench", "-x", "120", "-y", "40",
+          f"{exe} {FLAGS.format(n=max_tokens)}")
+    try:
+        time.sleep(3)
+        _tmux("send-keys", "-t", "bench", PROMPT, "Enter")
+        for _ in range(240):
+            time.sleep(0.5)
+            screen = _tmux("capture-pane", "-p", "-t", "bench")
+            m = re.search(r"(?:done|length limit\]) · (\d+) tokens · ([\d.]+) tok/s", screen)
+            if m:
+                return float(m.group(2))
+        raise RuntimeError("the TUI did not finish the reply")
+    finally:
+        _tmux("send-keys", "-t", "bench", "C-q")
+        time.sleep(0.5)
+        _tmux("kill-session", "-t", "bench")
+
+
+def headless_in_tmux(max_tokens: int) -> float:
+    """`tui-infer run` streaming into the same kind of terminal."""
+    exe = Path(sys.executable).parent / "tui-infer"
+    out = Path(tempfile.mkdtemp()) / "run.json"
+    _tmux("kill-session", "-t", "bench")
+    cmd = (f"{exe} run --stats {FLAGS.format(n=max_tokens)} '{PROMPT}' 2> {out}; "
+           f"echo done >> {out}")
+    _tmux("new", "-d", "-s", "bench", "-x", "120", "-y", "40", f"bash -c \"{cmd}; sleep 2\"")
+    for _ in range(240):
+        time.sleep(0.5)
+        if out.exists() and "done" in out.read_text():
+            break
+    _tmux("kill-session", "-t", "bench")
+    m = re.search(r"tok at ([\d.]+) tok/s", out.read_text())
+    if not m:
+        raise RuntimeError(f"no figures from run: {out.read_text()!r}")
+    return float(m.group(1))
+
+
+def headless_piped(max_tokens: int) -> float:
+    exe = Path(sys.executable).parent / "tui-infer"
+    r = subprocess.run([str(exe), "run", "--json", *FLAGS.format(n=max_tokens).split(), PROMPT],
+                       capture_output=True, text=True, check=True)
+    return float(json.loads(r.stdout)["stats"]["generation_tokens_per_s"])
 
 
 def main() -> int:
@@ -204,21 +215,32 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=20000)
     ap.add_argument("--rate", type=float, default=2000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=400)
     a = ap.parse_args()
 
     s = asyncio.run(synthetic(a.tokens, a.rate))
-    print(f"synthetic stream: {a.tokens} tokens at {a.rate:.0f} tok/s, {s['appends']} appends")
+    print(f"synthetic stream: {a.tokens} tokens at {a.rate:.0f} tok/s into the app (120x40)")
     print(f"  screen behind at the end: {s['lag_s'] * 1000:.0f} ms (budget < 100 ms)")
-    print(f"  cost per token: first 2000 {s['first_us']:.1f} us, last 2000 "
-          f"{s['last_us']:.1f} us (ratio {s['last_us'] / s['first_us']:.2f}, flat ~1)")
+    print(f"  main-thread CPU per token: first {max(a.tokens // 4, 2000)} tokens "
+          f"{s['first_us']:.1f} us, last {s['last_us']:.1f} us "
+          f"(ratio {s['last_us'] / s['first_us']:.2f}; flat is ~1)")
 
-    path = find_bundled_models()[0].path
-    r = asyncio.run(real(path, a.reps, a.max_tokens))
-    tui, head = statistics.mean(r["tui"]), statistics.mean(r["headless"])
-    print(f"real model ({path.name}, greedy, {r['tokens'][0]} tokens, {a.reps} reps):")
-    print(f"  TUI {tui:.1f} tok/s, headless {head:.1f} tok/s, ratio {tui / head:.3f} "
-          "(budget >= 0.95)")
+    if shutil.which("tmux") is None:
+        print("real model: skipped (needs tmux for a real terminal)")
+        return 0
+    r: dict[str, list[float]] = {"tui": [], "run_tmux": [], "run_piped": []}
+    for _ in range(a.reps):
+        r["tui"].append(tui_in_tmux(a.max_tokens))
+        r["run_tmux"].append(headless_in_tmux(a.max_tokens))
+        r["run_piped"].append(headless_piped(a.max_tokens))
+    m = {k: statistics.mean(v) for k, v in r.items()}
+    sd = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in r.items()}
+    print(f"real model, greedy, {a.max_tokens} tokens, {a.reps} reps alternating (tok/s):")
+    print(f"  TUI in tmux              {m['tui']:6.1f} ± {sd['tui']:.1f}")
+    print(f"  run, streaming to tmux   {m['run_tmux']:6.1f} ± {sd['run_tmux']:.1f}")
+    print(f"  run, piped               {m['run_piped']:6.1f} ± {sd['run_piped']:.1f}")
+    print(f"  TUI / run in the same terminal: {m['tui'] / m['run_tmux']:.3f}; "
+          f"TUI / piped: {m['tui'] / m['run_piped']:.3f} (budget >= 0.95)")
     return 0
 
 

@@ -32,7 +32,7 @@ from tui_infer.core.errors import TuiInferError
 from tui_infer.core.resolve import NO_MODEL_HELP
 from tui_infer.core.template import Message
 
-FLUSH_S = 0.05  # tokens are posted to the UI at most this often
+FLUSH_S = 0.1  # tokens reach the UI at most this often: each update reflows the screen
 MEMORY_S = 1.0  # memory is sampled this often
 
 

@@ -55,9 +55,21 @@ class StatsPanel(VerticalScroll):
 
     def _set(self, widget_id: str, text: str) -> None:
         """Update a line only when it changed: each update costs a layout pass."""
-        if self._shown.get(widget_id) != text:
-            self._shown[widget_id] = text
-            self.query_one(f"#{widget_id}", Static).update(text)
+        old = self._shown.get(widget_id)
+        if old == text:
+            return
+        self._shown[widget_id] = text
+        widget = self.query_one(f"#{widget_id}", Static)
+        # A full layout pass costs the whole screen a reflow; while streaming, most
+        # updates keep the line count and fit the width, so a repaint is enough.
+        width = widget.content_size.width
+        same_shape = (
+            old is not None
+            and old.count("\n") == text.count("\n")
+            and width > 0
+            and max(len(line) for line in text.split("\n")) <= width
+        )
+        widget.update(text, layout=not same_shape)
 
     def compose(self) -> ComposeResult:
         yield Label("Model", classes="section")
