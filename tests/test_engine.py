@@ -35,6 +35,9 @@ def test_streams_and_measures(engine: Engine) -> None:
     assert s.prompt_tokens == engine.count_tokens(Q) == s.prompt_tokens_evaluated
     assert 0 < s.ttft_s <= s.total_s <= wall
     assert s.prompt_tps > 0 and s.generation_tps > 0
+    # the prompt's figures are known from the first token on (the panel shows them live)
+    assert chunks[0].prompt_s == pytest.approx(s.prompt_s)
+    assert chunks[0].prompt_tps == pytest.approx(s.prompt_tps)
     # tokens/s agrees with the time it claims
     assert s.generation_tps * s.generation_s == pytest.approx(s.generated_tokens - 1, rel=1e-6)
     assert s.generation_s < s.total_s

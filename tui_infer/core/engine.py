@@ -161,6 +161,12 @@ class TokenChunk:
     elapsed_s: float  # since the request started
     ttft_s: float
     kv_tokens: int  # cells of the KV cache in use once this token is decoded
+    prompt_s: float = 0.0  # time the prompt's evaluation took (known from the first token)
+    prompt_tokens_evaluated: int = 0
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens_evaluated / self.prompt_s if self.prompt_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -489,7 +495,9 @@ class Engine:
                             ttft = now - t0
                         t_last = now
                         text = decoder.decode(self._piece(tok, buf))
-                        yield TokenChunk(text, n_gen, now - t0, ttft, n_past + 1)
+                        yield TokenChunk(
+                            text, n_gen, now - t0, ttft, n_past + 1, t_prompt - t0, len(todo)
+                        )
                         if n_gen >= sampling.max_tokens or n_past + 1 >= self.n_ctx:
                             finish = "length"
                             break
@@ -505,7 +513,10 @@ class Engine:
                         n_past += 1
                     tail = decoder.decode(b"", final=True)
                     if tail:
-                        yield TokenChunk(tail, n_gen, time.perf_counter() - t0, ttft, n_past)
+                        yield TokenChunk(
+                            tail, n_gen, time.perf_counter() - t0, ttft, n_past, t_prompt - t0,
+                            len(todo),
+                        )
             finally:
                 # Also reached when the consumer closes the generator (GeneratorExit).
                 self._cancel = _NEVER

@@ -131,6 +131,7 @@ class StatsPanel(VerticalScroll):
         self.ttft_s = chunk.ttft_s
         self.generated_tokens = chunk.n_generated
         self.kv_tokens = chunk.kv_tokens
+        self.prompt_tps = chunk.prompt_tps
         if self._window_start is None:
             # speed is counted from the first token: its wait is the TTFT's
             self._window_start = (chunk.n_generated, chunk.elapsed_s)
