@@ -170,3 +170,10 @@ def test_doctor(model_path: Path) -> None:
     assert str(model_path.name) in out
     assert "offline (HF_HUB_OFFLINE is set)" in out
     assert os.environ["TUI_INFER_DATA_DIR"] in out
+
+
+def test_flags_before_the_command_are_kept() -> None:
+    r = tui_infer("-m", "no-such-model", "run", "hi")
+    assert r.returncode == 2 and "no model named 'no-such-model'" in r.stderr
+    r = tui_infer("--ctx", "512", "run", "--json", "--max-tokens", "2", "hi")
+    assert json.loads(r.stdout)["stats"]["n_ctx"] == 512

@@ -14,10 +14,24 @@ if TYPE_CHECKING:
     from tui_infer.core.paths import Paths
 
 EXIT_BAD_INPUT = 2
+PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats")
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def _command_module(name: str):  # type: ignore[no-untyped-def]
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(f"tui_infer.commands.{name}") is None:
+        return None
+    return importlib.import_module(f"tui_infer.commands.{name}")
+
+
+def _model_flags(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """The shared flags; on subcommands they default to 'absent' so that
+    `tui-infer -m X run` keeps the -m given before the command."""
     g = p.add_argument_group("model and sampling (override config and TUI_INFER_* variables)")
+    if not top:
+        g.argument_default = argparse.SUPPRESS
     g.add_argument(
         "-m",
         "--model",
@@ -47,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "TUI_INFER_DATA_DIR or the platform data dir. 'tui-infer doctor' shows both.",
     )
     parser.add_argument("--version", action="version", version=f"tui-infer {__version__}")
-    _model_flags(parser)
+    _model_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
@@ -66,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="versions, backend, devices, paths, default model")
     _model_flags(doctor)
     doctor.add_argument("--no-network", action="store_true", help="skip the hub check")
+
+    # Further commands live in tui_infer/commands/<name>.py, each with
+    # add_parser(sub, model_flags) and execute(args, settings, paths) -> int. Their
+    # modules import only the standard library at the top, so --help stays instant.
+    for name in PLUGGABLE_COMMANDS:
+        module = _command_module(name)
+        if module is not None:
+            module.add_parser(sub, _model_flags)
     return parser
 
 
@@ -74,20 +96,10 @@ def _settings_from(args: argparse.Namespace) -> tuple[Settings, Paths]:
     from tui_infer.core.paths import default_paths
 
     paths = default_paths()
+    flags = ("model", "ctx", "threads", "gpu_layers", "kv_type", "system", "temperature",
+             "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
     settings = load_settings(paths.config_file).with_overrides(
-        model=args.model,
-        ctx=args.ctx,
-        threads=args.threads,
-        gpu_layers=args.gpu_layers,
-        kv_type=args.kv_type,
-        system=args.system,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        repeat_penalty=args.repeat_penalty,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
+        **{name: getattr(args, name, None) for name in flags}
     )
     return settings, paths
 
@@ -112,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             from tui_infer.commands.doctor import doctor_command
 
             return doctor_command(args, settings, paths)
+        if args.command in PLUGGABLE_COMMANDS:
+            return int(_command_module(args.command).execute(args, settings, paths))
     except TuiInferError as exc:
         return _error(str(exc))
     except KeyboardInterrupt:

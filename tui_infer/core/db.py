@@ -1,0 +1,88 @@
+"""SQLite the way every store of tui-infer uses it: WAL, a busy timeout, explicit
+transactions, and the schema version in PRAGMA user_version with ordered migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from tui_infer.core.errors import TuiInferError
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class StoreError(TuiInferError):
+    pass
+
+
+def connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
+    """Open (creating the folder and file if needed) and migrate to len(migrations).
+
+    migrations[i] is the SQL script that takes the schema from version i to i + 1.
+    A file written by a newer tui-infer (a higher version) is refused, not altered.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"{path}: cannot open the database ({exc})") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(migrations):
+            conn.close()
+            raise StoreError(
+                f"{path}: written by a newer tui-infer (schema {version}, this one knows "
+                f"{len(migrations)}); upgrade tui-infer or point TUI_INFER_DATA_DIR elsewhere"
+            )
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(
+            f"{path}: not a usable database ({exc}); move it aside and tui-infer starts a new one"
+        ) from None
+    for target in range(version + 1, len(migrations) + 1):
+        try:
+            with transaction(conn):
+                for statement in _statements(migrations[target - 1]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(
+                f"{path}: upgrading the schema to version {target} failed ({exc}); "
+                "the file is unchanged"
+            ) from None
+    return conn
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would COMMIT on its own)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT (with isolation_level=None, `with conn:` is not one)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
