@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tui_infer import __version__
 
@@ -17,7 +17,7 @@ EXIT_BAD_INPUT = 2
 PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats")
 
 
-def _command_module(name: str):  # type: ignore[no-untyped-def]
+def _command_module(name: str) -> Any:
     import importlib
     import importlib.util
 
