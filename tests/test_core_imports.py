@@ -9,7 +9,8 @@ CORE = [
     "tui_infer.core.config", "tui_infer.core.paths", "tui_infer.core.gguf",
     "tui_infer.core.resolve", "tui_infer.core.engine", "tui_infer.core.memory",
     "tui_infer.core.backend", "tui_infer.core.template", "tui_infer.commands.run",
-    "tui_infer.commands.doctor",
+    "tui_infer.commands.doctor", "tui_infer.core.db", "tui_infer.core.bench",
+    "tui_infer.core.bench_history", "tui_infer.commands.bench",
 ]  # fmt: skip
 
 

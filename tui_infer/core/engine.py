@@ -375,6 +375,24 @@ class Engine:
             if abortable:
                 self._lib.llama_set_abort_callback(self._ctx, self._lib.ggml_abort_callback(), None)
 
+    def decode_raw(self, tokens: list[int]) -> None:
+        """Evaluate tokens after what the cache holds, in n_batch chunks (for the bench).
+
+        No sampling, no detokenisation: llama-bench's definition of pp and tg."""
+        with self._lock:
+            step = max(1, self.options.batch)
+            for i in range(0, len(tokens), step):
+                chunk = tokens[i : i + step]
+                rc = self._decode(chunk, abortable=False)
+                if rc != 0:
+                    self._lib.llama_memory_seq_rm(self._mem, 0, len(self._kv_tokens), -1)
+                    raise GenerationError(f"llama_decode returned {rc}")
+                self._kv_tokens.extend(chunk)
+
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
     def _make_sampler(self, p: SamplingParams) -> Any:
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())

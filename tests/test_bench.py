@@ -1,0 +1,105 @@
+"""The bench: its arithmetic on known inputs, and the command end to end on the real model."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+
+from tests.test_cli import tui_infer
+from tui_infer.core.bench import (
+    BenchConfig,
+    BenchResult,
+    compare_results,
+    expand_sweep,
+    memory_bandwidth,
+)
+
+CFG = BenchConfig(2, -1, 512, 512, "f16", True)
+
+
+def result(samples: list[float], test: str = "tg128") -> BenchResult:
+    return BenchResult(test, "tg", 128, 0, CFG, tuple(samples), ceiling_tps=400.0)
+
+
+def test_mean_and_sample_deviation() -> None:
+    r = result([100.0, 110.0, 120.0])
+    assert r.mean == 110.0
+    assert r.stdev == pytest.approx(10.0)  # sample (n-1) deviation, as llama-bench
+    assert r.ceiling_fraction == pytest.approx(110 / 400)
+    assert result([5.0]).stdev == 0.0
+
+
+def test_noise_rule() -> None:
+    a = result([100.0, 102.0, 98.0, 101.0, 99.0])
+    close = result([101.0, 103.0, 99.0, 102.0, 100.0])
+    far = result([120.0, 122.0, 118.0, 121.0, 119.0])
+    c1, c2 = compare_results(a, close), compare_results(a, far)
+    se = math.sqrt(statistics.stdev(a.samples_tps) ** 2 / 5 * 2)
+    assert c1.noise == pytest.approx(2 * se)
+    assert not c1.significant and c1.ratio == pytest.approx(1.01)
+    assert c2.significant and c2.ratio == pytest.approx(1.2)
+    # one sample has no error estimate: never called a difference
+    assert not compare_results(result([100.0]), result([200.0])).significant
+
+
+def test_sweep_is_every_combination_in_order() -> None:
+    cfgs = expand_sweep([1, 2], [0], [256], 512, ["f16", "q8_0"], [True])
+    assert [(c.threads, c.kv_type) for c in cfgs] == [
+        (1, "f16"), (1, "q8_0"), (2, "f16"), (2, "q8_0"),
+    ]  # fmt: skip
+
+
+def test_memory_bandwidth_is_measured() -> None:
+    bw = memory_bandwidth(threads=1, size_bytes=64 << 20, repeats=1)
+    assert 1e8 < bw < 1e13  # bytes/s: somewhere between a slow disk and a fantasy
+
+
+def test_bench_end_to_end() -> None:
+    r = tui_infer("bench", "-p", "16", "-n", "8", "-r", "2", "-t", "1,2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    tests = [(x["test"], x["config"]["threads"]) for x in out["results"]]
+    assert tests == [("pp16", 1), ("tg8", 1), ("pp16", 2), ("tg8", 2)]
+    for x in out["results"]:
+        s = x["samples_tps"]
+        assert len(s) == 2 and all(v > 0 for v in s)
+        assert min(s) <= x["mean_tps"] <= max(s)
+        if x["kind"] == "tg":
+            assert 0 < x["ceiling_fraction"] < 2
+    env = out["environment"]
+    assert env["llama_cpp_python"] and env["backend"].startswith("CPU") and env["cpu"]
+    assert out["quantization"] == "Q4_1"
+
+    h = tui_infer("bench", "history")
+    assert h.returncode == 0 and f"{out['run']}" in h.stdout and "pp16" in h.stdout
+    again = tui_infer("bench", "-p", "16", "-n", "8", "-r", "2", "-t", "1,2", "--json")
+    run_b = json.loads(again.stdout)["run"]
+    cmp_ = tui_infer("bench", "compare", str(out["run"]), str(run_b))
+    assert cmp_.returncode == 0, cmp_.stderr
+    assert "pp16" in cmp_.stdout and ("within noise" in cmp_.stdout or "faster" in cmp_.stdout
+                                     or "slower" in cmp_.stdout)
+
+
+def test_bench_markdown_and_depth() -> None:
+    r = tui_infer("bench", "-p", "8", "-n", "4", "-r", "1", "-d", "32", "--md", "--no-ceiling")
+    assert r.returncode == 0, r.stderr
+    assert "| pp8@d32 |" in r.stdout.replace(" ", " ") or "pp8@d32" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-r", "0"], "-r must be at least 1"),
+        (["--kv-type", "q9"], "--kv-type 'q9'"),
+        (["--ctx", "64", "-p", "512"], "too small"),
+        (["compare", "998", "999"], "no bench run 998"),
+        (["-m", "/nonexistent/x.gguf"], "no such file"),
+    ],
+)
+def test_bench_bad_input(args: list[str], message: str) -> None:
+    r = tui_infer("bench", *args)
+    assert r.returncode == 2
+    assert message in r.stderr and r.stderr.count("\n") == 1

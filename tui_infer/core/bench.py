@@ -1,0 +1,276 @@
+"""The bench: llama-bench's method, configurations that can be compared, a ceiling.
+
+Definitions (as llama-bench's):
+- pp N: a prompt of N tokens evaluated in n_batch chunks into an empty context (after
+  `depth` tokens when given); tokens/s = N / time.
+- tg N: N tokens decoded one at a time (each its own llama_decode) from an empty context
+  (or after `depth` tokens); no sampling: the input tokens are drawn at random, as
+  llama-bench does, so that the sampler's cost is not in the figure.
+Each test runs once to warm up, then `repetitions` times; we report the mean and the
+sample standard deviation of tokens/s over the repetitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tui_infer import __version__
+from tui_infer.core.engine import Engine, LoadOptions
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    threads: int
+    gpu_layers: int
+    ctx: int
+    batch: int
+    kv_type: str
+    flash_attn: bool
+
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(
+            ctx=self.ctx,
+            threads=self.threads,
+            gpu_layers=self.gpu_layers,
+            batch=self.batch,
+            flash_attn=self.flash_attn,
+            kv_type=self.kv_type,
+        )
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    test: str  # "pp512", "tg128", "tg128@d512"
+    kind: str  # "pp" or "tg"
+    n_tokens: int
+    depth: int
+    config: BenchConfig
+    samples_tps: tuple[float, ...]
+    ceiling_tps: float | None = None  # memory-bandwidth bound, tg only
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples_tps)
+
+    @property
+    def stdev(self) -> float:
+        return statistics.stdev(self.samples_tps) if len(self.samples_tps) > 1 else 0.0
+
+    @property
+    def ceiling_fraction(self) -> float | None:
+        return self.mean / self.ceiling_tps if self.ceiling_tps else None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["samples_tps"] = list(self.samples_tps)
+        d.update(mean_tps=self.mean, stdev_tps=self.stdev, ceiling_fraction=self.ceiling_fraction)
+        return d
+
+
+@dataclass(frozen=True)
+class Comparison:
+    test: str
+    a_mean: float
+    b_mean: float
+    ratio: float  # b / a
+    noise: float  # the difference that the deviations could explain
+    significant: bool
+
+
+def compare_results(a: BenchResult, b: BenchResult) -> Comparison:
+    """b against a. A difference counts only beyond twice its standard error
+    (Welch: sqrt(sa²/na + sb²/nb)), about the 95 % level; one sample gives no
+    error estimate, so nothing from it is called significant."""
+    na, nb = len(a.samples_tps), len(b.samples_tps)
+    noise = math.inf if na < 2 or nb < 2 else 2 * math.sqrt(a.stdev**2 / na + b.stdev**2 / nb)
+    diff = b.mean - a.mean
+    return Comparison(
+        test=a.test,
+        a_mean=a.mean,
+        b_mean=b.mean,
+        ratio=b.mean / a.mean if a.mean else math.inf,
+        noise=noise,
+        significant=abs(diff) > noise,
+    )
+
+
+def expand_sweep(
+    threads: Iterable[int],
+    gpu_layers: Iterable[int],
+    ctx: Iterable[int],
+    batch: int,
+    kv_types: Iterable[str],
+    flash_attn: Iterable[bool],
+) -> list[BenchConfig]:
+    """Every combination, in the order given (like llama-bench's comma lists)."""
+    return [
+        BenchConfig(t, g, c, batch, kv, fa)
+        for t in threads
+        for g in gpu_layers
+        for c in ctx
+        for kv in kv_types
+        for fa in flash_attn
+    ]
+
+
+def memory_bandwidth(threads: int = 1, size_bytes: int = 512 << 20, repeats: int = 3) -> float:
+    """Bytes/s of a streaming read over a buffer larger than the caches.
+
+    Each of `threads` threads sums its own slice (numpy releases the GIL in the
+    reduction); the best of `repeats` passes is taken, as STREAM does.
+    """
+    import numpy as np
+
+    buf = np.ones(size_bytes // 8, dtype=np.float64)
+    parts = np.array_split(buf, max(1, threads))
+    best = 0.0
+    for _ in range(repeats):
+        barrier = threading.Barrier(len(parts) + 1)
+
+        def read(part: Any, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            part.sum()
+
+        workers = [threading.Thread(target=read, args=(p,)) for p in parts]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - t0
+        best = max(best, buf.nbytes / elapsed)
+    return best
+
+
+def weight_bytes(engine: Engine) -> int:
+    """Bytes of the tensors read per generated token: about the weights' size."""
+    from tui_infer.core.gguf import read_header
+
+    h = read_header(engine.info.path)
+    return sum(t.n_bytes or 0 for t in h.tensors)
+
+
+def _random_tokens(n: int, n_vocab: int, rng: random.Random) -> list[int]:
+    return [rng.randrange(n_vocab) for _ in range(n)]
+
+
+def run_pp(engine: Engine, n: int, depth: int, rng: random.Random) -> float:
+    engine.reset()
+    if depth:
+        engine.decode_raw(_random_tokens(depth, engine.n_vocab, rng))
+    tokens = _random_tokens(n, engine.n_vocab, rng)
+    t0 = time.perf_counter()
+    engine.decode_raw(tokens)
+    return n / (time.perf_counter() - t0)
+
+
+def run_tg(engine: Engine, n: int, depth: int, rng: random.Random) -> float:
+    engine.reset()
+    if depth:
+        engine.decode_raw(_random_tokens(depth, engine.n_vocab, rng))
+    tokens = _random_tokens(n, engine.n_vocab, rng)
+    t0 = time.perf_counter()
+    for tok in tokens:
+        engine.decode_raw([tok])
+    return n / (time.perf_counter() - t0)
+
+
+@dataclass
+class BenchPlan:
+    model: Path
+    configs: list[BenchConfig]
+    pp: list[int] = field(default_factory=lambda: [512])
+    tg: list[int] = field(default_factory=lambda: [128])
+    depth: list[int] = field(default_factory=lambda: [0])
+    repetitions: int = 5
+    measure_ceiling: bool = True
+
+
+def run_plan(
+    plan: BenchPlan,
+    on_result: Callable[[BenchResult], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[BenchResult]:
+    """Load the model once per configuration, run every test; results as they come."""
+    rng = random.Random(1234)
+    results: list[BenchResult] = []
+    bandwidth: dict[int, float] = {}
+    for cfg in plan.configs:
+        engine = Engine.load(plan.model, cfg.load_options())
+        try:
+            ceiling = None
+            if plan.measure_ceiling and plan.tg and engine.backend.name == "CPU":
+                if cfg.threads not in bandwidth:
+                    bandwidth[cfg.threads] = memory_bandwidth(cfg.threads)
+                ceiling = bandwidth[cfg.threads] / max(1, weight_bytes(engine))
+            tests: list[tuple[str, int, int]] = []
+            for d in plan.depth:
+                tests += [("pp", n, d) for n in plan.pp]
+                tests += [("tg", n, d) for n in plan.tg]
+            for kind, n, d in tests:
+                if n <= 0:
+                    continue
+                if n + d > engine.n_ctx:
+                    raise ValueError(
+                        f"{kind}{n} at depth {d} needs {n + d} tokens of context; "
+                        f"raise --ctx (now {engine.n_ctx})"
+                    )
+                fn = run_pp if kind == "pp" else run_tg
+                fn(engine, n, d, rng)  # warm-up
+                samples = []
+                for _ in range(plan.repetitions):
+                    if cancel is not None and cancel.is_set():
+                        return results
+                    samples.append(fn(engine, n, d, rng))
+                name = f"{kind}{n}" + (f"@d{d}" if d else "")
+                result = BenchResult(
+                    name, kind, n, d, cfg, tuple(samples), ceiling if kind == "tg" else None
+                )
+                results.append(result)
+                if on_result:
+                    on_result(result)
+        finally:
+            engine.close()
+    return results
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def environment(engine_summary: str, device: str) -> dict[str, Any]:
+    """What a result must carry to be compared later."""
+    import importlib.metadata as md
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "tui_infer": __version__,
+        "llama_cpp_python": md.version("llama-cpp-python"),
+        "backend": engine_summary,
+        "device": device,
+        "cpu": cpu,
+        "python": platform.python_version(),
+    }
