@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tui_infer.core.config import Settings
@@ -38,6 +38,7 @@ class FakeBackend:
 @dataclass(frozen=True)
 class FakeTemplate:
     warning: str | None = None
+    source: str = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
 
 
 class SyntheticEngine:
@@ -58,6 +59,9 @@ class SyntheticEngine:
 
     def count_tokens(self, messages: list[Message]) -> int:
         return sum(len(m.content.split()) + 4 for m in messages)
+
+    def render(self, messages: list[Message]) -> str:
+        return "".join(f"<|{m.role}|>{m.content}\n" for m in messages) + "<|assistant|>"
 
     def kv_usage(self) -> KvCacheUsage:
         per = 256.0
@@ -145,3 +149,72 @@ def test_load_model_dialog(snap_compare, tmp_path: Path) -> None:  # type: ignor
         await pilot.pause(0.2)
 
     assert snap_compare(make_app(tmp_path), terminal_size=SIZE, run_before=open_dialog)
+
+
+def _seed_history(tmp_path: Path) -> None:
+    """Two saved chats with fixed figures, so that the screens never vary."""
+    from tui_infer.core.history import History, ReplyFigures
+
+    fig = ReplyFigures(0.045, 38, 512.0, 24, 96.4, 0.29, "stop")
+    with History.in_data_dir(tmp_path / "data") as h:
+        old = h.create("Rivers of Europe", model_name="Synthetic-1M",
+                       model_path="/models/synthetic.gguf", created_at=1.0)  # fmt: skip
+        h.add_message(old, "user", "Which river flows through Vienna?", created_at=2.0)
+        h.add_message(old, "assistant", "The **Danube**.", fig, created_at=3.0)
+        cid = h.create("A recipe for rye bread", model_name="Synthetic-1M",
+                       model_path="/models/synthetic.gguf", created_at=10.0)  # fmt: skip
+        h.add_message(cid, "user", "A recipe for rye bread, please.", created_at=11.0)
+        h.add_message(
+            cid, "assistant",
+            "You need:\n\n- 500 g rye flour\n- 10 g salt\n- sourdough starter\n\n"
+            "Mix, rest overnight, bake at 230 °C for 45 minutes.",
+            fig, created_at=12.0,
+        )  # fmt: skip
+        h.add_message(cid, "user", "How long should it cool?", created_at=13.0)
+        h.add_message(cid, "assistant", "At least *two hours*.",
+                      replace(fig, finish_reason="cancelled", generated_tokens=5),
+                      created_at=14.0)  # fmt: skip
+
+
+async def _open_newest_chat(pilot) -> None:  # type: ignore[no-untyped-def]
+    await _settle(pilot)
+    await pilot.press("ctrl+f")  # shows the sidebar where it is hidden, focuses the search
+    await pilot.press("enter")  # to the list
+    await pilot.press("enter")  # the newest chat
+    await _settle(pilot)
+
+
+def test_main_screen_80x24(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _seed_history(tmp_path)
+
+    async def run(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _open_newest_chat(pilot)
+        await pilot.press("ctrl+b")  # hide the sidebar again: the chat gets the width
+        await _settle(pilot)
+
+    assert snap_compare(make_app(tmp_path), terminal_size=(80, 24), run_before=run)
+
+
+def test_main_screen_160x48(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _seed_history(tmp_path)
+    assert snap_compare(make_app(tmp_path), terminal_size=(160, 48), run_before=_open_newest_chat)
+
+
+def test_overflow_dialog(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    async def run(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _settle(pilot)
+        pilot.app.chat.history = [Message("user", "old " * 40), Message("assistant", "x " * 40)]
+        pilot.app.chat.prompt_input.insert("Hi")
+        await pilot.press("enter")
+        await _settle(pilot)
+
+    assert snap_compare(make_app(tmp_path, ctx=64), terminal_size=(80, 24), run_before=run)
+
+
+def test_help_screen(snap_compare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    async def run(pilot) -> None:  # type: ignore[no-untyped-def]
+        await _settle(pilot)
+        await pilot.press("f1")
+        await _settle(pilot)
+
+    assert snap_compare(make_app(tmp_path), terminal_size=(80, 24), run_before=run)

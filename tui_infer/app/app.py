@@ -51,13 +51,31 @@ class TuiInferApp(App[None]):
         self._memory_probe = memory_probe
 
     def get_default_screen(self) -> Screen[Any]:
+        from tui_infer.core.history import History
+
+        chat_db = None
+        try:
+            chat_db = History.in_data_dir(self.paths.data_dir)
+        except TuiInferError as exc:
+            # the chat still works; nothing is saved, and the user is told why
+            self.call_later(self.notify, f"{exc}; this session is not saved",
+                            title="History unavailable", severity="error", timeout=15)  # fmt: skip
+        self.chat_db = chat_db
         return ChatScreen(
             settings=self.settings,
             model_path=self._model_path,
             startup_error=self._startup_error,
             engine_loader=self._engine_loader,
             memory_probe=self._memory_probe,
+            chat_db=chat_db,
+            config_file=self.paths.config_file,
+            exports_dir=self.paths.data_dir / "exports",
         )
+
+    def on_unmount(self) -> None:
+        chat_db = getattr(self, "chat_db", None)
+        if chat_db is not None:
+            chat_db.close()
 
     @property
     def chat(self) -> ChatScreen:
@@ -78,6 +96,29 @@ class TuiInferApp(App[None]):
         yield SystemCommand(
             "Reload model", "Load the current model again", chat.action_reload_model
         )
+        commands = [
+            ("Show or hide chats", "The saved chats (Ctrl+B)", chat.action_toggle_sidebar),
+            ("Search chats", "By title and text (Ctrl+F)", chat.action_search_chats),
+            ("Rename chat", "Give this chat another title (F2)", chat.action_rename_chat),
+            ("Delete chat", "Delete this chat, after asking (F8)", chat.action_delete_chat),
+            ("Regenerate reply", "Generate the last reply again (Ctrl+R)", chat.action_regenerate),
+            ("Edit a message", "Edit one of your messages and resend: the chat forks (Ctrl+G)",
+             chat.action_edit_message),
+            ("Copy last reply", "To the clipboard, OSC 52 (F5)", chat.action_copy_reply),
+            ("Copy last code block", "The last code block of the last reply",
+             chat.action_copy_code),
+            ("Settings…", "Sampling, system prompt, context, GPU layers (Ctrl+S)",
+             chat.action_settings),
+            ("Chat template", "The template and the prompt it renders (Ctrl+T)",
+             chat.action_show_template),
+            ("Export chat as Markdown", "Into the data directory's exports/",
+             lambda: chat.export_chat("md")),
+            ("Export chat as JSON", "Into the data directory's exports/ (importable)",
+             lambda: chat.export_chat("json")),
+            ("Help: keys", "Every key of the chat screen (F1)", chat.action_help),
+        ]  # fmt: skip
+        for title, help_text, action in commands:
+            yield SystemCommand(title, help_text, action)
         yield from super().get_system_commands(screen)
 
     @on(WorkerFailed)

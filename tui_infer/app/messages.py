@@ -45,14 +45,35 @@ class PromptAccepted(Message):
         n_ctx: int,
         dropped_turns: int,
         warning: str | None,
+        fork_at: int | None = None,
     ) -> None:
         super().__init__()
+        self.fork_at = fork_at  # an edit or a regenerate: history from here is replaced
         self.text = text
         self.turns = turns  # the user/assistant turns sent, the new user turn last
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
         self.dropped_turns = dropped_turns
         self.warning = warning
+
+
+class PromptOverflowed(Message):
+    """Nothing was sent: the conversation does not fit, and the user is to choose."""
+
+    def __init__(self, text: str, prompt_tokens: int, n_ctx: int) -> None:
+        super().__init__()
+        self.text = text
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+
+
+class ContextCounted(Message):
+    """The conversation's tokens, counted in a worker (shown on the context gauge)."""
+
+    def __init__(self, tokens: int, n_ctx: int) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.n_ctx = n_ctx
 
 
 class PromptRefused(Message):

@@ -19,7 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-OVERFLOW_POLICIES = ("refuse", "drop-oldest")
+OVERFLOW_POLICIES = ("ask", "refuse", "drop-oldest")  # ask: the TUI asks; run refuses
 
 
 def default_threads() -> int:
@@ -50,7 +50,7 @@ class Settings:
     seed: int = -1  # -1: a new random seed per reply
     max_tokens: int = 1024
     system: str = ""
-    overflow: str = "refuse"
+    overflow: str = "ask"
 
     @property
     def effective_threads(self) -> int:
@@ -124,6 +124,63 @@ def validate(s: Settings, source: str) -> Settings:
     if s.max_tokens < 1:
         raise bad(f"'max_tokens' must be at least 1, got {s.max_tokens}")
     return s
+
+
+def parse_setting(name: str, value: Any, source: str = "settings") -> Any:
+    """A value typed by the user (text) as the setting's type; ConfigError says what is wrong."""
+    if name not in _FIELDS:
+        raise ConfigError(f"{source}: unknown setting '{name}'")
+    return _coerce(name, value, source)
+
+
+def write_config_key(config_file: Path, key: str, value: str | int | float | bool) -> None:
+    """Set one top-level key in the TOML file, keeping every other line as it was.
+
+    Read, replace (or add) the key's line, write a temporary file beside it and rename it
+    over the original, so a crash never leaves a half-written config. A file that is not
+    valid TOML is refused rather than rewritten.
+    """
+    if isinstance(value, bool):
+        text_value = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        text_value = repr(value)
+    else:
+        text_value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    try:
+        old = config_file.read_text(encoding="utf-8") if config_file.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_file}: cannot read ({exc})") from None
+    try:
+        tomllib.loads(old)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_file}: invalid TOML ({exc}); fix it first") from None
+    lines = old.splitlines(keepends=True)
+    done = False
+    for i, line in enumerate(lines):
+        # sections are only grouping (load_settings flattens them): the key is replaced
+        # where it is, in a table or not
+        stripped = line.lstrip()
+        name = stripped.split("=", 1)[0].strip()
+        if "=" in stripped and name == key:
+            lines[i] = f"{key} = {text_value}\n"
+            done = True
+            break
+    if not done:
+        # a top-level key must come before the first [table]
+        at = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+        if at == len(lines) and lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines.insert(at, f"{key} = {text_value}\n")
+    new = "".join(lines)
+    tomllib.loads(new)  # what we write must parse
+    tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}.tmp")
+    try:
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(new, encoding="utf-8")
+        os.replace(tmp, config_file)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{config_file}: cannot write ({exc})") from None
 
 
 def _from_mapping(base: Settings, values: dict[str, Any], source: str) -> Settings:

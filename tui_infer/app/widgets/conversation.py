@@ -9,29 +9,23 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from tui_infer.core.history import ReplyFigures, figures_line
+
 if TYPE_CHECKING:
     from tui_infer.core.engine import GenerationStats
 
 
 def reply_footer(stats: GenerationStats) -> str:
-    """The small line under a finished reply."""
-    reason = {"cancelled": "[stopped]", "length": "[length limit]", "stop": "done"}.get(
-        stats.finish_reason, stats.finish_reason
-    )
-    if stats.error:
-        reason = f"error: {stats.error}"
-    parts = [
-        reason,
-        f"{stats.generated_tokens} tokens",
-        f"{stats.generation_tps:.1f} tok/s",
-        f"TTFT {stats.ttft_s * 1000:.0f} ms",
-        f"{stats.total_s:.2f} s",
-    ]
-    return " · ".join(parts)
+    """The small line under a finished reply (the same line is kept in the history)."""
+    return figures_line(ReplyFigures.from_stats(stats))
 
 
 class UserTurn(Markdown):
     """What the user sent."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
 
 
 class Notice(Static):
@@ -41,20 +35,30 @@ class Notice(Static):
 class Reply(Vertical):
     """One assistant reply: streamed Markdown, then a figures line."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: str = "", figures: ReplyFigures | None = None) -> None:
+        """With text, a finished reply (from the history); without, one about to stream."""
         super().__init__()
-        self.text = ""
+        self.text = text
         self.stats: GenerationStats | None = None
+        self.figures = figures
+        self._finished = bool(text)
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
-        yield Markdown(classes="reply-body")
-        yield Static("generating…", classes="reply-footer", markup=False)
+        yield Markdown(self.text or None, classes="reply-body")
+        if self._finished:
+            footer = figures_line(self.figures) if self.figures else ""
+        else:
+            footer = "generating…"
+        yield Static(footer, classes="reply-footer", markup=False)
 
     def on_mount(self) -> None:
-        # get_stream appends fragments as they come, batching when the UI is busy,
-        # without re-parsing what is already shown.
-        self._stream = Markdown.get_stream(self.query_one(Markdown))
+        if self.figures is not None:
+            self.set_class(self.figures.finish_reason == "cancelled", "-stopped")
+        if not self._finished:
+            # get_stream appends fragments as they come, batching when the UI is busy,
+            # without re-parsing what is already shown.
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
 
     async def append(self, fragment: str) -> None:
         self.text += fragment
@@ -66,9 +70,11 @@ class Reply(Vertical):
             await self._stream.stop()
             self._stream = None
         self.stats = stats
+        self._finished = True
         footer = self.query_one(".reply-footer", Static)
         if stats is not None:
-            footer.update(reply_footer(stats))
+            self.figures = ReplyFigures.from_stats(stats)
+            footer.update(figures_line(self.figures))
             self.set_class(stats.finish_reason == "cancelled", "-stopped")
         else:
             footer.update(f"error: {error}")
@@ -99,6 +105,17 @@ class Conversation(VerticalScroll):
 
     async def clear(self) -> None:
         await self.remove_children()
+
+    async def show_turns(self, turns: list[tuple[str, str, ReplyFigures | None]]) -> None:
+        """Replace what is shown with stored turns (role, text, figures)."""
+        await self.remove_children()
+        widgets: list[UserTurn | Reply] = [
+            UserTurn(text) if role == "user" else Reply(text or " ", figures)
+            for role, text, figures in turns
+        ]
+        if widgets:
+            await self.mount_all(widgets)
+        self.anchor()
 
     @property
     def replies(self) -> list[Reply]:

@@ -46,6 +46,8 @@ class StatsPanel(VerticalScroll):
         self.finish_reason: str | None = None
         self.kv: KvCacheUsage | None = None
         self.kv_tokens = 0
+        self.context_tokens = 0
+        self.context_n_ctx = 0
         self.memory: MemorySnapshot | None = None
         self._tps_series: list[float] = []
         self._last_chunk: TokenChunk | None = None
@@ -79,6 +81,9 @@ class StatsPanel(VerticalScroll):
         yield Static("", id="speed-line", markup=False)
         yield Sparkline([], id="tps-sparkline")
         yield Static("", id="reply-figures", markup=False)
+        yield Label("Context", classes="section")
+        yield ProgressBar(total=1, show_eta=False, id="ctx-gauge")
+        yield Static("-", id="ctx-figures", markup=False)
         yield Label("KV cache", classes="section")
         yield ProgressBar(total=1, show_eta=False, id="kv-gauge")
         yield Static("", id="kv-figures", markup=False)
@@ -101,11 +106,18 @@ class StatsPanel(VerticalScroll):
         self._set("backend-line", "")
         self.kv = None
         self.kv_tokens = 0
+        self.context_n_ctx = 0
         self._dirty = True
 
     def show_kv(self, kv: KvCacheUsage) -> None:
         self.kv = kv
         self.kv_tokens = kv.tokens
+        self._dirty = True
+
+    def show_context(self, tokens: int, n_ctx: int) -> None:
+        """The conversation's tokens (counted before sending) against the window."""
+        self.context_tokens = tokens
+        self.context_n_ctx = n_ctx
         self._dirty = True
 
     def show_memory(self, snapshot: MemorySnapshot) -> None:
@@ -191,6 +203,18 @@ class StatsPanel(VerticalScroll):
             f"generated  {self.generated_tokens} tok\n"
             f"total      {total}",
         )
+        ctx_gauge = self.query_one("#ctx-gauge", ProgressBar)
+        if self.context_n_ctx:
+            n = self.context_tokens
+            ctx_gauge.update(total=self.context_n_ctx, progress=min(n, self.context_n_ctx))
+            left = self.context_n_ctx - n
+            self._set(
+                "ctx-figures",
+                f"{n} / {self.context_n_ctx} tokens" + (" · FULL" if left <= 0 else ""),
+            )
+        else:
+            ctx_gauge.update(total=1, progress=0)
+            self._set("ctx-figures", "-")
         gauge = self.query_one("#kv-gauge", ProgressBar)
         kv = self.kv
         if kv is None:

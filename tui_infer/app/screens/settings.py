@@ -1,0 +1,109 @@
+"""The settings modal: sampling, the conversation's system prompt, and the load options
+(context, GPU layers, threads, KV type, flash attention) that need a model reload."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
+
+from tui_infer.core.config import KV_TYPES, Settings, parse_setting
+from tui_infer.core.errors import ConfigError
+
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
+RELOAD = ("ctx", "gpu_layers", "threads")  # plus kv_type and flash_attn
+NEEDS_RELOAD = (*RELOAD, "kv_type", "flash_attn")
+LABELS = {
+    "temperature": "temperature", "top_p": "top-p", "top_k": "top-k", "min_p": "min-p",
+    "repeat_penalty": "repeat penalty", "seed": "seed (-1 random)",
+    "max_tokens": "max tokens", "ctx": "context size", "gpu_layers": "GPU layers (-1 all)",
+    "threads": "threads (0 auto)",
+}  # fmt: skip
+
+
+def reload_needed(old: Settings, new: Settings) -> list[str]:
+    return [name for name in NEEDS_RELOAD if getattr(old, name) != getattr(new, name)]
+
+
+class SettingsScreen(ModalScreen[Settings | None]):
+    """Returns the new Settings (validated), or None when cancelled."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self._settings = settings
+
+    def compose(self) -> ComposeResult:
+        s = self._settings
+        with Vertical(classes="dialog wide", id="settings-dialog"):
+            yield Label("Settings (Ctrl+S saves, Esc cancels)", classes="dialog-title")
+            with VerticalScroll():
+                yield Label("Sampling", classes="section")
+                for name in SAMPLING:
+                    with Horizontal(classes="field"):
+                        yield Label(LABELS[name], classes="field-label")
+                        yield Input(str(getattr(s, name)), id=f"set-{name}", compact=True)
+                yield Label("System prompt (this conversation)", classes="section")
+                yield TextArea(s.system, id="set-system", compact=True)
+                yield Label("Model (changes reload the model)", classes="section")
+                for name in RELOAD:
+                    with Horizontal(classes="field"):
+                        yield Label(LABELS[name], classes="field-label")
+                        yield Input(str(getattr(s, name)), id=f"set-{name}", compact=True)
+                with Horizontal(classes="field"):
+                    yield Label("KV cache type", classes="field-label")
+                    yield Select([(k, k) for k in KV_TYPES], value=s.kv_type,
+                                 allow_blank=False, id="set-kv_type", compact=True)  # fmt: skip
+                yield Checkbox("flash attention", s.flash_attn, id="set-flash_attn")
+            yield Static("", id="settings-error", markup=False)
+            yield Static("", id="settings-reload", markup=False)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Save", variant="primary", id="save")
+                yield Button("Cancel", id="cancel")
+
+    def _read(self) -> Settings:
+        values = {}
+        for name in (*SAMPLING, *RELOAD):
+            text = self.query_one(f"#set-{name}", Input).value.strip()
+            values[name] = parse_setting(name, text, source=LABELS[name])
+        values["kv_type"] = self.query_one("#set-kv_type", Select).value
+        values["flash_attn"] = self.query_one("#set-flash_attn", Checkbox).value
+        base = replace(self._settings, system=self.query_one("#set-system", TextArea).text)
+        return base.with_overrides(**values)
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    @on(Checkbox.Changed)
+    def _changed(self) -> None:
+        """Say at once whether saving will reload the model, and whether a value is bad."""
+        error = self.query_one("#settings-error", Static)
+        note = self.query_one("#settings-reload", Static)
+        try:
+            new = self._read()
+        except ConfigError as exc:
+            error.update(f"error: {str(exc).replace('command line: ', '')}")
+            return
+        error.update("")
+        changed = reload_needed(self._settings, new)
+        note.update(f"saving reloads the model ({', '.join(changed)} changed)" if changed else "")
+
+    @on(Button.Pressed, "#save")
+    def action_save(self) -> None:
+        try:
+            new = self._read()
+        except ConfigError as exc:
+            self.query_one("#settings-error", Static).update(
+                f"error: {str(exc).replace('command line: ', '')}"
+            )
+            return
+        self.dismiss(new)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,113 @@
+"""`tui-infer chats ...`: the saved conversations (list, export, import).
+
+Only the standard library is imported at the top: `tui-infer --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tui_infer.core.config import Settings
+    from tui_infer.core.paths import Paths
+
+
+def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "chats",
+        help="saved conversations: list, export, import",
+        description="The conversations of the chat TUI, kept in the data directory.",
+    )
+    csub = p.add_subparsers(dest="chats_command", metavar="ACTION", required=True)
+    ls = csub.add_parser("list", help="id, last change, messages, model, title (newest first)")
+    ls.add_argument("--search", default="", help="only chats whose title or text contains this")
+    ex = csub.add_parser("export", help="one conversation as Markdown or JSON")
+    ex.add_argument("id", type=int, metavar="ID")
+    ex.add_argument("--format", choices=("md", "json"), default="md")
+    ex.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    im = csub.add_parser("import", help="a conversation exported as JSON, as a new chat")
+    im.add_argument("file", metavar="FILE", help="a JSON export ('-' reads stdin)")
+
+
+def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    from tui_infer.core.history import History, HistoryError
+
+    command = args.chats_command
+    db = paths.data_dir / "history.sqlite3"
+    if command in ("list", "export") and not db.exists():
+        # listing must not create the file
+        if command == "list":
+            print("no chats yet (they are saved as you chat in the TUI)")
+            return 0
+        raise HistoryError(f"no conversation with id {args.id}; there are no chats yet")
+    # a bad import file is refused before the history file is even opened
+    data = _read_json(args.file) if command == "import" else None
+    with History(db) as history:
+        if command == "list":
+            chats = history.conversations(args.search)
+            if not chats:
+                print("no chats match" if args.search else "no chats yet")
+                return 0
+            print(f"{'ID':>4}  {'UPDATED':16}  {'MSGS':>4}  {'MODEL':24}  TITLE")
+            for c in chats:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
+                model = (c.model_name or "-")[:24]
+                print(f"{c.id:>4}  {when:16}  {c.messages:>4}  {model:24}  {c.title}")
+            return 0
+        if command == "export":
+            text = (
+                history.export_json(args.id)
+                if args.format == "json"
+                else history.export_markdown(args.id)
+            )
+            if args.output:
+                _write_atomic(Path(args.output).expanduser(), text)
+                print(f"exported chat {args.id} to {args.output}", file=sys.stderr)
+            else:
+                sys.stdout.write(text)
+            return 0
+        if command == "import":
+            source = "stdin" if args.file == "-" else args.file
+            cid = history.import_dict(data, source=source)
+            print(f"imported as chat {cid}: {history.get(cid).title}")
+            return 0
+    raise AssertionError(command)  # pragma: no cover (argparse restricts the choices)
+
+
+def _read_json(name: str) -> Any:
+    from tui_infer.core.history import HistoryError
+
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).expanduser().read_text("utf-8")
+    except FileNotFoundError:
+        raise HistoryError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise HistoryError(f"{name}: is a directory, expected a JSON export") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HistoryError(f"{name}: cannot read ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HistoryError(
+            f"{name}: not valid JSON ({exc}); export one with 'tui-infer chats export ID "
+            "--format json'"
+        ) from None
+
+
+def _write_atomic(target: Path, text: str) -> None:
+    from tui_infer.core.history import HistoryError
+
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HistoryError(f"{target}: cannot write ({exc})") from None
