@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 import threading
+import time
+from pathlib import Path
 
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.resolve import NO_MODEL_HELP, resolve_model
+from tui_infer.core.template import Message
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
@@ -31,13 +34,15 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         raise TuiInferError(NO_MODEL_HELP)
 
     from tui_infer.core.engine import Engine, LoadOptions, SamplingParams
-    from tui_infer.core.template import Message
 
-    engine = Engine.load(path, LoadOptions.from_settings(settings))
     messages = []
     if settings.system:
         messages.append(Message("system", settings.system))
     messages.append(Message("user", prompt))
+    served = _from_store(args, settings, path, messages)
+    if served is not None:
+        return served
+    engine = Engine.load(path, LoadOptions.from_settings(settings))
     cancel = threading.Event()
     stream = engine.chat(messages, SamplingParams.from_settings(settings), cancel)
     pieces: list[str] = []
@@ -59,6 +64,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             "quantization": engine.info.quantization,
             "backend": engine.backend.summary,
             "reply": "".join(pieces),
+            "source": "live",
             "stats": stats.as_dict() if stats else None,
         }
         print(json.dumps(out, ensure_ascii=False))
@@ -78,3 +84,49 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tui-infer: error: generation failed: {stats.error}", file=sys.stderr)
         return 1
     return 130 if interrupted else 0
+
+
+EXIT_NOT_PRECOMPUTED = 3
+
+
+def _from_store(
+    args: argparse.Namespace, settings: Settings, path: Path, messages: list[Message]
+) -> int | None:
+    """--serve: answer from a published prediction (exit code), or None to go live."""
+    mode = getattr(args, "serve", "store-then-live")
+    if mode == "live":
+        return None
+    from tui_infer.core.engine import SamplingParams
+    from tui_infer.core.gguf import read_header
+    from tui_infer.core.paths import default_paths
+    from tui_infer.core.store import PredictionStore, make_request, serve
+    from tui_infer.core.template import CHATML_FALLBACK
+
+    template = read_header(path).chat_template or CHATML_FALLBACK
+    with PredictionStore.in_data_dir(default_paths().data_dir) as store:
+        request = make_request(store, path, template, SamplingParams.from_settings(settings),
+                               messages)  # fmt: skip
+        hit = serve(store, request)
+    if hit is None:
+        if mode == "store":
+            print("tui-infer: not precomputed: the prediction store holds no published answer "
+                  "for this model, prompt and parameters; use --serve store-then-live to ask "
+                  "the model", file=sys.stderr)  # fmt: skip
+            return EXIT_NOT_PRECOMPUTED
+        return None
+    if args.json:
+        print(json.dumps({
+            "model": str(path), "reply": hit.output, "source": "store", "run": hit.run_id,
+            "published_at": hit.published_at, "id": hit.item_id,
+            "stats": {"prompt_tokens": hit.prompt_tokens,
+                      "generated_tokens": hit.generated_tokens,
+                      "finish_reason": hit.finish_reason},
+        }, ensure_ascii=False))  # fmt: skip
+    else:
+        sys.stdout.write(hit.output + "\n")
+        sys.stdout.flush()
+    if args.stats:
+        print(f"[from store] run {hit.run_id}, published "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(hit.published_at or 0))}",
+              file=sys.stderr)  # fmt: skip
+    return 0

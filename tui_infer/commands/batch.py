@@ -1,0 +1,281 @@
+"""`tui-infer batch INPUT -m MODEL -o OUTPUT`: a frozen model over a file of prompts.
+
+Progress lives in the prediction store, one committed row per finished prompt,
+so the same command resumes after Ctrl+C or kill -9; OUTPUT is written once
+every input has its prediction (a temporary file, then an atomic rename), one
+row per input, in input order. Greedy unless --temperature is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tui_infer.core.config import Settings
+    from tui_infer.core.paths import Paths
+
+EXIT_INTERRUPTED = 130
+
+
+def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="run the model over a file of prompts into the prediction store",
+        description="Answer every prompt of INPUT (JSONL with 'prompt' or 'messages' and "
+        "optional 'id' and 'max_tokens'; a text file, one prompt per line; or CSV) with "
+        "several sequences decoded at once. Predictions are kept in the store (staged until "
+        "published) and written to OUTPUT as JSONL in input order. Rerunning the same command "
+        "resumes an interrupted run. Greedy unless --temperature is given.",
+    )
+    model_flags(p)
+    p.add_argument("input", type=Path, help="JSONL, text or CSV file of prompts")
+    p.add_argument("-o", "--output", type=Path, required=True, help="JSONL file to write")
+    p.add_argument("--parallel", type=int, help="sequences decoded at once (default: 8 on CPU)")
+    p.add_argument("--format", choices=("jsonl", "text", "csv"), help="default: from extension")
+    p.add_argument("--column", help="the CSV column holding the prompt (default: 'prompt')")
+    p.add_argument("--rejects", type=Path, help="where malformed lines go (OUTPUT.rejects.jsonl)")
+    p.add_argument("--publish", action="store_true", help="publish the run when it completes")
+    p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
+
+
+def _atomic_write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    from tui_infer.core import store as st
+    from tui_infer.core.batch_input import read_input
+    from tui_infer.core.engine import SamplingParams
+    from tui_infer.core.errors import TuiInferError
+    from tui_infer.core.gguf import read_header
+    from tui_infer.core.resolve import NO_MODEL_HELP, resolve_model
+    from tui_infer.core.template import CHATML_FALLBACK, Message
+
+    if args.parallel is not None and args.parallel < 1:
+        raise TuiInferError(f"--parallel must be at least 1, got {args.parallel}")
+    if args.output.resolve() == args.input.resolve():
+        raise TuiInferError("OUTPUT is the INPUT file; give another path with -o")
+    items, rejects = read_input(args.input, args.format, args.column)
+    rejects_path = args.rejects or args.output.with_name(args.output.name + ".rejects.jsonl")
+    if rejects:
+        _atomic_write(rejects_path, [json.dumps(r.as_dict(), ensure_ascii=False) for r in rejects])
+        for r in rejects[:10]:
+            print(f"tui-infer: line {r.line} skipped: {r.reason}", file=sys.stderr)
+        if len(rejects) > 10:
+            print(f"tui-infer: ... {len(rejects) - 10} more", file=sys.stderr)
+        print(f"tui-infer: {len(rejects)} malformed line(s) written to {rejects_path}",
+              file=sys.stderr)  # fmt: skip
+
+    model_path = resolve_model(settings.model)
+    if model_path is None:
+        raise TuiInferError(NO_MODEL_HELP)
+    header = read_header(model_path)
+    template_source = header.chat_template or CHATML_FALLBACK
+    temperature = getattr(args, "temperature", None)
+    sampling = SamplingParams.from_settings(settings)
+    sampling = SamplingParams(
+        temperature=0.0 if temperature is None else temperature,
+        top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
+        repeat_penalty=sampling.repeat_penalty, seed=sampling.seed,
+        max_tokens=sampling.max_tokens,
+    )  # fmt: skip
+    if sampling.max_tokens < 1:
+        raise TuiInferError(f"--max-tokens must be at least 1, got {sampling.max_tokens}")
+    system = settings.system or None
+
+    from tui_infer.core.batch import BatchItem
+
+    batch_items: list[BatchItem] = []
+    keys: list[str] = []
+    store = st.PredictionStore.in_data_dir(paths.data_dir)
+    try:
+        model_sha = store.model_sha256(model_path)
+        for it in items:
+            msgs = it.messages
+            if system and not any(m.role == "system" for m in msgs):
+                msgs = (Message("system", system), *msgs)
+            msgs = st.normalized_messages(msgs)
+            batch_items.append(BatchItem(it.id, msgs, it.max_tokens))
+            keys.append(
+                st.request_key(
+                    model_sha, template_source, st.normalize_params(sampling, it.max_tokens), msgs
+                )
+            )
+        run_params = st.normalize_params(sampling)
+        signature = hashlib.sha256(
+            json.dumps(
+                [model_sha, st.template_sha256(template_source), run_params, system,
+                 [[b.id, k] for b, k in zip(batch_items, keys, strict=True)]],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()  # fmt: skip
+        run = store.find_run(signature)
+        if run is None:
+            import llama_cpp
+
+            run_seed = sampling.seed if sampling.seed >= 0 else random.randrange(2**31)
+            run_id = store.create_run(
+                signature=signature, model_sha256=model_sha, model_path=str(model_path),
+                template_sha256=st.template_sha256(template_source),
+                params={**run_params, "run_seed": run_seed, "system": system},
+                n_items=len(batch_items), input_path=str(args.input.resolve()),
+                llama_cpp_version=getattr(llama_cpp, "__version__", ""),
+            )  # fmt: skip
+            resumed = 0
+        else:
+            run_id = run.id
+            run_seed = int(run.params.get("run_seed", 0))
+            resumed = run.n_done
+        done = store.done_ids(run_id)
+        todo = [(i, b) for i, b in enumerate(batch_items) if b.id not in done]
+        t0 = time.perf_counter()
+        generated = 0
+        if todo:
+            if resumed:
+                print(f"tui-infer: resuming run {run_id}: {resumed} of {len(batch_items)} "
+                      "already done", file=sys.stderr)  # fmt: skip
+            store.set_run_status(run_id, "running")
+            try:
+                generated = _run_todo(
+                    store, run_id, todo, keys, model_sha, model_path, settings, args, sampling,
+                    run_seed, system, len(batch_items), len(batch_items) - len(todo),
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                store.set_run_status(run_id, "interrupted")
+                print(f"tui-infer: interrupted; run {run_id} keeps what finished: rerun the "
+                      "same command to resume", file=sys.stderr)  # fmt: skip
+                return EXIT_INTERRUPTED
+        store.set_run_status(run_id, "done")
+        elapsed = time.perf_counter() - t0
+        preds = {p.item_id: p for p in store.predictions(run_id)}
+        ph = st.params_hash(run_params)
+        lines = []
+        for b, it, key in zip(batch_items, items, keys, strict=True):
+            p = preds[b.id]
+            lines.append(json.dumps({
+                "id": b.id, "line": it.line, "output": p.output,
+                "finish_reason": p.finish_reason, "prompt_tokens": p.prompt_tokens,
+                "generated_tokens": p.generated_tokens, "ttft_s": round(p.ttft_s, 6),
+                "total_s": round(p.total_s, 6), "model_sha256": model_sha, "params_hash": ph,
+                "key": key, "run": run_id, "status": p.status,
+            }, ensure_ascii=False))  # fmt: skip
+        _atomic_write(args.output, lines)
+        published = store.publish(run_id) if args.publish else None
+    finally:
+        store.close()
+    overflow = sum(1 for p in preds.values() if p.finish_reason == "overflow")
+    summary = (
+        f"run {run_id}: {len(batch_items)} prompts ({len(todo)} decoded now, "
+        f"{len(batch_items) - len(todo)} from the store), {generated} tokens generated in "
+        f"{elapsed:.1f} s"
+    )
+    if todo and elapsed > 0:
+        summary += f" ({len(todo) / elapsed:.2f} prompts/s, {generated / elapsed:.1f} tok/s)"
+    summary += f"; output: {args.output}"
+    if rejects:
+        summary += f"; {len(rejects)} rejected lines: {rejects_path}"
+    if overflow:
+        summary += f"; {overflow} prompts did not fit a sequence's context (raise --ctx)"
+    summary += (
+        f"; published {published} predictions" if published is not None
+        else f"; staged: 'tui-infer store publish {run_id}' serves them"
+    )  # fmt: skip
+    print(summary)
+    return 0
+
+
+def _run_todo(
+    store: Any, run_id: int, todo: list[tuple[int, Any]], keys: list[str], model_sha: str,
+    model_path: Path, settings: Settings, args: argparse.Namespace, sampling: Any,
+    run_seed: int, system: str | None, total: int, already: int,
+) -> int:  # fmt: skip
+    from tui_infer.core.batch import BatchProgress, BatchRunner, default_parallel
+    from tui_infer.core.engine import LoadOptions
+
+    parallel = args.parallel or default_parallel()
+    parallel = max(1, min(parallel, len(todo)))
+    opts = LoadOptions.from_settings(settings)
+    if opts.ctx // parallel < 64:
+        from tui_infer.core.errors import TuiInferError
+
+        raise TuiInferError(
+            f"--ctx {opts.ctx} split over {parallel} sequences leaves {opts.ctx // parallel} "
+            "tokens each; raise --ctx or lower --parallel"
+        )
+    by_id = {b.id: (pos, b) for pos, b in todo}
+    progress = BatchProgress()
+    runner = BatchRunner.load(model_path, opts, parallel=parallel, kv_unified=args.kv_unified)
+    bar = _Bar(total, already, progress) if sys.stderr.isatty() else None
+    try:
+        for res in runner.run([b for _, b in todo], sampling, run_seed, system, None, progress):
+            pos, item = by_id[res.id]
+            store.add_prediction(
+                run_id, item_id=res.id, position=pos, key=keys[pos], model_sha256=model_sha,
+                messages=item.messages, output=res.text, finish_reason=res.finish_reason,
+                prompt_tokens=res.prompt_tokens, generated_tokens=res.generated_tokens,
+                ttft_s=res.ttft_s, total_s=res.total_s, seed=res.seed,
+            )  # fmt: skip
+            if bar:
+                bar.update()
+    finally:
+        if bar:
+            bar.stop()
+        runner.close()
+    return progress.generated_tokens
+
+
+class _Bar:
+    """Rich progress on stderr: prompts done/total, prompts/s, generation tok/s, ETA."""
+
+    def __init__(self, total: int, already: int, progress: Any) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._p = progress
+        self._already = already
+        self._bar = Progress(
+            TextColumn("batch"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=Console(stderr=True), refresh_per_second=4,
+        )  # fmt: skip
+        self._task = self._bar.add_task("batch", total=total, completed=already, rate="")
+        self._bar.start()
+
+    def update(self) -> None:
+        el = time.perf_counter() - self._p.started
+        rate = (
+            f"{self._p.done / el:.2f} prompts/s {self._p.generated_tokens / el:.1f} tok/s"
+            if el > 0 else ""
+        )  # fmt: skip
+        self._bar.update(self._task, completed=self._already + self._p.done, rate=rate)
+
+    def stop(self) -> None:
+        self._bar.stop()

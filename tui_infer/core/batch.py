@@ -1,0 +1,485 @@
+"""Batched decoding: many prompts through one llama.cpp context at once.
+
+Each of `parallel` slots is a llama.cpp sequence id. Every step builds one
+llama_batch holding the next token of every generating slot plus as many
+pending prompt tokens as fit in n_batch, calls llama_decode once, and samples
+each slot whose logits were asked for (llama_sampler_sample reads them with
+llama_get_logits_ith). A slot whose sequence ends frees its cells with
+llama_memory_seq_rm and takes the next prompt at once (continuous batching).
+
+The shared prefix (the chat template's head with the run's system prompt) is
+evaluated once in sequence 0 and copied to the other slots with
+llama_memory_seq_cp; a slot keeps it between prompts, so only the rest of
+each prompt is evaluated. A prompt that does not start with it is evaluated
+whole in its slot. The sampler chain is the engine's (penalties, then greedy
+or top-k/top-p/min-p/temperature/dist), one per sequence; sampled runs seed
+each item from the run seed and the item's id, so a rerun gives the same text.
+
+With kv_unified=False (the default) each slot owns n_ctx / parallel cells and
+attention looks only at them; kv_unified=True shares one buffer (prefix copies
+are then free, but attention spans every sequence's cells).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import io
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tui_infer.core import llama_log
+from tui_infer.core.engine import KV_TYPE_IDS, LoadOptions, ModelInfo, SamplingParams
+from tui_infer.core.errors import ModelFileError, TuiInferError
+from tui_infer.core.gguf import read_header
+from tui_infer.core.template import ChatTemplate, Message
+
+_PLACEHOLDER = "\x00tui-infer-prefix\x00"
+
+
+class BatchError(TuiInferError):
+    pass
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One prompt of a batch: `id` names it in the output and seeds sampled runs."""
+
+    id: str
+    messages: tuple[Message, ...]
+    max_tokens: int | None = None  # None: the run's
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    id: str
+    text: str
+    finish_reason: str  # "stop", "length", "overflow" (the prompt does not fit a slot)
+    prompt_tokens: int
+    prompt_tokens_evaluated: int  # prompt_tokens less the shared prefix reused from the KV cache
+    generated_tokens: int
+    ttft_s: float  # from the slot taking the item to its first token
+    total_s: float
+    seed: int | None  # the item's sampling seed (None when greedy)
+
+
+def item_seed(run_seed: int, item_id: str) -> int:
+    """A 32-bit seed from the run's seed and the item's id (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{run_seed}\x1f{item_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(lib: Any, n_vocab: int, p: SamplingParams, seed: int | None) -> Any:
+    """The same chain as Engine._make_sampler, with an explicit seed."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if p.repeat_penalty != 1.0:
+        lib.llama_sampler_chain_add(
+            chain, lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
+        )
+    if p.greedy:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        return chain
+    if p.top_k > 0:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(p.top_k))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
+    if p.min_p > 0:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
+    s = seed if seed is not None else lib.LLAMA_DEFAULT_SEED
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(s & 0xFFFFFFFF))
+    return chain
+
+
+@dataclass
+class _Slot:
+    seq: int
+    has_prefix: bool = False
+    item: BatchItem | None = None
+    tokens: list[int] = field(default_factory=list)  # the item's whole prompt
+    pending: list[int] = field(default_factory=list)  # still to decode
+    pos: int = 0  # position of pending[0]
+    kept: int = 0  # prompt tokens reused from the cache
+    uses_prefix: bool = False
+    max_tokens: int = 0
+    sampler: Any = None
+    seed: int | None = None
+    pieces: list[bytes] = field(default_factory=list)
+    n_gen: int = 0
+    t_start: float = 0.0
+    t_first: float = 0.0
+    logits_at: int = -1  # index in this step's batch whose logits to sample, or -1
+
+
+@dataclass
+class BatchProgress:
+    """Running totals, readable from another thread."""
+
+    done: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class BatchRunner:
+    """One model and one context with `parallel` sequences. Build with BatchRunner.load()."""
+
+    def __init__(
+        self,
+        lib: Any,
+        model: Any,
+        ctx: Any,
+        info: ModelInfo,
+        options: LoadOptions,
+        parallel: int,
+        kv_unified: bool,
+    ) -> None:
+        self._lib = lib
+        self._model = model
+        self._ctx = ctx
+        self.info = info
+        self.options = options
+        self.parallel = parallel
+        self.kv_unified = kv_unified
+        self._lock = threading.Lock()  # a llama.cpp context is not thread-safe
+        self._vocab = lib.llama_model_get_vocab(model)
+        self._mem = lib.llama_get_memory(ctx)
+        self._n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx = int(lib.llama_n_ctx(ctx))
+        self.n_batch = int(lib.llama_n_batch(ctx))
+        # Cells one sequence may use: its own stream, or a fair share of the unified one.
+        self.n_ctx_seq = int(lib.llama_n_ctx_seq(ctx))
+        if kv_unified:
+            self.n_ctx_seq = self.n_ctx // parallel
+        bos = self._token_text(lib.llama_vocab_bos(self._vocab))
+        eos = self._token_text(lib.llama_vocab_eos(self._vocab))
+        self.template = ChatTemplate(info.chat_template, bos_token=bos, eos_token=eos)
+        self._closed = False
+
+    @classmethod
+    def load(
+        cls, path: str | Path, options: LoadOptions, parallel: int = 8, kv_unified: bool = False
+    ) -> BatchRunner:
+        """Check the GGUF header as Engine.load does, then create a context for `parallel`."""
+        if parallel < 1:
+            raise BatchError(f"--parallel must be at least 1, got {parallel}")
+        if options.kv_type not in KV_TYPE_IDS:
+            raise TuiInferError(f"unknown KV cache type {options.kv_type!r}")
+        header = read_header(path)
+        info = ModelInfo.from_header(header)
+        import llama_cpp as lib
+
+        llama_log.install()
+        mark = llama_log.mark()
+        sink = io.StringIO()
+        with redirect_stderr(sink), redirect_stdout(sink):
+            lib.llama_backend_init()
+            mp = lib.llama_model_default_params()
+            mp.n_gpu_layers = options.gpu_layers
+            model = lib.llama_model_load_from_file(str(header.path).encode(), mp)
+        if not model:
+            reason = llama_log.last_error(llama_log.lines_since(mark)) or "unknown reason"
+            raise ModelFileError(f"{header.path}: llama.cpp could not load it: {reason}")
+        quantized_v = options.kv_type not in ("f16", "f32", "bf16")
+        cp = lib.llama_context_default_params()
+        cp.n_ctx = options.ctx
+        cp.n_batch = cp.n_ubatch = options.batch
+        cp.n_seq_max = parallel
+        cp.n_threads = cp.n_threads_batch = options.threads
+        cp.flash_attn_type = (
+            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if options.flash_attn or quantized_v
+            else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        cp.type_k = cp.type_v = KV_TYPE_IDS[options.kv_type]
+        cp.kv_unified = kv_unified
+        with redirect_stderr(sink), redirect_stdout(sink):
+            ctx = lib.llama_init_from_model(model, cp)
+        if not ctx:
+            lib.llama_model_free(model)
+            reason = llama_log.last_error(llama_log.lines_since(mark)) or "unknown reason"
+            raise BatchError(
+                f"llama.cpp could not create a context of {options.ctx} tokens for "
+                f"{parallel} sequences: {reason}; lower --ctx or --parallel"
+            )
+        return cls(lib, model, ctx, info, options, parallel, kv_unified)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._lib.llama_free(self._ctx)
+                self._lib.llama_model_free(self._model)
+
+    def __enter__(self) -> BatchRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- tokens --------------------------------------------------------------------------
+
+    def _token_text(self, token: int) -> str:
+        raw = self._lib.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt: no BOS added (the template has it), specials parsed."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._lib.llama_token * cap)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, False, True)
+        if n < 0:
+            cap = -n
+            buf = (self._lib.llama_token * cap)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, False, True)
+        return list(buf[:n])
+
+    def render(self, messages: Iterable[Message]) -> str:
+        return self.template.render(list(messages))
+
+    def shared_prefix(self, system: str | None) -> list[int]:
+        """The template's head for this system prompt: the tokens every such prompt starts with."""
+        head: list[Message] = [Message("system", system)] if system else []
+        text = self.render([*head, Message("user", _PLACEHOLDER)])
+        cut = text.find(_PLACEHOLDER)
+        if cut <= 0:
+            return []
+        a = self.tokenize(self.render([*head, Message("user", "a")]))
+        b = self.tokenize(self.render([*head, Message("user", "Z")]))
+        n = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            n += 1
+        return a[:n]
+
+    def _piece(self, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, big, len(big), 0, False)
+            return big.raw[:n]
+        return buf.raw[:n]
+
+    # ----- the loop ------------------------------------------------------------------------
+
+    def run(
+        self,
+        items: Iterable[BatchItem],
+        sampling: SamplingParams,
+        run_seed: int = 0,
+        system: str | None = None,
+        cancel: threading.Event | None = None,
+        progress: BatchProgress | None = None,
+    ) -> Iterator[BatchResult]:
+        """Yield a BatchResult as each item finishes (not in input order).
+
+        `system` picks the shared prefix; the items' messages must already hold their
+        system prompt. On cancel, the items still running are dropped unreported.
+        """
+        with self._lock:
+            if self._closed:
+                raise BatchError("the model was unloaded")
+            yield from self._run_locked(
+                iter(items), sampling, run_seed, system, cancel or threading.Event(),
+                progress or BatchProgress(),
+            )  # fmt: skip
+
+    def _run_locked(
+        self,
+        items: Iterator[BatchItem],
+        sampling: SamplingParams,
+        run_seed: int,
+        system: str | None,
+        cancel: threading.Event,
+        progress: BatchProgress,
+    ) -> Iterator[BatchResult]:
+        lib = self._lib
+        mem = self._mem
+        lib.llama_memory_clear(mem, True)
+        prefix = self.shared_prefix(system)
+        if len(prefix) >= self.n_ctx_seq:
+            prefix = []
+        slots = [_Slot(seq=s) for s in range(self.parallel)]
+        cap = max(self.n_batch, self.parallel)
+        batch = lib.llama_batch_init(cap, 0, 1)
+        buf = ctypes.create_string_buffer(64)
+        try:
+            if prefix:
+                self._decode_prefix(batch, prefix)
+                for s in slots[1:]:
+                    lib.llama_memory_seq_cp(mem, 0, s.seq, -1, -1)
+                for s in slots:
+                    s.has_prefix = True
+            exhausted = False
+            while not cancel.is_set():
+                # Free slots take the next prompts.
+                for slot in slots:
+                    while slot.item is None and not exhausted:
+                        item = next(items, None)
+                        if item is None:
+                            exhausted = True
+                            break
+                        overflow = self._assign(slot, item, prefix, sampling, run_seed)
+                        if overflow is not None:
+                            progress.done += 1
+                            yield overflow
+                active = [s for s in slots if s.item is not None]
+                if not active:
+                    break
+                n = self._fill(batch, active, cap)
+                rc = int(lib.llama_decode(self._ctx, batch))
+                if rc != 0:
+                    raise BatchError(
+                        f"llama_decode returned {rc} with {len(active)} sequences; "
+                        "lower --parallel or raise --ctx"
+                    )
+                del n
+                now = time.perf_counter()
+                for slot in active:
+                    if slot.logits_at < 0:
+                        continue
+                    tok = int(lib.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at))
+                    done_reason = None
+                    if lib.llama_vocab_is_eog(self._vocab, tok):
+                        done_reason = "stop"
+                    else:
+                        slot.n_gen += 1
+                        progress.generated_tokens += 1
+                        if slot.n_gen == 1:
+                            slot.t_first = now
+                        slot.pieces.append(self._piece(tok, buf))
+                        if slot.n_gen >= slot.max_tokens or slot.pos + 1 >= self.n_ctx_seq:
+                            done_reason = "length"
+                        else:
+                            slot.pending = [tok]
+                    if done_reason is not None:
+                        progress.done += 1
+                        yield self._finish(slot, done_reason, prefix, now)
+        finally:
+            for slot in slots:
+                if slot.sampler is not None:
+                    lib.llama_sampler_free(slot.sampler)
+                    slot.sampler = None
+            lib.llama_batch_free(batch)
+
+    def _decode_prefix(self, batch: Any, prefix: list[int]) -> None:
+        lib = self._lib
+        for start in range(0, len(prefix), self.n_batch):
+            chunk = prefix[start : start + self.n_batch]
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 0
+            batch.n_tokens = len(chunk)
+            rc = int(lib.llama_decode(self._ctx, batch))
+            if rc != 0:
+                raise BatchError(f"llama_decode returned {rc} on the shared prefix")
+
+    def _assign(
+        self,
+        slot: _Slot,
+        item: BatchItem,
+        prefix: list[int],
+        sampling: SamplingParams,
+        run_seed: int,
+    ) -> BatchResult | None:
+        """Put `item` in `slot`; a prompt that cannot fit a slot is answered 'overflow' at once."""
+        tokens = self.tokenize(self.render(item.messages))
+        t0 = time.perf_counter()
+        if len(tokens) >= self.n_ctx_seq:
+            return BatchResult(item.id, "", "overflow", len(tokens), 0, 0, 0.0, 0.0, None)
+        np_ = len(prefix)
+        uses_prefix = bool(prefix) and len(tokens) > np_ and tokens[:np_] == prefix
+        if uses_prefix and slot.has_prefix:
+            kept = np_
+        else:
+            if slot.has_prefix or uses_prefix:
+                self._lib.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
+            slot.has_prefix = False
+            kept = 0
+        seed = None if sampling.greedy else item_seed(run_seed, item.id)
+        if slot.sampler is not None:
+            self._lib.llama_sampler_free(slot.sampler)
+        slot.sampler = make_sampler(self._lib, self._n_vocab, sampling, seed)
+        slot.item = item
+        slot.tokens = tokens
+        slot.pending = tokens[kept:]
+        slot.pos = kept
+        slot.kept = kept
+        slot.uses_prefix = uses_prefix
+        slot.max_tokens = item.max_tokens if item.max_tokens is not None else sampling.max_tokens
+        slot.seed = seed
+        slot.pieces = []
+        slot.n_gen = 0
+        slot.t_start = t0
+        slot.t_first = 0.0
+        return None
+
+    def _fill(self, batch: Any, active: list[_Slot], cap: int) -> int:
+        """Generating slots' one token each first, then prompt tokens while room remains."""
+        n = 0
+        order = sorted(active, key=lambda s: len(s.pending) > 1)
+        for slot in order:
+            slot.logits_at = -1
+            room = cap - n
+            if room <= 0:
+                continue
+            take = slot.pending[:room]
+            for j, tok in enumerate(take):
+                batch.token[n] = tok
+                batch.pos[n] = slot.pos + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq
+                batch.logits[n] = 0
+                n += 1
+            slot.pos += len(take)
+            slot.pending = slot.pending[len(take) :]
+            if not slot.pending:
+                batch.logits[n - 1] = 1
+                slot.logits_at = n - 1
+        batch.n_tokens = n
+        return n
+
+    def _finish(self, slot: _Slot, reason: str, prefix: list[int], now: float) -> BatchResult:
+        item = slot.item
+        assert item is not None
+        if slot.uses_prefix:
+            self._lib.llama_memory_seq_rm(self._mem, slot.seq, len(prefix), -1)
+            slot.has_prefix = True
+        else:
+            self._lib.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
+            slot.has_prefix = False
+        text = b"".join(slot.pieces).decode("utf-8", errors="replace")
+        result = BatchResult(
+            id=item.id,
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=len(slot.tokens),
+            prompt_tokens_evaluated=len(slot.tokens) - slot.kept,
+            generated_tokens=slot.n_gen,
+            ttft_s=(slot.t_first - slot.t_start) if slot.n_gen else 0.0,
+            total_s=now - slot.t_start,
+            seed=slot.seed,
+        )
+        slot.item = None
+        slot.pending = []
+        slot.pieces = []
+        return result
+
+
+def default_parallel() -> int:
+    """8 sequences on a CPU (llama.cpp's gain flattens past it on few cores), 32 on a GPU."""
+    try:
+        import llama_cpp
+
+        return 32 if llama_cpp.llama_supports_gpu_offload() else 8
+    except (ImportError, OSError):
+        return 8

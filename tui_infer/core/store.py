@@ -1,0 +1,611 @@
+"""The prediction store: a batch run's answers, kept to be served at lookup speed.
+
+One SQLite file (data_dir/store.sqlite3, WAL, busy timeout, migrations through
+core/db.py). A request's key is the sha256 of the model's sha256, the chat
+template's source, the normalized sampling parameters and the normalized
+messages. Each batch is a run; its predictions are written one transaction
+each (a kill -9 loses at most the one being written) and stay *staged* until
+the run is published. The newest published prediction for a key answers it;
+rolling back the latest published run makes the previous one answer again.
+
+Normalization (what two requests must share to hit the same entry):
+- messages: role lower-cased and stripped; content with CRLF/CR turned into LF
+  and leading/trailing whitespace removed. Whitespace inside the text counts.
+- parameters: greedy requests (temperature <= 0) keep only temperature 0,
+  repeat_penalty and max_tokens (the rest does not change greedy output);
+  sampled ones keep them all, with seed None when it is random (-1).
+
+Hit and miss counts are kept in memory and written on flush_counters()/close()
+so that a lookup is a single indexed read (product budget: 20,000/s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tui_infer.core.db import StoreError, connect, transaction
+from tui_infer.core.engine import SamplingParams
+from tui_infer.core.template import Message
+
+STORE_FILE = "store.sqlite3"
+
+MIGRATIONS = [
+    """
+    CREATE TABLE model_hashes (
+        path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        signature TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        model_path TEXT NOT NULL,
+        template_sha256 TEXT NOT NULL,
+        params_json TEXT NOT NULL,
+        params_hash TEXT NOT NULL,
+        input_path TEXT NOT NULL DEFAULT '',
+        n_items INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'running',
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        published_at REAL,
+        llama_cpp_version TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX runs_signature ON runs(signature);
+    CREATE TABLE predictions (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        item_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        messages_json TEXT NOT NULL,
+        output TEXT NOT NULL,
+        finish_reason TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        generated_tokens INTEGER NOT NULL,
+        ttft_s REAL NOT NULL,
+        total_s REAL NOT NULL,
+        seed INTEGER,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'staged',
+        published_at REAL,
+        PRIMARY KEY (run_id, item_id)
+    );
+    CREATE INDEX predictions_serving ON predictions(key, status, published_at);
+    CREATE TABLE misses (
+        key TEXT PRIMARY KEY,
+        model_sha256 TEXT NOT NULL,
+        params_json TEXT NOT NULL,
+        messages_json TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL
+    );
+    CREATE TABLE lookup_counts (
+        model_sha256 TEXT PRIMARY KEY,
+        hits INTEGER NOT NULL DEFAULT 0,
+        misses INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+]
+
+# What the store serves: a finished answer, not an error or a prompt that did not fit.
+SERVABLE = ("stop", "length")
+
+
+# ----- keys ---------------------------------------------------------------------------------
+
+
+def normalize_messages(messages: Iterable[Message]) -> list[dict[str, str]]:
+    out = []
+    for m in messages:
+        content = m.content.replace("\r\n", "\n").replace("\r", "\n").strip()
+        out.append({"role": m.role.strip().lower(), "content": content})
+    return out
+
+
+def normalized_messages(messages: Iterable[Message]) -> tuple[Message, ...]:
+    """The messages the model should see for a request stored under its normalized key."""
+    return tuple(Message(d["role"], d["content"]) for d in normalize_messages(messages))
+
+
+def normalize_params(p: SamplingParams, max_tokens: int | None = None) -> dict[str, Any]:
+    mt = p.max_tokens if max_tokens is None else max_tokens
+    if p.greedy:
+        return {"temperature": 0.0, "repeat_penalty": round(p.repeat_penalty, 6), "max_tokens": mt}
+    return {
+        "temperature": round(p.temperature, 6),
+        "top_p": round(p.top_p, 6),
+        "top_k": p.top_k,
+        "min_p": round(p.min_p, 6),
+        "repeat_penalty": round(p.repeat_penalty, 6),
+        "max_tokens": mt,
+        "seed": p.seed if p.seed >= 0 else None,
+    }
+
+
+def _sha(obj: Any) -> str:
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def template_sha256(template_source: str) -> str:
+    return hashlib.sha256(template_source.encode("utf-8")).hexdigest()
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return _sha(params)
+
+
+def request_key(
+    model_sha256: str,
+    template_source: str,
+    params: dict[str, Any],
+    messages: Iterable[Message],
+) -> str:
+    """sha256 of (model sha256, chat template, normalized parameters, normalized messages)."""
+    return _sha([model_sha256, template_sha256(template_source), params,
+                 normalize_messages(messages)])  # fmt: skip
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----- records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    model_sha256: str
+    model_path: str
+    params: dict[str, Any]
+    params_hash: str
+    input_path: str
+    n_items: int
+    n_done: int
+    n_rejected: int
+    status: str  # running, done, interrupted, published, rolled-back
+    created_at: float
+    finished_at: float | None
+    published_at: float | None
+    generated_tokens: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    run_id: int
+    item_id: str
+    position: int
+    key: str
+    model_sha256: str
+    messages: list[dict[str, str]]
+    output: str
+    finish_reason: str
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_s: float
+    total_s: float
+    seed: int | None
+    created_at: float
+    status: str  # staged, published, rejected
+    published_at: float | None
+
+    @property
+    def prompt(self) -> str:
+        users = [m["content"] for m in self.messages if m["role"] == "user"]
+        return users[-1] if users else ""
+
+
+_PRED_COLS = (
+    "run_id, item_id, position, key, model_sha256, messages_json, output, finish_reason, "
+    "prompt_tokens, generated_tokens, ttft_s, total_s, seed, created_at, status, published_at"
+)
+
+
+def _prediction(row: Sequence[Any]) -> Prediction:
+    return Prediction(
+        run_id=row[0], item_id=row[1], position=row[2], key=row[3], model_sha256=row[4],
+        messages=json.loads(row[5]), output=row[6], finish_reason=row[7], prompt_tokens=row[8],
+        generated_tokens=row[9], ttft_s=row[10], total_s=row[11], seed=row[12],
+        created_at=row[13], status=row[14], published_at=row[15],
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    model_sha256: str
+    entries: int  # published predictions
+    staged: int
+    hits: int
+    misses: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class PredictionStore:
+    """The store file. Safe to share between threads (one lock) and processes (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = connect(path, MIGRATIONS)
+        self._lock = threading.RLock()
+        self._counts: dict[str, list[int]] = {}  # model sha256 -> [hits, misses], unflushed
+        self.session_hits = 0
+        self.session_misses = 0
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> PredictionStore:
+        return cls(data_dir / STORE_FILE)
+
+    def close(self) -> None:
+        with self._lock:
+            self.flush_counters()
+            self._conn.close()
+
+    def __enter__(self) -> PredictionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self) -> Any:
+        return transaction(self._conn)
+
+    # ----- model hashes --------------------------------------------------------------------
+
+    def model_sha256(self, path: Path) -> str:
+        """The file's sha256, cached by (path, size, mtime) so a 98 MB model is read once."""
+        path = path.resolve()
+        st = path.stat()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT sha256 FROM model_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
+                (str(path), st.st_size, st.st_mtime_ns),
+            ).fetchone()
+        if row:
+            return str(row[0])
+        digest = file_sha256(path)
+        with self._lock, self._write():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO model_hashes (path, size, mtime_ns, sha256) "
+                "VALUES (?, ?, ?, ?)",
+                (str(path), st.st_size, st.st_mtime_ns, digest),
+            )
+        return digest
+
+    # ----- runs ----------------------------------------------------------------------------
+
+    def find_run(self, signature: str) -> RunInfo | None:
+        """The latest run of exactly this model, parameters and input, to resume it."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id FROM runs WHERE signature = ? ORDER BY id DESC LIMIT 1", (signature,)
+            ).fetchone()
+        return self.run(int(row[0])) if row else None
+
+    def create_run(
+        self,
+        *,
+        signature: str,
+        model_sha256: str,
+        model_path: str,
+        template_sha256: str,
+        params: dict[str, Any],
+        n_items: int,
+        input_path: str = "",
+        llama_cpp_version: str = "",
+    ) -> int:
+        with self._lock, self._write():
+            cur = self._conn.execute(
+                "INSERT INTO runs (signature, model_sha256, model_path, template_sha256, "
+                "params_json, params_hash, input_path, n_items, created_at, llama_cpp_version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (signature, model_sha256, model_path, template_sha256,
+                 json.dumps(params, sort_keys=True), params_hash(params), input_path, n_items,
+                 time.time(), llama_cpp_version),
+            )  # fmt: skip
+            return int(cur.lastrowid or 0)
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        with self._lock, self._write():
+            finished = time.time() if status in ("done", "interrupted") else None
+            self._conn.execute(
+                "UPDATE runs SET status = ?, finished_at = COALESCE(?, finished_at) "
+                "WHERE id = ? AND status NOT IN ('published', 'rolled-back')",
+                (status, finished, run_id),
+            )
+
+    def done_ids(self, run_id: int) -> set[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT item_id FROM predictions WHERE run_id = ?", (run_id,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def add_prediction(
+        self,
+        run_id: int,
+        *,
+        item_id: str,
+        position: int,
+        key: str,
+        model_sha256: str,
+        messages: Iterable[Message],
+        output: str,
+        finish_reason: str,
+        prompt_tokens: int,
+        generated_tokens: int,
+        ttft_s: float,
+        total_s: float,
+        seed: int | None,
+    ) -> None:
+        """One committed transaction per prediction: a kill -9 keeps every finished one."""
+        with self._lock, self._write():
+            self._conn.execute(
+                f"INSERT OR IGNORE INTO predictions ({_PRED_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'staged', NULL)",
+                (run_id, item_id, position, key, model_sha256,
+                 json.dumps(normalize_messages(messages), ensure_ascii=False), output,
+                 finish_reason, prompt_tokens, generated_tokens, ttft_s, total_s, seed,
+                 time.time()),
+            )  # fmt: skip
+
+    def _run_row_to_info(self, row: Sequence[Any]) -> RunInfo:
+        counts = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(status = 'rejected'), 0), "
+            "COALESCE(SUM(generated_tokens), 0) FROM predictions WHERE run_id = ?",
+            (row[0],),
+        ).fetchone()
+        return RunInfo(
+            id=row[0], model_sha256=row[1], model_path=row[2], params=json.loads(row[3]),
+            params_hash=row[4], input_path=row[5], n_items=row[6], n_done=counts[0],
+            n_rejected=counts[1], status=row[7], created_at=row[8], finished_at=row[9],
+            published_at=row[10], generated_tokens=counts[2],
+        )  # fmt: skip
+
+    _RUN_COLS = (
+        "id, model_sha256, model_path, params_json, params_hash, input_path, n_items, status, "
+        "created_at, finished_at, published_at"
+    )
+
+    def run(self, run_id: int) -> RunInfo:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._RUN_COLS} FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no run {run_id} in the store; 'tui-infer store runs' lists them")
+            return self._run_row_to_info(row)
+
+    def runs(self) -> list[RunInfo]:
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {self._RUN_COLS} FROM runs ORDER BY id").fetchall()
+            return [self._run_row_to_info(r) for r in rows]
+
+    def predictions(self, run_id: int) -> list[Prediction]:
+        self.run(run_id)  # a clear error for an unknown run
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_PRED_COLS} FROM predictions WHERE run_id = ? ORDER BY position",
+                (run_id,),
+            ).fetchall()
+        return [_prediction(r) for r in rows]
+
+    # ----- review: publish, reject, rollback ----------------------------------------------
+
+    def publish(self, run_id: int) -> int:
+        """Serve the run's staged, finished predictions; returns how many."""
+        info = self.run(run_id)
+        if info.status == "running":
+            raise StoreError(
+                f"run {run_id} is still running (or was killed): rerun its batch command to "
+                "finish it, then publish"
+            )
+        now = time.time()
+        with self._lock, self._write():
+            cur = self._conn.execute(
+                "UPDATE predictions SET status = 'published', published_at = ? "
+                f"WHERE run_id = ? AND status = 'staged' AND finish_reason IN {SERVABLE!r}",
+                (now, run_id),
+            )
+            self._conn.execute(
+                "UPDATE runs SET status = 'published', published_at = ? WHERE id = ?",
+                (now, run_id),
+            )
+            return int(cur.rowcount)
+
+    def reject(self, run_id: int, item_ids: Iterable[str]) -> int:
+        """Reject predictions by item id (also published ones: they stop being served)."""
+        ids = list(item_ids)
+        self.run(run_id)
+        with self._lock:
+            known = {
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT item_id FROM predictions WHERE run_id = ?", (run_id,)
+                )
+            }
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise StoreError(
+                f"run {run_id} has no prediction with id {', '.join(unknown)}; "
+                f"'tui-infer store show {run_id}' lists its ids"
+            )
+        with self._lock, self._write():
+            n = 0
+            for item_id in ids:
+                n += self._conn.execute(
+                    "UPDATE predictions SET status = 'rejected' "
+                    "WHERE run_id = ? AND item_id = ? AND status != 'rejected'",
+                    (run_id, item_id),
+                ).rowcount
+        return n
+
+    def rollback(self) -> int:
+        """Unpublish the latest published run (its predictions go back to staged)."""
+        with self._lock, self._write():
+            row = self._conn.execute(
+                "SELECT id FROM runs WHERE status = 'published' "
+                "ORDER BY published_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                raise StoreError("no published run to roll back; 'tui-infer store runs' lists runs")
+            run_id = int(row[0])
+            self._conn.execute(
+                "UPDATE predictions SET status = 'staged', published_at = NULL "
+                "WHERE run_id = ? AND status = 'published'",
+                (run_id,),
+            )
+            self._conn.execute(
+                "UPDATE runs SET status = 'rolled-back', published_at = NULL WHERE id = ?",
+                (run_id,),
+            )
+        return run_id
+
+    # ----- serving -------------------------------------------------------------------------
+
+    def lookup(self, key: str, model_sha256: str = "") -> Prediction | None:
+        """The newest published prediction for the key; counts a hit or a miss."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_PRED_COLS} FROM predictions WHERE key = ? AND status = 'published' "
+                "ORDER BY published_at DESC, run_id DESC LIMIT 1",
+                (key,),
+            ).fetchone()
+            c = self._counts.setdefault(model_sha256, [0, 0])
+            if row is None:
+                c[1] += 1
+                self.session_misses += 1
+                return None
+            c[0] += 1
+            self.session_hits += 1
+        return _prediction(row)
+
+    def record_miss(
+        self,
+        key: str,
+        model_sha256: str,
+        params: dict[str, Any],
+        messages: Iterable[Message],
+    ) -> None:
+        """Remember a request the store could not answer (exported by `store misses`)."""
+        now = time.time()
+        with self._lock, self._write():
+            self._conn.execute(
+                "INSERT INTO misses (key, model_sha256, params_json, messages_json, count, "
+                "first_at, last_at) VALUES (?, ?, ?, ?, 1, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+                (key, model_sha256, json.dumps(params, sort_keys=True),
+                 json.dumps(normalize_messages(messages), ensure_ascii=False), now, now),
+            )  # fmt: skip
+
+    def misses(self, model_sha256: str | None = None) -> list[dict[str, Any]]:
+        """Missed requests not answered since: each {'key', 'messages', 'params', 'count'}."""
+        sql = (
+            "SELECT m.key, m.model_sha256, m.params_json, m.messages_json, m.count FROM misses m "
+            "WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.key = m.key "
+            "AND p.status = 'published')"
+        )
+        args: tuple[Any, ...] = ()
+        if model_sha256:
+            sql += " AND m.model_sha256 = ?"
+            args = (model_sha256,)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY m.first_at", args).fetchall()
+        return [
+            {"key": r[0], "model_sha256": r[1], "params": json.loads(r[2]),
+             "messages": json.loads(r[3]), "count": r[4]}
+            for r in rows
+        ]  # fmt: skip
+
+    def flush_counters(self) -> None:
+        with self._lock:
+            pending = {k: v for k, v in self._counts.items() if v[0] or v[1]}
+            if not pending:
+                return
+            with self._write():
+                for sha, (hits, misses) in pending.items():
+                    self._conn.execute(
+                        "INSERT INTO lookup_counts (model_sha256, hits, misses) VALUES (?, ?, ?) "
+                        "ON CONFLICT(model_sha256) DO UPDATE SET hits = hits + excluded.hits, "
+                        "misses = misses + excluded.misses",
+                        (sha, hits, misses),
+                    )
+            self._counts.clear()
+
+    def stats(self) -> tuple[list[ModelStats], int]:
+        """Per-model figures, and the store file's size in bytes (with its WAL)."""
+        self.flush_counters()
+        with self._lock:
+            per: dict[str, list[int]] = {}
+            for sha, published, staged in self._conn.execute(
+                "SELECT model_sha256, SUM(status = 'published'), SUM(status = 'staged') "
+                "FROM predictions GROUP BY model_sha256"
+            ):
+                per.setdefault(sha, [0, 0, 0, 0])[0:2] = [published, staged]
+            for sha, hits, misses in self._conn.execute(
+                "SELECT model_sha256, hits, misses FROM lookup_counts"
+            ):
+                per.setdefault(sha, [0, 0, 0, 0])[2:4] = [hits, misses]
+        size = 0
+        for suffix in ("", "-wal"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                size += os.path.getsize(p)
+        stats = [ModelStats(sha, *v) for sha, v in sorted(per.items())]
+        return stats, size
+
+
+__all__ = [
+    "MIGRATIONS", "ModelStats", "Prediction", "PredictionStore", "RunInfo", "StoreError",
+    "file_sha256", "normalize_messages", "normalize_params", "normalized_messages",
+    "Request", "make_request", "params_hash", "request_key", "serve", "template_sha256",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Request:
+    """A live request as the store sees it: what the chat or `run` call lookup() with."""
+
+    key: str
+    model_sha256: str
+    params: dict[str, Any]
+    messages: tuple[Message, ...]
+
+
+def make_request(
+    store: PredictionStore,
+    model_path: Path,
+    template_source: str,
+    sampling: SamplingParams,
+    messages: Iterable[Message],
+) -> Request:
+    msgs = normalized_messages(messages)
+    sha = store.model_sha256(model_path)
+    params = normalize_params(sampling)
+    return Request(request_key(sha, template_source, params, msgs), sha, params, msgs)
+
+
+def serve(store: PredictionStore, request: Request) -> Prediction | None:
+    """Store-then-live serving's first half: the published answer, or None (recorded as a miss)."""
+    hit = store.lookup(request.key, request.model_sha256)
+    if hit is None:
+        store.record_miss(request.key, request.model_sha256, request.params, request.messages)
+    return hit
