@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="answer one prompt headless, streaming to stdout",
         description="Answer PROMPT (or stdin) with the model, streaming "
-        "the reply to stdout. Exit codes: 0 ok, 2 bad input, 130 interrupted.",
+        "the reply to stdout. Exit codes: 0 ok, 2 bad input, 3 not precomputed (--serve store), "
+        "130 interrupted.",
     )
     _model_flags(run)
     run.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object with the reply and its figures"
     )
     run.add_argument("--stats", action="store_true", help="print the figures to stderr")
+    run.add_argument(
+        "--serve",
+        choices=("store-then-live", "live", "store"),
+        default="store-then-live",
+        help="answer from the prediction store when a published prediction matches "
+        "(store-then-live, the default), never (live), or only (store: a miss exits 3)",
+    )
 
     doctor = sub.add_parser("doctor", help="versions, backend, devices, paths, default model")
     _model_flags(doctor)
@@ -96,8 +104,21 @@ def _settings_from(args: argparse.Namespace) -> tuple[Settings, Paths]:
     from tui_infer.core.paths import default_paths
 
     paths = default_paths()
-    flags = ("model", "ctx", "threads", "gpu_layers", "kv_type", "system", "temperature",
-             "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
+    flags = (
+        "model",
+        "ctx",
+        "threads",
+        "gpu_layers",
+        "kv_type",
+        "system",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "seed",
+        "max_tokens",
+    )
     settings = load_settings(paths.config_file).with_overrides(
         **{name: getattr(args, name, None) for name in flags}
     )

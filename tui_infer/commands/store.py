@@ -15,21 +15,9 @@ if TYPE_CHECKING:
     from tui_infer.core.paths import Paths
 
 
-SERVE_MODES = ("store-then-live", "live", "store")
 
 
 def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    # Serving from the store is an option of `run`, whose parser cli.py builds: the store
-    # command adds it there, so that the store's whole CLI lives in this module.
-    run = sub.choices.get("run")
-    if run is not None:
-        run.add_argument(
-            "--serve",
-            choices=SERVE_MODES,
-            default="store-then-live",
-            help="answer from the prediction store when a published prediction matches "
-            "(store-then-live, the default), never (live), or only (store: a miss exits 3)",
-        )
     p = sub.add_parser(
         "store",
         help="the prediction store: runs, review, publish, rollback, stats, export",
