@@ -272,6 +272,17 @@ def read_header(path: str | Path) -> GgufHeader:
         raise ModelFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
 
 
+def parse_header_bytes(buf: bytes, name: str, file_size: int) -> GgufHeader:
+    """Parse a header from the first bytes of a file (e.g. a ranged HTTP GET).
+
+    Reads are bounded by the bytes given, claims by the whole file's size: a prefix too
+    short for the header gives the same "truncated or corrupt" ModelFileError.
+    """
+    if file_size < len(buf):
+        raise ModelFileError(f"{name}: got {len(buf)} bytes of a {file_size}-byte file")
+    return _parse(buf, Path(name), file_size)
+
+
 def _parse(buf: mmap.mmap | bytes, path: Path, size: int) -> GgufHeader:
     r = _Reader(buf, path)
     if size < 4 or bytes(buf[:4]) != GGUF_MAGIC:

@@ -63,6 +63,13 @@ def _by_name(name: str) -> Path:
     exact = [m for m in models if m.name.lower() == low or m.distribution.lower() == low]
     if exact:
         return exact[0].path
+    # Then the library (imported, copied, downloaded, HF-cache models).
+    from tui_infer.core.library import find_in_library
+    from tui_infer.core.paths import default_paths
+
+    in_library = find_in_library(name, default_paths().data_dir)
+    if in_library is not None:
+        return in_library
     partial = [m for m in models if low in m.name.lower()]
     if len(partial) == 1:
         return partial[0].path

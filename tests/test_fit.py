@@ -1,0 +1,119 @@
+"""The fit estimate: known inputs, and one check against llama.cpp's own load log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tui_infer.core import llama_log
+from tui_infer.core.engine import Engine, LoadOptions, ModelInfo
+from tui_infer.core.fit import (
+    FITS,
+    MIB,
+    OVERHEAD_BYTES,
+    TIGHT,
+    WONT_FIT,
+    compute_bytes_reported,
+    estimate_fit,
+)
+from tui_infer.core.gguf import read_header
+
+GIB = 1024 * MIB
+
+
+def model(**kw: object) -> ModelInfo:
+    base: dict[str, object] = dict(
+        path=Path("x.gguf"), name="x", architecture="llama", quantization="Q4_K_M",
+        file_size=4 * GIB, parameter_count=7_000_000_000, n_layer=32, n_ctx_train=8192,
+        n_embd=4096, n_head=32, n_head_kv=8, head_dim_k=128, head_dim_v=128,
+        chat_template=None,
+    )  # fmt: skip
+    base.update(kw)
+    return ModelInfo(**base)  # type: ignore[arg-type]
+
+
+def test_kv_and_compute_from_known_dimensions() -> None:
+    m = model()
+    est = estimate_fit(m, n_vocab=32000, ctx=4096, ram_available=64 * GIB)
+    # 32 layers x 8 KV heads x (128 + 128) x 2 bytes = 131072 bytes per token, f16
+    assert est.kv_bytes == 131072 * 4096 == 512 * MIB
+    assert est.compute_bytes == 512 * 32000 * 4 + 512 * 4096 * 4 * 8
+    assert est.total_bytes == 4 * GIB + 512 * MIB + est.compute_bytes + OVERHEAD_BYTES
+    assert est.verdict == FITS and est.gpu_layers is None
+
+
+def test_quantized_cache_is_smaller() -> None:
+    f16 = estimate_fit(model(), n_vocab=32000, ctx=8192, ram_available=64 * GIB)
+    q8 = estimate_fit(model(), n_vocab=32000, ctx=8192, ram_available=64 * GIB, kv_type="q8_0")
+    assert q8.kv_bytes == f16.kv_bytes * 34 // 64  # q8_0: 34 bytes per 32 elements
+
+
+@pytest.mark.parametrize(
+    "ram_gib, verdict",
+    [(16, FITS), (5.3, TIGHT), (4.9, TIGHT), (4.4, WONT_FIT), (5.6, FITS), (1, WONT_FIT)],
+)
+def test_verdict_thresholds(ram_gib: float, verdict: str) -> None:
+    est = estimate_fit(model(), n_vocab=32000, ctx=2048, ram_available=int(ram_gib * GIB))
+    # needs 4 GiB + 256 MiB + ~126 MiB + 64 MiB = ~4.43 GiB
+    assert est.verdict == verdict, est.summary()
+
+
+def test_gpu_layers_suggested_from_free_vram() -> None:
+    m = model()
+    everything = estimate_fit(
+        m, n_vocab=32000, ctx=4096, ram_available=8 * GIB, gpu_free=24 * GIB, gpu_build=True
+    )
+    assert everything.gpu_layers == 32 and "all layers" in everything.note
+    # 2 GiB free: (2 GiB x 0.9 - compute) / ((4 GiB + 512 MiB) / 32) = 12.x layers
+    half = estimate_fit(
+        m, n_vocab=32000, ctx=4096, ram_available=8 * GIB, gpu_free=2 * GIB, gpu_build=True
+    )
+    per_layer = (4 * GIB + 512 * MIB) / 32
+    assert half.gpu_layers == int((2 * GIB * 0.9 - half.compute_bytes) // per_layer) == 11
+    assert half.ram_needed < everything.total_bytes
+    none = estimate_fit(
+        m, n_vocab=32000, ctx=4096, ram_available=8 * GIB, gpu_free=64 * MIB, gpu_build=True
+    )
+    assert none.gpu_layers == 0 and "too little" in none.note
+    # Offloading turns a model that does not fit in RAM alone into one that does.
+    cpu = estimate_fit(m, n_vocab=32000, ctx=4096, ram_available=3 * GIB)
+    gpu = estimate_fit(
+        m, n_vocab=32000, ctx=4096, ram_available=3 * GIB, gpu_free=24 * GIB, gpu_build=True
+    )
+    assert cpu.verdict == WONT_FIT and gpu.verdict == FITS
+
+
+def test_context_above_training_is_noted() -> None:
+    est = estimate_fit(model(n_ctx_train=2048), n_vocab=32000, ctx=4096, ram_available=64 * GIB)
+    assert "above the model's trained 2048" in est.summary()
+
+
+def test_unknown_kv_type() -> None:
+    with pytest.raises(ValueError, match="unknown KV cache type"):
+        estimate_fit(model(), n_vocab=1, ctx=1, ram_available=1, kv_type="q3")
+
+
+def test_estimate_matches_llama_cpp_load(model_path: Path) -> None:
+    """The real model: KV bytes exact, compute allowance within 20 % above what llama.cpp
+    reserved, weights as the mapped model buffer."""
+    header = read_header(model_path)
+    info = ModelInfo.from_header(header)
+    n_vocab = header.get("tokenizer.ggml.tokens").length
+    mark = llama_log.mark()
+    eng = Engine.load(model_path, LoadOptions(ctx=2048, threads=1))
+    try:
+        lines = llama_log.lines_since(mark)
+    finally:
+        eng.close()
+    reported_compute = compute_bytes_reported(lines)
+    reported_kv = llama_log.kv_bytes_reported(lines)
+    assert reported_compute and reported_kv
+    est = estimate_fit(info, n_vocab=n_vocab, ctx=2048, ram_available=64 * GIB)
+    assert est.kv_bytes == reported_kv
+    assert reported_compute <= est.compute_bytes <= reported_compute * 1.2
+    model_buf = [ln for ln in lines if "model buffer size" in ln]
+    assert (
+        model_buf
+        and abs(est.weights_bytes / MIB - float(model_buf[0].split("=")[1].split()[0])) < 8
+    )

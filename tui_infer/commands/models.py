@@ -1,0 +1,456 @@
+"""`tui-infer models ...`: the library (list, info, import, rm, verify) and the hub
+(search, files, pull). Only the standard library is imported at the top."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tui_infer.core.config import Settings
+    from tui_infer.core.library import ModelEntry, ModelLibrary
+    from tui_infer.core.paths import Paths
+
+
+def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "models",
+        help="the model library and the Hugging Face hub",
+        description="Every GGUF you have (imported, downloaded, bundled, in the Hugging Face "
+        "cache), and models from the hub.",
+    )
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    msub.add_parser("list", help="the library: name, quant, size, context, source, status")
+
+    info = msub.add_parser("info", help="metadata, sha256, fit estimate, chat template")
+    model_flags(info)
+    info.add_argument("target", metavar="NAME|PATH")
+
+    imp = msub.add_parser("import", help="add a GGUF file to the library (in place by default)")
+    imp.add_argument("path", metavar="PATH")
+    imp.add_argument("--copy", action="store_true", help="copy it into the data directory")
+
+    rm = msub.add_parser("rm", help="remove a model from the library")
+    rm.add_argument("target", metavar="NAME|PATH")
+    rm.add_argument(
+        "--yes", "-y", action="store_true", help="delete downloaded/copied files without asking"
+    )
+
+    verify = msub.add_parser("verify", help="rehash files and compare with the recorded sha256")
+    verify.add_argument("target", nargs="?", metavar="NAME|PATH", help="default: every model")
+
+    search = msub.add_parser("search", help="search GGUF repositories on the hub")
+    search.add_argument("query")
+    search.add_argument("--limit", type=int, default=20)
+
+    files = msub.add_parser("files", help="a hub repository's GGUF files with size and quant")
+    files.add_argument("repo", metavar="REPO")
+    files.add_argument("--revision", default="main")
+    files.add_argument(
+        "--headers", action="store_true", help="read each file's header (ranged GET)"
+    )
+
+    pull = msub.add_parser("pull", help="download a GGUF from the hub (resumes after Ctrl+C)")
+    model_flags(pull)
+    pull.add_argument("repo", metavar="REPO")
+    pull.add_argument(
+        "file", nargs="?", metavar="FILE|QUANT", help="a file name or a quant such as Q4_K_M"
+    )
+    pull.add_argument("--revision", default="main")
+
+
+def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    from tui_infer.core.library import ModelLibrary
+
+    action = args.models_command
+    if action == "search":
+        return _search(args)
+    if action == "files":
+        return _files(args)
+    with ModelLibrary(paths.data_dir) as lib:
+        handler: Callable[[argparse.Namespace, ModelLibrary, Settings], int] = {
+            "list": _list,
+            "info": _info,
+            "import": _import,
+            "rm": _rm,
+            "verify": _verify,
+            "pull": _pull,
+        }[action]
+        return handler(args, lib, settings)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _console() -> Any:
+    import sys
+
+    from rich.console import Console
+
+    # Piped output is for reading by scripts: never truncate it to 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+
+
+def _list(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
+    from rich.table import Table
+
+    entries = lib.entries()
+    if not entries:
+        print(
+            "The library is empty: add a model with 'tui-infer models import PATH' "
+            "or 'tui-infer models pull REPO'."
+        )
+        return 0
+    t = Table(box=None, pad_edge=False)
+    for col in ("name", "quant", "size", "context", "source", "status"):
+        t.add_column(
+            col,
+            justify="right" if col in ("size", "context") else "left",
+            no_wrap=True,
+            min_width=max(len(e.name) for e in entries) if col == "name" else None,
+        )
+    for e in entries:
+        t.add_row(
+            e.name,
+            e.quantization,
+            human_size(e.size),
+            str(e.n_ctx_train or "?"),
+            e.source + (f" ({e.repo})" if e.repo else ""),
+            e.status,
+        )
+    _console().print(t)
+    return 0
+
+
+def _progress(label: str) -> Any:
+    """A Rich progress bar on stderr (hidden when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        f"[bold]{label}[/]", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal,
+    )  # fmt: skip
+
+
+def _hash_with_progress(lib: ModelLibrary, entry: ModelEntry, verify: bool = False) -> Any:
+    with _progress("hashing" if not verify else "verifying") as bar:
+        task = bar.add_task("", total=entry.size)
+
+        def cb(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return lib.verify(entry, cb) if verify else lib.ensure_hashes(entry, cb)
+
+
+def _entry_for(lib: ModelLibrary, target: str) -> ModelEntry:
+    from pathlib import Path
+
+    from tui_infer.core.errors import ModelNotFoundError
+
+    try:
+        return lib.get(target)
+    except ModelNotFoundError:
+        p = Path(target).expanduser()
+        if p.suffix.lower() == ".gguf" and p.exists():
+            # A file outside the library: show it without registering it.
+            from tui_infer.core.library import ModelEntry, Part, read_model
+
+            parts, metadata = read_model(p)
+            return ModelEntry(
+                p.stem, [Part(str(q), q.stat().st_size) for q in parts], "not in library", metadata
+            )
+        raise
+
+
+def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
+    from tui_infer.core import fit
+
+    e = _entry_for(lib, args.target)
+    md = e.metadata
+    rows: list[tuple[str, str]] = [
+        ("name", e.name),
+        ("model", str(md.get("name") or "?")),
+        ("path", "\n".join(str(p) for p in e.paths)),
+        ("source", e.source + (f" ({e.repo})" if e.repo else "")),
+        ("status", e.status),
+        ("size", f"{human_size(e.size)} ({e.size} bytes)"),
+        ("architecture", str(md.get("architecture"))),
+        ("parameters", _params(md)),
+        ("quantization", e.quantization),
+        ("trained context", str(md.get("n_ctx_train") or "?")),
+        ("layers", str(md.get("n_layer"))),
+        ("heads", f"{md.get('n_head')} (KV heads {md.get('n_head_kv')})"),
+        ("embedding", str(md.get("n_embd"))),
+        ("vocabulary", str(md.get("n_vocab"))),
+        ("tensors", str(md.get("tensor_count"))),
+        ("license", str(md.get("license") or "not stated")),
+    ]
+    if e.status == "ok":
+        if e.source == "not in library":
+            from pathlib import Path
+
+            from tui_infer.core.library import sha256_file
+
+            sha = (
+                sha256_file(Path(e.parts[0].path))
+                if len(e.parts) == 1
+                else "(import it to hash it)"
+            )
+        else:
+            sha = _hash_with_progress(lib, e)
+        rows.append(("sha256", sha))
+        ram, vram = fit.current_memory()
+        info = fit.info_from_metadata(str(e.path), e.size, md)
+        gpu = settings.gpu_layers != 0 and vram is not None and fit.gpu_build()
+        est = fit.estimate_fit(
+            info, n_vocab=int(md.get("n_vocab") or 0), ctx=settings.ctx, kv_type=settings.kv_type,
+            n_ubatch=settings.batch, flash_attn=settings.flash_attn, ram_available=ram,
+            gpu_free=vram, gpu_build=gpu,
+        )  # fmt: skip
+        rows.append((f"fit (ctx {settings.ctx}, {settings.kv_type})", est.summary()))
+    else:
+        rows.append(("sha256", e.sha256 or "unknown"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        lines = v.splitlines() or [""]
+        print(f"{k:<{width}}  {lines[0]}")
+        for more in lines[1:]:
+            print(f"{'':<{width}}  {more}")
+    template = md.get("chat_template")
+    print()
+    if template:
+        print("chat template:")
+        print(template)
+    else:
+        print("chat template: none in the file (a generic ChatML template is used)")
+    return 0
+
+
+def _params(md: dict[str, Any]) -> str:
+    n = int(md.get("parameter_count") or 0)
+    if not n:
+        return "?"
+    label = f" ({md['size_label']})" if md.get("size_label") else ""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} B{label}"
+    return f"{n / 1e6:.1f} M{label}"
+
+
+def _import(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
+    from pathlib import Path
+
+    from tui_infer.core.errors import ModelFileError
+    from tui_infer.core.gguf import read_header
+
+    p = Path(args.path).expanduser()
+    read_header(p)  # a clear error before any progress bar
+    total = p.stat().st_size
+    with _progress("copying" if args.copy else "hashing") as bar:
+        task = bar.add_task("", total=total)
+        try:
+            e = lib.import_file(
+                p, copy=args.copy, progress=lambda d, t: bar.update(task, completed=d, total=t)
+            )
+        except OSError as exc:
+            raise ModelFileError(f"{p}: cannot import ({exc.strerror or exc})") from None
+    how = f"copied to {e.path.parent}" if e.source == "copied" else "registered in place"
+    if e.source not in ("copied", "imported"):
+        how = f"already in the library ({e.source})"
+    print(f"{e.name}: {how}; {e.quantization}, {human_size(e.size)}, sha256 {e.sha256}")
+    return 0
+
+
+def _rm(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
+    from tui_infer.core.library import OWNED_SOURCES, LibraryError
+
+    e = lib.get(args.target)
+    if e.source in ("bundled", "hf-cache"):
+        where = "an installed Python package" if e.source == "bundled" else "the Hugging Face cache"
+        raise LibraryError(
+            f"{e.name} comes from {where} and would be found again; "
+            + (
+                "uninstall the package"
+                if e.source == "bundled"
+                else "delete it with 'hf cache delete'"
+            )
+        )
+    delete = e.source in OWNED_SOURCES and e.status != "missing"
+    if delete and not args.yes:
+        files = ", ".join(str(p) for p in e.paths)
+        print(f"Delete {files} ({human_size(e.size)})? [y/N] ", end="", flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            print("Nothing deleted.")
+            return 1
+    deleted = lib.remove(e, delete_files=delete)
+    if deleted:
+        print(f"{e.name}: removed, deleted {', '.join(str(p) for p in deleted)}")
+    else:
+        print(f"{e.name}: removed from the library; the file was left where it is")
+    return 0
+
+
+def _verify(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
+    entries = [lib.get(args.target)] if args.target else lib.entries()
+    bad = 0
+    for e in entries:
+        had = e.sha256
+        problems = (
+            _hash_with_progress(lib, e, verify=True)
+            if e.status == "ok"
+            else [f"{e.name}: {e.status}"]
+        )
+        if problems:
+            bad += 1
+            for p in problems:
+                print(f"FAILED  {p}")
+        else:
+            note = "" if had else " (no hash recorded before: recorded now)"
+            print(f"ok      {e.name}  {e.sha256}{note}")
+    if bad:
+        print(
+            f"tui-infer: error: {bad} model(s) failed verification; re-download or re-import them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+# ----- the hub ---------------------------------------------------------------------------
+
+
+def _search(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tui_infer.core.hub import Hub
+
+    found = Hub().search(args.query, limit=args.limit)
+    if not found:
+        print(f"No GGUF repositories match '{args.query}'.")
+        return 0
+    t = Table(box=None, pad_edge=False)
+    for col in ("repository", "downloads", "likes", "updated"):
+        t.add_column(
+            col, justify="right" if col in ("downloads", "likes") else "left", no_wrap=True
+        )
+    for r in found:
+        t.add_row(
+            r.repo + (" (gated)" if r.gated else ""), f"{r.downloads:,}", str(r.likes), r.updated
+        )
+    _console().print(t)
+    return 0
+
+
+def _files(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from tui_infer.core.hub import Hub
+
+    models = Hub().models(args.repo, args.revision, read_headers=args.headers)
+    if not models:
+        print(f"{args.repo} has no GGUF files.")
+        return 0
+    t = Table(box=None, pad_edge=False)
+    for col in ("file", "quant", "size", "parts", "context"):
+        t.add_column(
+            col, justify="right" if col in ("size", "parts", "context") else "left", no_wrap=True
+        )
+    for m in models:
+        ctx = (
+            str(m.header.n_ctx_train) if m.header else ("?" if not m.header_error else "unreadable")
+        )
+        t.add_row(m.filename, m.quant or "?", human_size(m.size), str(len(m.files)), ctx)
+    _console().print(t)
+    return 0
+
+
+def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
+    import shutil
+    import threading
+
+    from tui_infer.core import fit
+    from tui_infer.core.hub import Hub, HubError, Progress
+    from tui_infer.core.library import header_metadata
+
+    hub = Hub()
+    model = hub.select(args.repo, args.file, args.revision)
+    err = sys.stderr
+    print(
+        f"{model.repo}: {model.filename} ({model.quant or '?'}, {human_size(model.size)}"
+        f"{f', {len(model.files)} parts' if len(model.files) > 1 else ''})",
+        file=err,
+    )
+    try:
+        header = hub.read_header(model)
+        md = header_metadata(header)
+        ram, vram = fit.current_memory()
+        est = fit.estimate_fit(
+            fit.info_from_metadata(model.filename, model.size, md), n_vocab=md["n_vocab"],
+            ctx=settings.ctx, kv_type=settings.kv_type, n_ubatch=settings.batch,
+            flash_attn=settings.flash_attn, ram_available=ram, gpu_free=vram,
+        )  # fmt: skip
+        print(f"fit at ctx {settings.ctx}: {est.summary()}", file=err)
+    except HubError as exc:
+        print(f"fit: unknown ({exc})", file=err)
+    hub.cache.mkdir(parents=True, exist_ok=True)
+    have = sum(
+        hub.part_path(model, f).stat().st_size
+        for f in model.files
+        if hub.part_path(model, f).exists()
+    )
+    free = shutil.disk_usage(hub.cache).free
+    if free < model.size - have:
+        raise HubError(
+            f"not enough disk space in {hub.cache} ({human_size(free)} free, "
+            f"{human_size(model.size - have)} needed); free some space or set HF_HOME elsewhere"
+        )
+    cancel = threading.Event()
+    with _progress("downloading") as bar:
+        task = bar.add_task("", total=model.size)
+        done_before: dict[int, int] = {}
+
+        def on_progress(p: Progress) -> None:
+            done_before.setdefault(
+                p.file_index, sum(f.size for f in model.files[: p.file_index - 1])
+            )
+            bar.update(task, completed=done_before[p.file_index] + p.done)
+            if p.state == "resumed":
+                bar.console.print(f"resuming {p.filename} from {human_size(p.resumed_from)}")
+            elif p.state in ("stalled", "retrying"):
+                bar.console.print(f"{p.filename}: {p.message}")
+
+        try:
+            result = hub.download(model, progress=on_progress, cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.set()
+            kept = sum(hub.part_path(model, f).stat().st_size
+                       for f in model.files if hub.part_path(model, f).exists())  # fmt: skip
+            print(
+                f"\ninterrupted: kept {human_size(kept)}; run the same command to resume", file=err
+            )
+            return 130
+    entry = lib.register_download(result.paths[0], model.repo, result.hashes)
+    resumed = f", resumed from {human_size(result.resumed_from)}" if result.resumed_from else ""
+    print(
+        f"{entry.name}: downloaded and verified ({human_size(entry.size)}{resumed}); "
+        f"sha256 {entry.sha256}"
+    )
+    print(f"  {entry.path}")
+    return 0

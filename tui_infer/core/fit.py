@@ -1,0 +1,197 @@
+"""Will this model fit? Weights + KV cache + compute buffer against free RAM / VRAM.
+
+A pure function over numbers (the model's header facts, the context, the cache type,
+the memory available), so that it is tested with known inputs; `current_memory()`
+gathers the machine's figures separately.
+
+The compute buffer allowance follows what llama.cpp reserves: its largest tensor is
+the logits of one micro-batch (n_ubatch x n_vocab floats), plus the activations of a
+micro-batch; without flash attention the attention scores (n_ubatch x n_ctx x n_head
+floats) may be larger than the logits. For SmolLM2-135M at n_ubatch 512 llama.cpp
+logs 98.25 MiB and this gives 105 MiB.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tui_infer.core.engine import KV_TYPE_IDS, ModelInfo, kv_bytes_per_token
+
+MIB = 1024 * 1024
+OVERHEAD_BYTES = 64 * MIB  # runtime, tokenizer, the process itself
+FITS_FRACTION = 0.8  # below this share of what is available: "fits"; up to 100 %: "tight"
+VRAM_USABLE = 0.9  # drivers and fragmentation take the rest
+
+FITS, TIGHT, WONT_FIT = "fits", "tight", "won't fit"
+
+
+@dataclass(frozen=True)
+class FitEstimate:
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    ram_available: int
+    ram_needed: int
+    verdict: str  # FITS, TIGHT, WONT_FIT
+    gpu_free: int | None = None
+    gpu_layers: int | None = None  # suggested offload for a GPU build (None: CPU only)
+    n_layer: int = 0
+    note: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.verdict}: needs ~{_mib(self.total_bytes)} "
+            f"(weights {_mib(self.weights_bytes)}, KV cache {_mib(self.kv_bytes)}, "
+            f"compute {_mib(self.compute_bytes)}), {_mib(self.ram_available)} RAM available"
+        ]
+        if self.gpu_layers is not None and self.gpu_free is not None:
+            parts.append(
+                f"GPU: {_mib(self.gpu_free)} free, suggest --gpu-layers {self.gpu_layers}"
+                f" of {self.n_layer}"
+            )
+        if self.note:
+            parts.append(self.note)
+        return "; ".join(parts)
+
+
+def _mib(n: int) -> str:
+    if n >= 10 * 1024 * MIB:
+        return f"{n / (1024 * MIB):.1f} GiB"
+    return f"{n / MIB:.0f} MiB"
+
+
+def compute_buffer_bytes(
+    info: ModelInfo, n_vocab: int, ctx: int, n_ubatch: int = 512, flash_attn: bool = True
+) -> int:
+    logits = n_ubatch * n_vocab * 4
+    attention = 0 if flash_attn else n_ubatch * ctx * max(info.n_head, 1) * 4
+    activations = n_ubatch * info.n_embd * 4 * 8
+    return max(logits, attention) + activations
+
+
+def estimate_fit(
+    info: ModelInfo,
+    *,
+    n_vocab: int,
+    ctx: int,
+    ram_available: int,
+    kv_type: str = "f16",
+    n_ubatch: int = 512,
+    flash_attn: bool = True,
+    gpu_free: int | None = None,
+    gpu_build: bool = False,
+) -> FitEstimate:
+    """The verdict, and for a GPU build with a known free VRAM a suggested layer count."""
+    if kv_type not in KV_TYPE_IDS:
+        raise ValueError(f"unknown KV cache type {kv_type!r}")
+    ctx = max(int(ctx), 1)
+    weights = int(info.file_size)
+    kv = int(kv_bytes_per_token(info, kv_type) * ctx)
+    compute = compute_buffer_bytes(info, n_vocab, ctx, n_ubatch, flash_attn)
+    n_layer = max(info.n_layer, 1)
+    gpu_layers: int | None = None
+    note = ""
+    ram_needed = weights + kv + compute + OVERHEAD_BYTES
+    if gpu_build and gpu_free is not None:
+        per_layer = (weights + kv) / n_layer
+        budget = gpu_free * VRAM_USABLE - compute
+        gpu_layers = max(0, min(n_layer, int(budget // per_layer))) if budget > 0 else 0
+        on_gpu = int(per_layer * gpu_layers)
+        # What stays in RAM: the layers not offloaded (the compute buffer moves to the GPU
+        # with them; a host copy of the logits remains).
+        ram_needed = (
+            weights
+            + kv
+            - on_gpu
+            + OVERHEAD_BYTES
+            + (compute if gpu_layers == 0 else n_vocab * n_ubatch * 4)
+        )
+        if gpu_layers == n_layer:
+            note = "all layers fit on the GPU"
+        elif gpu_layers == 0:
+            note = "too little free VRAM to offload any layer"
+        else:
+            note = f"{gpu_layers} of {n_layer} layers fit on the GPU, the rest runs on the CPU"
+    elif gpu_build:
+        note = "GPU free memory unknown (install the 'nvidia' extra for NVML)"
+    if ctx > info.n_ctx_train > 0:
+        note = (note + "; " if note else "") + (
+            f"context {ctx} is above the model's trained {info.n_ctx_train}"
+        )
+    if ram_needed <= ram_available * FITS_FRACTION:
+        verdict = FITS
+    elif ram_needed <= ram_available:
+        verdict = TIGHT
+    else:
+        verdict = WONT_FIT
+    return FitEstimate(
+        weights_bytes=weights,
+        kv_bytes=kv,
+        compute_bytes=compute,
+        overhead_bytes=OVERHEAD_BYTES,
+        ram_available=int(ram_available),
+        ram_needed=int(ram_needed),
+        verdict=verdict,
+        gpu_free=gpu_free,
+        gpu_layers=gpu_layers,
+        n_layer=info.n_layer,
+        note=note,
+    )
+
+
+def current_memory() -> tuple[int, int | None]:
+    """(available RAM, free VRAM summed over NVIDIA GPUs or None without NVML)."""
+    from tui_infer.core.memory import MemoryProbe
+
+    snap = MemoryProbe().snapshot()
+    free = sum(g.total_bytes - g.used_bytes for g in snap.gpus) if snap.gpus else None
+    return snap.system_available_bytes, free
+
+
+def gpu_build() -> bool:
+    """Whether llama.cpp here can offload (imports llama_cpp: call it only when needed)."""
+    from tui_infer.core.backend import probe_system_info
+
+    _, offload = probe_system_info()
+    return bool(offload)
+
+
+_COMPUTE_RE = re.compile(r"compute buffer size\s*=\s*([\d.]+)\s*MiB")
+
+
+def compute_bytes_reported(lines: list[str]) -> int | None:
+    """The compute buffer llama.cpp says it reserved (summed over its backends)."""
+    sizes = [float(m.group(1)) for line in lines if (m := _COMPUTE_RE.search(line))]
+    return int(round(sum(sizes) * MIB)) if sizes else None
+
+
+def info_from_metadata(path: str, size: int, md: dict[str, object]) -> ModelInfo:
+    """A ModelInfo from the library's stored metadata (no need to reread the header)."""
+    from pathlib import Path
+
+    def i(key: str) -> int:
+        v = md.get(key)
+        return int(v) if isinstance(v, (int, float)) else 0
+
+    return ModelInfo(
+        path=Path(path),
+        name=str(md.get("name") or ""),
+        architecture=str(md.get("architecture") or "unknown"),
+        quantization=str(md.get("quantization") or "?"),
+        file_size=size,
+        parameter_count=i("parameter_count"),
+        n_layer=i("n_layer"),
+        n_ctx_train=i("n_ctx_train"),
+        n_embd=i("n_embd"),
+        n_head=i("n_head"),
+        n_head_kv=i("n_head_kv"),
+        head_dim_k=i("head_dim_k"),
+        head_dim_v=i("head_dim_v"),
+        chat_template=md.get("chat_template") if isinstance(md.get("chat_template"), str) else None,  # type: ignore[arg-type]
+    )
