@@ -89,6 +89,15 @@ def test_bench_markdown_and_depth() -> None:
     assert "| pp8@d32 |" in r.stdout.replace(" ", " ") or "pp8@d32" in r.stdout
 
 
+def test_bench_parallel_throughput() -> None:
+    r = tui_infer("bench", "-p", "8", "-n", "8", "-r", "1", "--parallel", "1,2", "--json",
+                  "--no-ceiling")
+    assert r.returncode == 0, r.stderr
+    batch = [x for x in json.loads(r.stdout)["results"] if x["kind"] == "batch"]
+    assert [x["test"] for x in batch] == ["batch1x8", "batch2x8"]
+    assert all(x["mean_tps"] > 0 for x in batch)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -97,6 +106,7 @@ def test_bench_markdown_and_depth() -> None:
         (["--ctx", "64", "-p", "512"], "too small"),
         (["compare", "998", "999"], "no bench run 998"),
         (["-m", "/nonexistent/x.gguf"], "no such file"),
+        (["--parallel", "0"], "--parallel"),
     ],
 )
 def test_bench_bad_input(args: list[str], message: str) -> None:

@@ -74,6 +74,14 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     p.add_argument("-b", "--batch", type=int, default=512, help="batch size (512)")
     p.add_argument("--kv-type", type=_strs, default=None, dest="bench_kv")
     p.add_argument("--flash-attn", type=_ints, default=None, help="0,1")
+    p.add_argument(
+        "--parallel",
+        type=_ints,
+        default=[],
+        help="batched throughput at these parallel sequence counts (e.g. 1,4,8):\n"
+        "2xN chat prompts of ~32 tokens, greedy, -n new tokens each;\n"
+        "aggregate generated tokens/s over the whole run",
+    )
     p.add_argument("--no-ceiling", action="store_true", help="skip the bandwidth measurement")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON")
@@ -139,6 +147,8 @@ def _run(args: argparse.Namespace, settings: Settings, history: Any) -> int:
             raise TuiInferError("-t: threads must be at least 1")
         if need > c.ctx:
             raise TuiInferError(f"--ctx {c.ctx} is too small for the tests (need {need})")
+    if any(p < 1 for p in args.parallel):
+        raise TuiInferError("--parallel: sequence counts must be at least 1")
     plan = BenchPlan(
         model,
         configs,
@@ -147,6 +157,7 @@ def _run(args: argparse.Namespace, settings: Settings, history: Any) -> int:
         args.depth,
         args.repetitions,
         measure_ceiling=not args.no_ceiling,
+        parallel=args.parallel,
     )
     probe = Engine.load(model, configs[0].load_options())
     env = environment(probe.backend.summary, probe.backend.device)

@@ -186,6 +186,28 @@ def run_tg(engine: Engine, n: int, depth: int, rng: random.Random) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def run_batched(runner: Any, parallel: int, n_gen: int, n_prompt: int) -> float:
+    """Aggregate generation tokens/s with `parallel` sequences decoded together.
+
+    2 x parallel chat prompts of about n_prompt tokens each, greedy, up to n_gen new
+    tokens each, through the continuous-batching runner; generated tokens over the
+    wall time of the whole run (prompt evaluation included, as a batch job sees it).
+    """
+    from tui_infer.core.batch import BatchItem
+    from tui_infer.core.engine import SamplingParams
+    from tui_infer.core.template import Message
+
+    words = "tell me a long story about a river a city a dragon and a cook".split(" ")
+    items = []
+    for i in range(2 * parallel):
+        text = " ".join(words[(i + k) % len(words)] for k in range(max(1, n_prompt - 12)))
+        items.append(BatchItem(str(i), (Message("user", f"{i}: {text}"),), n_gen))
+    sampling = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=n_gen)
+    t0 = time.perf_counter()
+    generated = sum(r.generated_tokens for r in runner.run(items, sampling))
+    return generated / (time.perf_counter() - t0)
+
+
 @dataclass
 class BenchPlan:
     model: Path
@@ -195,6 +217,7 @@ class BenchPlan:
     depth: list[int] = field(default_factory=lambda: [0])
     repetitions: int = 5
     measure_ceiling: bool = True
+    parallel: list[int] = field(default_factory=list)  # batched throughput tests
 
 
 def run_plan(
@@ -242,7 +265,36 @@ def run_plan(
                     on_result(result)
         finally:
             engine.close()
+        for par in plan.parallel:
+            if cancel is not None and cancel.is_set():
+                return results
+            results.append(_batched_result(plan, cfg, par))
+            if on_result:
+                on_result(results[-1])
     return results
+
+
+def _batched_result(plan: BenchPlan, cfg: BenchConfig, parallel: int) -> BenchResult:
+    from tui_infer.core.batch import BatchRunner
+
+    n_gen = plan.tg[0] if plan.tg else 64
+    n_prompt = 32
+    opts = cfg.load_options()
+    # each sequence needs room for its prompt and its reply
+    need = parallel * (n_prompt + n_gen + 64)
+    if opts.ctx < need:
+        opts = LoadOptions(
+            need, opts.threads, opts.gpu_layers, opts.batch, opts.flash_attn, opts.kv_type
+        )
+    runner = BatchRunner.load(plan.model, opts, parallel=parallel)
+    try:
+        run_batched(runner, parallel, n_gen, n_prompt)  # warm-up
+        samples = tuple(
+            run_batched(runner, parallel, n_gen, n_prompt) for _ in range(plan.repetitions)
+        )
+    finally:
+        runner.close()
+    return BenchResult(f"batch{parallel}x{n_gen}", "batch", n_gen, 0, cfg, samples)
 
 
 def file_sha256(path: Path) -> str:
