@@ -845,7 +845,7 @@ class ChatScreen(Screen[None]):
         template = engine.template
         self.app.push_screen(TemplateScreen(template.source, rendered, template.warning))
 
-    HELP = {
+    KEY_HELP: dict[str, str] = {
         "stop": "stop the reply now (what was generated stays)",
         "help": "this help",
         "new_chat": "start a new chat (the current one stays saved)",
@@ -867,7 +867,7 @@ class ChatScreen(Screen[None]):
         for b in self.BINDINGS:
             assert isinstance(b, Binding)
             if b.action != "noop":
-                keys.append((self.app.get_key_display(b), self.HELP.get(b.action, b.description)))
+                keys.append((self.app.get_key_display(b), self.KEY_HELP.get(b.action, b.description)))
         keys += [("Ctrl+P", "command palette (every action)"), ("Ctrl+Q", "quit")]
         return keys
 
