@@ -197,7 +197,8 @@ def run_batched(runner: Any, parallel: int, n_gen: int, n_prompt: int) -> float:
     from tui_infer.core.engine import SamplingParams
     from tui_infer.core.template import Message
 
-    words = "tell me a long story about a river a city a dragon and a cook".split(" ")
+    words = ["tell", "me", "a", "long", "story", "about", "a", "river", "a", "city", "and",
+             "a", "dragon", "who", "learns", "to", "cook"]  # fmt: skip
     items = []
     for i in range(2 * parallel):
         text = " ".join(words[(i + k) % len(words)] for k in range(max(1, n_prompt - 12)))

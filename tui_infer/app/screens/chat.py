@@ -867,7 +867,8 @@ class ChatScreen(Screen[None]):
         for b in self.BINDINGS:
             assert isinstance(b, Binding)
             if b.action != "noop":
-                keys.append((self.app.get_key_display(b), self.KEY_HELP.get(b.action, b.description)))
+                described = self.KEY_HELP.get(b.action, b.description)
+                keys.append((self.app.get_key_display(b), described))
         keys += [("Ctrl+P", "command palette (every action)"), ("Ctrl+Q", "quit")]
         return keys
 
