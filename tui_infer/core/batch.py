@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from tui_infer.core import llama_log
-from tui_infer.core.engine import KV_TYPE_IDS, LoadOptions, ModelInfo, SamplingParams
+from tui_infer.core.engine import (
+    KV_TYPE_IDS,
+    LoadOptions,
+    ModelInfo,
+    SamplingParams,
+    make_sampler,
+)
 from tui_infer.core.errors import ModelFileError, TuiInferError
 from tui_infer.core.gguf import read_header
 from tui_infer.core.template import ChatTemplate, Message
@@ -72,27 +78,6 @@ def item_seed(run_seed: int, item_id: str) -> int:
     """A 32-bit seed from the run's seed and the item's id (stable across runs and machines)."""
     digest = hashlib.sha256(f"{run_seed}\x1f{item_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-def make_sampler(lib: Any, n_vocab: int, p: SamplingParams, seed: int | None) -> Any:
-    """The same chain as Engine._make_sampler, with an explicit seed."""
-    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    if p.repeat_penalty != 1.0:
-        lib.llama_sampler_chain_add(
-            chain, lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
-        )
-    if p.greedy:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        return chain
-    if p.top_k > 0:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(p.top_k))
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
-    if p.min_p > 0:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
-    s = seed if seed is not None else lib.LLAMA_DEFAULT_SEED
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(s & 0xFFFFFFFF))
-    return chain
 
 
 @dataclass

@@ -212,6 +212,28 @@ class GenerationStats:
         }
 
 
+def make_sampler(lib: Any, n_vocab: int, p: SamplingParams, seed: int | None) -> Any:
+    """A llama.cpp sampler chain for p: penalties, then greedy, or top-k, top-p, min-p,
+    temperature and a seeded draw (seed None: llama.cpp picks one)."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if p.repeat_penalty != 1.0:
+        lib.llama_sampler_chain_add(
+            chain, lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
+        )
+    if p.greedy:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        return chain
+    if p.top_k > 0:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(p.top_k))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
+    if p.min_p > 0:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
+    s = seed if seed is not None else lib.LLAMA_DEFAULT_SEED
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(s & 0xFFFFFFFF))
+    return chain
+
+
 class ReplyStream:
     """Iterate for TokenChunks; `stats` is set once iteration ends (also on cancel)."""
 
@@ -394,25 +416,7 @@ class Engine:
         return self._n_vocab
 
     def _make_sampler(self, p: SamplingParams) -> Any:
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if p.repeat_penalty != 1.0:
-            lib.llama_sampler_chain_add(
-                chain,
-                lib.llama_sampler_init_penalties(self._n_vocab, 64, p.repeat_penalty, 0.0, 0.0),
-            )
-        if p.greedy:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        if p.top_k > 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(p.top_k))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
-        seed = p.seed if p.seed >= 0 else lib.LLAMA_DEFAULT_SEED
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
+        return make_sampler(self._lib, self._n_vocab, p, p.seed if p.seed >= 0 else None)
 
     def chat(
         self,
