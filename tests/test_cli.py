@@ -177,3 +177,24 @@ def test_flags_before_the_command_are_kept() -> None:
     assert r.returncode == 2 and "no model named 'no-such-model'" in r.stderr
     r = tui_infer("--ctx", "512", "run", "--json", "--max-tokens", "2", "hi")
     assert json.loads(r.stdout)["stats"]["n_ctx"] == 512
+
+
+def test_run_uses_the_config_template_override(model_path: Path) -> None:
+    fixed = "What is the capital of France?"
+    plain = tui_infer("run", "--json", "--temperature", "0", "--max-tokens", "12", fixed)
+    cfg = Path(os.environ["TUI_INFER_CONFIG"])
+    cfg.parent.mkdir(parents=True)
+    # an override that ignores the conversation and always asks the same question (a Jinja
+    # expression: Jinja drops a template's own trailing newline, as transformers does)
+    nl = "\\n"  # Jinja's escape, kept literal by TOML's ''' strings
+    text = (f"<|im_start|>system{nl}You are a helpful AI assistant named SmolLM, trained by "
+            f"Hugging Face<|im_end|>{nl}<|im_start|>user{nl}{fixed}<|im_end|>{nl}"
+            f"<|im_start|>assistant{nl}")
+    cfg.write_text(f"[templates]\n'{model_path.name}' = '''{{{{ \"{text}\" }}}}'''\n")
+    over = tui_infer("run", "--json", "--temperature", "0", "--max-tokens", "12",
+                     "Something else entirely")
+    assert over.returncode == 0, over.stderr
+    assert json.loads(over.stdout)["reply"] == json.loads(plain.stdout)["reply"]
+    cfg.write_text(f'[templates]\n"{model_path.name}" = "{{% for m in messages %}}"\n')
+    broken = tui_infer("run", "hi")
+    assert broken.returncode == 2 and "override" in broken.stderr

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from tui_infer.commands.run import run_command
 
-            return run_command(args, settings)
+            return run_command(args, settings, paths)
         if args.command == "doctor":
             from tui_infer.commands.doctor import doctor_command
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.paths import Paths
 from tui_infer.core.resolve import NO_MODEL_HELP, resolve_model
 from tui_infer.core.template import Message
 
@@ -27,11 +28,14 @@ def _read_prompt(args: argparse.Namespace) -> str:
     return prompt
 
 
-def run_command(args: argparse.Namespace, settings: Settings) -> int:
+def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     prompt = _read_prompt(args)
     path = resolve_model(settings.model)
     if path is None:
         raise TuiInferError(NO_MODEL_HELP)
+    from tui_infer.core.config import template_override
+
+    override = template_override(paths.config_file, path)
 
     from tui_infer.core.engine import Engine, LoadOptions, SamplingParams
 
@@ -39,10 +43,10 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     if settings.system:
         messages.append(Message("system", settings.system))
     messages.append(Message("user", prompt))
-    served = _from_store(args, settings, path, messages)
+    served = _from_store(args, settings, paths, path, messages, override)
     if served is not None:
         return served
-    engine = Engine.load(path, LoadOptions.from_settings(settings))
+    engine = Engine.load(path, LoadOptions.from_settings(settings, template_override=override))
     cancel = threading.Event()
     stream = engine.chat(messages, SamplingParams.from_settings(settings), cancel)
     pieces: list[str] = []
@@ -90,7 +94,12 @@ EXIT_NOT_PRECOMPUTED = 3
 
 
 def _from_store(
-    args: argparse.Namespace, settings: Settings, path: Path, messages: list[Message]
+    args: argparse.Namespace,
+    settings: Settings,
+    paths: Paths,
+    path: Path,
+    messages: list[Message],
+    override: str | None,
 ) -> int | None:
     """--serve: answer from a published prediction (exit code), or None to go live."""
     mode = getattr(args, "serve", "store-then-live")
@@ -98,12 +107,12 @@ def _from_store(
         return None
     from tui_infer.core.engine import SamplingParams
     from tui_infer.core.gguf import read_header
-    from tui_infer.core.paths import default_paths
     from tui_infer.core.store import PredictionStore, make_request, serve
     from tui_infer.core.template import CHATML_FALLBACK
 
-    template = read_header(path).chat_template or CHATML_FALLBACK
-    with PredictionStore.in_data_dir(default_paths().data_dir) as store:
+    # the key names the template really used: a [templates] override when there is one
+    template = override or read_header(path).chat_template or CHATML_FALLBACK
+    with PredictionStore.in_data_dir(paths.data_dir) as store:
         request = make_request(store, path, template, SamplingParams.from_settings(settings),
                                messages)  # fmt: skip
         hit = serve(store, request)

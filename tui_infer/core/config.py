@@ -20,6 +20,7 @@ else:  # pragma: no cover
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 OVERFLOW_POLICIES = ("ask", "refuse", "drop-oldest")  # ask: the TUI asks; run refuses
+SERVE_MODES = ("store-then-live", "live", "store")  # the prediction store, then the model
 
 
 def default_threads() -> int:
@@ -51,6 +52,7 @@ class Settings:
     max_tokens: int = 1024
     system: str = ""
     overflow: str = "ask"
+    serve: str = "store-then-live"  # the chat: answer from the prediction store first
 
     @property
     def effective_threads(self) -> int:
@@ -113,6 +115,8 @@ def validate(s: Settings, source: str) -> Settings:
         raise bad(f"'kv_type' must be one of {', '.join(KV_TYPES)}, got {s.kv_type!r}")
     if s.overflow not in OVERFLOW_POLICIES:
         raise bad(f"'overflow' must be one of {', '.join(OVERFLOW_POLICIES)}, got {s.overflow!r}")
+    if s.serve not in SERVE_MODES:
+        raise bad(f"'serve' must be one of {', '.join(SERVE_MODES)}, got {s.serve!r}")
     if s.temperature < 0:
         raise bad(f"'temperature' must be 0 or more, got {s.temperature}")
     if not 0 < s.top_p <= 1:
@@ -207,9 +211,14 @@ def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> S
             raise ConfigError(f"{config_file}: invalid TOML ({exc}); fix or remove it") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{config_file}: cannot read ({exc})") from None
-        # Sections ([sampling], [model], ...) are only grouping: flatten them.
+        # Sections ([sampling], [model], ...) are only grouping: flatten them; [presets.*]
+        # and [templates] are not settings, only checked here (load_presets, template_override).
+        parse_presets(data, config_file)
+        parse_templates(data, config_file)
         flat: dict[str, Any] = {}
         for key, value in data.items():
+            if key in ("presets", "templates"):
+                continue
             if isinstance(value, dict):
                 flat.update(value)
             else:
@@ -223,3 +232,183 @@ def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> S
     if from_env:
         settings = _from_mapping(settings, from_env, "environment (TUI_INFER_*)")
     return settings
+
+
+# ----- named presets ([presets.NAME]) and per-model chat templates ([templates]) -------------
+
+PRESET_KEYS = (
+    "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens", "system",
+)  # fmt: skip
+_PRESET_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def check_preset_name(name: str, source: str = "preset") -> str:
+    name = name.strip()
+    if not name or not set(name) <= _PRESET_NAME_CHARS:
+        raise ConfigError(
+            f"{source}: preset name {name!r} must be letters, digits, '-' or '_' (e.g. 'precise')"
+        )
+    return name
+
+
+def _check_preset(name: str, values: Any, source: str) -> dict[str, Any]:
+    where = f"{source}: preset '{name}'"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a table ([presets.{name}]), got {values!r}")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        field = key.replace("-", "_")
+        if field not in PRESET_KEYS:
+            raise ConfigError(
+                f"{where}: unknown key '{key}' (a preset holds {', '.join(PRESET_KEYS)})"
+            )
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: '{key}' must be a single value, got {value!r}")
+        out[field] = _coerce(field, value, where)
+    validate(replace(Settings(), **out), where)  # the same ranges as the settings
+    return out
+
+
+def parse_presets(data: dict[str, Any], config_file: Path) -> dict[str, dict[str, Any]]:
+    """The [presets.NAME] tables of parsed TOML, each checked; ConfigError names the preset."""
+    raw = data.get("presets", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_file}: 'presets' must be tables ([presets.NAME]), got {raw!r}")
+    return {name: _check_preset(name, values, str(config_file)) for name, values in raw.items()}
+
+
+def parse_templates(data: dict[str, Any], config_file: Path) -> dict[str, str]:
+    """[templates]: model file name or stem = a Jinja template, or a path to a .jinja file."""
+    raw = data.get("templates", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_file}: [templates] must be a table, got {raw!r}")
+    for model, value in raw.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"{config_file}: [templates] '{model}' must be a template or a path to a "
+                f".jinja file, got {value!r}"
+            )
+    return dict(raw)
+
+
+def _read_toml(config_file: Path) -> dict[str, Any]:
+    if not config_file.exists():
+        return {}
+    if config_file.is_dir():
+        raise ConfigError(f"{config_file}: is a directory, expected a TOML file")
+    try:
+        return tomllib.loads(config_file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_file}: invalid TOML ({exc}); fix or remove it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_file}: cannot read ({exc})") from None
+
+
+def load_presets(config_file: Path) -> dict[str, dict[str, Any]]:
+    """Named sampling presets from the config file, in file order (empty when none)."""
+    return parse_presets(_read_toml(config_file), config_file)
+
+
+def template_override(config_file: Path | None, model: Path) -> str | None:
+    """The [templates] entry for this model (by file name, then stem), as template text.
+
+    A value ending in .jinja is a file (relative to the config file's folder); anything
+    else is the template itself. None when the config has no entry for the model.
+    """
+    if config_file is None:
+        return None
+    templates = parse_templates(_read_toml(config_file), config_file)
+    value = templates.get(model.name, templates.get(model.stem))
+    if value is None:
+        return None
+    if not value.strip().endswith(".jinja"):
+        return value
+    path = Path(value.strip()).expanduser()
+    if not path.is_absolute():
+        path = config_file.parent / path
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{config_file}: [templates] '{model.name}': cannot read {path} ({exc}); "
+            "fix the path or remove the entry"
+        ) from None
+
+
+def _toml_value(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    import json
+
+    # a JSON string is a TOML basic string, but for DEL, which TOML wants escaped
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def write_preset(config_file: Path, name: str, values: dict[str, Any]) -> None:
+    """Write [presets.NAME] into the TOML file, keeping every other line as it was.
+
+    The table is replaced where it is (or added at the end); the file is written to a
+    temporary file beside it and renamed over the original. A file that is not valid
+    TOML is refused, and so is a result that would change anything but this preset.
+    """
+    name = check_preset_name(name, str(config_file))
+    clean = _check_preset(name, values, str(config_file))
+    try:
+        old = config_file.read_text(encoding="utf-8") if config_file.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_file}: cannot read ({exc})") from None
+    try:
+        old_data = tomllib.loads(old)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_file}: invalid TOML ({exc}); fix it first") from None
+    parse_presets(old_data, config_file)  # a malformed [presets] is fixed by hand first
+    block = [f"[presets.{name}]\n"] + [f"{k} = {_toml_value(v)}\n" for k, v in clean.items()]
+    lines = old.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    headers = {f"[presets.{name}]", f'[presets."{name}"]', f"[presets.'{name}']"}
+    start = next(
+        (i for i, ln in enumerate(lines) if ln.split("#", 1)[0].replace(" ", "").strip()
+         in {h.replace(" ", "") for h in headers}),
+        None,
+    )  # fmt: skip
+    if start is None:
+        if lines and lines[-1].strip():
+            lines.append("\n")
+        lines.extend(block)
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")),
+            len(lines),
+        )
+        # blank lines and comments just above the next table belong to it
+        while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip()
+                                   .startswith("#")):  # fmt: skip
+            end -= 1
+        lines[start:end] = block
+    new = "".join(lines)
+    try:
+        new_data = tomllib.loads(new)
+    except tomllib.TOMLDecodeError as exc:  # pragma: no cover - the check below is the guard
+        raise ConfigError(f"{config_file}: cannot update preset '{name}' ({exc})") from None
+    expected = dict(old_data)
+    expected["presets"] = {**old_data.get("presets", {}), name: clean}
+    got = dict(new_data)
+    if isinstance(got.get("presets"), dict):
+        got["presets"] = {k: (_check_preset(k, v, str(config_file)) if k == name else v)
+                          for k, v in got["presets"].items()}  # fmt: skip
+    if got != expected:
+        raise ConfigError(
+            f"{config_file}: preset '{name}' is written in a form this cannot update "
+            f"(inline or dotted keys); edit the file by hand"
+        )
+    tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}.tmp")
+    try:
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(new, encoding="utf-8")
+        os.replace(tmp, config_file)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{config_file}: cannot write ({exc})") from None

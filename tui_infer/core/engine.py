@@ -30,7 +30,7 @@ from tui_infer.core.backend import BackendInfo, describe_backend, probe_devices,
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import ContextOverflowError, ModelFileError, TuiInferError
 from tui_infer.core.gguf import GGML_TYPES, GgufHeader, read_header
-from tui_infer.core.template import ChatTemplate, Message
+from tui_infer.core.template import ChatTemplate, Message, TemplateError
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -57,9 +57,10 @@ class LoadOptions:
     batch: int = 512
     flash_attn: bool = True
     kv_type: str = "f16"
+    template_override: str | None = None  # [templates] in config: used instead of the GGUF's
 
     @classmethod
-    def from_settings(cls, s: Settings) -> LoadOptions:
+    def from_settings(cls, s: Settings, template_override: str | None = None) -> LoadOptions:
         return cls(
             ctx=s.ctx,
             threads=s.effective_threads,
@@ -67,6 +68,7 @@ class LoadOptions:
             batch=s.batch,
             flash_attn=s.flash_attn,
             kv_type=s.kv_type,
+            template_override=template_override,
         )
 
 
@@ -272,7 +274,19 @@ class Engine:
         self._abort_cb = llama_cpp.ggml_abort_callback(lambda _data: self._cancel.is_set())
         bos = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
         eos = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
-        self.template = ChatTemplate(info.chat_template, bos_token=bos, eos_token=eos)
+        self.template_overridden = options.template_override is not None
+        try:
+            self.template = ChatTemplate(
+                options.template_override or info.chat_template, bos_token=bos, eos_token=eos
+            )
+        except TemplateError as exc:
+            llm.close()
+            if self.template_overridden:
+                raise TemplateError(
+                    f"the chat template override in config does not parse ({exc}); "
+                    "fix or remove its [templates] entry"
+                ) from None
+            raise
         self._kv_reported = llama_log.kv_bytes_reported(load_log)
         system_info, offload = probe_system_info()
         self.backend: BackendInfo = describe_backend(

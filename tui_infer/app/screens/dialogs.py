@@ -137,15 +137,25 @@ class TemplateScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape", "close", "Close")]
 
-    def __init__(self, source: str, rendered: str, warning: str | None) -> None:
+    def __init__(
+        self, source: str, rendered: str, warning: str | None, override: str | None = None
+    ) -> None:
+        """override: where the template comes from when config overrides the model's."""
         super().__init__()
         self._source, self._rendered, self._warning = source, rendered, warning
+        self._override = override
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide", id="template-dialog"):
             yield Label("Chat template (Esc closes)", classes="dialog-title")
             if self._warning:
                 yield Static(f"warning: {self._warning}", markup=False, id="template-warning")
+            if self._override:
+                yield Static(
+                    f"override: {self._override}, not the model's own template",
+                    markup=False,
+                    id="template-override",
+                )
             with VerticalScroll():
                 yield Label("Template", classes="section")
                 yield Static(self._source, markup=False, id="template-source")

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -12,7 +14,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
-from tui_infer.core.config import KV_TYPES, Settings, parse_setting
+from tui_infer.core.config import (
+    KV_TYPES,
+    PRESET_KEYS,
+    Settings,
+    check_preset_name,
+    load_presets,
+    parse_setting,
+    write_preset,
+)
 from tui_infer.core.errors import ConfigError
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
@@ -35,15 +45,30 @@ class SettingsScreen(ModalScreen[Settings | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_file: Path | None = None) -> None:
         super().__init__()
         self._settings = settings
+        self._config_file = config_file  # where [presets.NAME] live; None: no presets
+        self._presets: dict[str, dict[str, Any]] = {}
+        self._preset_error = ""
+        if config_file is not None:
+            try:
+                self._presets = load_presets(config_file)
+            except ConfigError as exc:
+                self._preset_error = f"presets: {exc}"
 
     def compose(self) -> ComposeResult:
         s = self._settings
         with Vertical(classes="dialog wide", id="settings-dialog"):
             yield Label("Settings (Ctrl+S saves, Esc cancels)", classes="dialog-title")
             with VerticalScroll():
+                with Horizontal(classes="field"):
+                    yield Label("preset", classes="field-label")
+                    yield Select([(n, n) for n in self._presets], prompt="(choose a preset)",
+                                 id="set-preset", compact=True)  # fmt: skip
+                with Horizontal(classes="field"):
+                    yield Input(placeholder="preset name", id="preset-name", compact=True)
+                    yield Button("Save as preset", id="save-preset", compact=True)
                 yield Label("Sampling", classes="section")
                 for name in SAMPLING:
                     with Horizontal(classes="field"):
@@ -61,7 +86,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Select([(k, k) for k in KV_TYPES], value=s.kv_type,
                                  allow_blank=False, id="set-kv_type", compact=True)  # fmt: skip
                 yield Checkbox("flash attention", s.flash_attn, id="set-flash_attn")
-            yield Static("", id="settings-error", markup=False)
+            yield Static(self._preset_error, id="settings-error", markup=False)
             yield Static("", id="settings-reload", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", variant="primary", id="save")
@@ -76,6 +101,40 @@ class SettingsScreen(ModalScreen[Settings | None]):
         values["flash_attn"] = self.query_one("#set-flash_attn", Checkbox).value
         base = replace(self._settings, system=self.query_one("#set-system", TextArea).text)
         return base.with_overrides(**values)
+
+    @on(Select.Changed, "#set-preset")
+    def _preset_chosen(self, event: Select.Changed) -> None:
+        """Fill the fields with the preset's values; keys it does not set stay as they are."""
+        if not isinstance(event.value, str) or event.value not in self._presets:
+            return
+        for key, value in self._presets[event.value].items():
+            if key == "system":
+                self.query_one("#set-system", TextArea).text = str(value)
+            else:
+                self.query_one(f"#set-{key}", Input).value = str(value)
+        self.query_one("#preset-name", Input).value = event.value
+
+    @on(Button.Pressed, "#save-preset")
+    def _save_preset(self) -> None:
+        error = self.query_one("#settings-error", Static)
+        if self._config_file is None:
+            error.update("error: no config file to save presets in")
+            return
+        try:
+            name = check_preset_name(self.query_one("#preset-name", Input).value)
+            new = self._read()
+            values = {key: getattr(new, key) for key in PRESET_KEYS}
+            write_preset(self._config_file, name, values)
+        except ConfigError as exc:
+            error.update(f"error: {str(exc).replace('command line: ', '')}")
+            return
+        self._presets[name] = values
+        select = self.query_one("#set-preset", Select)
+        with self.prevent(Select.Changed):
+            select.set_options([(n, n) for n in self._presets])
+            select.value = name
+        error.update("")
+        self.notify(f"preset '{name}' saved in {self._config_file}", title="Settings")
 
     @on(Input.Changed)
     @on(Select.Changed)
