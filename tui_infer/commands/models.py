@@ -387,7 +387,6 @@ def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
 
     from tui_infer.core import fit
     from tui_infer.core.hub import Hub, HubError, Progress
-    from tui_infer.core.library import header_metadata
 
     hub = Hub()
     model = hub.select(args.repo, args.file, args.revision)
@@ -397,18 +396,7 @@ def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
         f"{f', {len(model.files)} parts' if len(model.files) > 1 else ''})",
         file=err,
     )
-    try:
-        header = hub.read_header(model)
-        md = header_metadata(header)
-        ram, vram = fit.current_memory()
-        est = fit.estimate_fit(
-            fit.info_from_metadata(model.filename, model.size, md), n_vocab=md["n_vocab"],
-            ctx=settings.ctx, kv_type=settings.kv_type, n_ubatch=settings.batch,
-            flash_attn=settings.flash_attn, ram_available=ram, gpu_free=vram,
-        )  # fmt: skip
-        print(f"fit at ctx {settings.ctx}: {est.summary()}", file=err)
-    except HubError as exc:
-        print(f"fit: unknown ({exc})", file=err)
+    print(fit.hub_file_fit(hub, model, settings), file=err)
     hub.cache.mkdir(parents=True, exist_ok=True)
     have = sum(
         hub.part_path(model, f).stat().st_size

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
+from tui_infer.core.config import Settings
 from tui_infer.core.engine import KV_TYPE_IDS, ModelInfo, kv_bytes_per_token
 
 MIB = 1024 * 1024
@@ -195,3 +197,22 @@ def info_from_metadata(path: str, size: int, md: dict[str, object]) -> ModelInfo
         head_dim_v=i("head_dim_v"),
         chat_template=md.get("chat_template") if isinstance(md.get("chat_template"), str) else None,  # type: ignore[arg-type]
     )
+
+
+def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
+    """The fit line shown before a download starts (CLI and TUI): the header is read with
+    a ranged request, so nothing large is fetched; an unreachable header says so."""
+    from tui_infer.core.hub import HubError
+    from tui_infer.core.library import header_metadata
+
+    try:
+        md = header_metadata(hub.read_header(model))
+        ram, vram = current_memory()
+        est = estimate_fit(
+            info_from_metadata(model.filename, model.size, md), n_vocab=md["n_vocab"],
+            ctx=settings.ctx, kv_type=settings.kv_type, n_ubatch=settings.batch,
+            flash_attn=settings.flash_attn, ram_available=ram, gpu_free=vram,
+        )  # fmt: skip
+    except HubError as exc:
+        return f"fit: unknown ({exc})"
+    return f"fit at ctx {settings.ctx}, KV {settings.kv_type}: {est.summary()}"
