@@ -19,6 +19,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message as UIMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 from textual.worker import Worker, WorkerState
@@ -39,7 +40,7 @@ from tui_infer.app.widgets.chat_list import ChatList
 from tui_infer.app.widgets.conversation import Conversation, Reply
 from tui_infer.app.widgets.prompt_input import PromptInput
 from tui_infer.app.widgets.stats import StatsPanel
-from tui_infer.core.config import Settings, write_config_key
+from tui_infer.core.config import Settings, template_override, write_config_key
 from tui_infer.core.engine import LoadOptions, SamplingParams
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.history import History, ReplyFigures, derive_title
@@ -50,6 +51,41 @@ FLUSH_S = 0.1  # tokens reach the UI at most this often: each update reflows the
 MEMORY_S = 1.0  # memory is sampled this often
 SIDEBAR_MIN_WIDTH = 100  # below this many columns the chat list starts hidden
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)```", re.S)
+NOT_PRECOMPUTED = (
+    "not precomputed: the prediction store holds no published answer for this model, "
+    'conversation and these sampling settings (serve = "store"); set serve to '
+    '"store-then-live" in Settings (Ctrl+S) to ask the model'
+)
+
+
+class ServedFromStore(UIMessage):
+    """A published prediction answered the request (posted from the generate worker)."""
+
+    def __init__(self, prediction: Any, lookup_s: float) -> None:
+        super().__init__()
+        self.prediction = prediction  # a core.store.Prediction
+        self.lookup_s = lookup_s
+
+
+class NotPrecomputed(UIMessage):
+    """serve = "store" and the store could not answer: nothing is generated."""
+
+    def __init__(self, text: str, error: str) -> None:
+        super().__init__()
+        self.text = text
+        self.error = error
+
+
+def store_note(prediction: Any) -> str:
+    """The figures line of a reply served from the store: which run, published when."""
+    reason = {"length": "[length limit]", "stop": "done"}.get(
+        prediction.finish_reason, prediction.finish_reason
+    )
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(prediction.published_at or 0))
+    return (
+        f"{reason} · {prediction.generated_tokens} tokens · from store · "
+        f"run {prediction.run_id} · published {when}"
+    )
 
 
 class ChatScreen(Screen[None]):
@@ -82,8 +118,10 @@ class ChatScreen(Screen[None]):
         chat_db: History | None = None,
         config_file: Path | None = None,
         exports_dir: Path | None = None,
+        store: Any = None,
     ) -> None:
         super().__init__()
+        self.store = store  # a PredictionStore (serving), or None: always live
         self.settings = settings
         self.chat_db = chat_db  # None: history unavailable (the app said why)
         self.config_file = config_file
@@ -131,6 +169,7 @@ class ChatScreen(Screen[None]):
             self.load_model(self.model_path)
         self._sample_memory()
         self.set_interval(MEMORY_S, self._sample_memory)
+        self._show_store_rate()
         self.query_one(ChatList).display = self.app.size.width >= SIDEBAR_MIN_WIDTH
         self.refresh_chat_list()
 
@@ -209,7 +248,9 @@ class ChatScreen(Screen[None]):
                 old.close()
             t0 = time.perf_counter()
             try:
-                engine = self._engine_loader(path, LoadOptions.from_settings(self.settings))
+                override = template_override(self.config_file, path)  # [templates] in config
+                options = LoadOptions.from_settings(self.settings, template_override=override)
+                engine = self._engine_loader(path, options)
             except TuiInferError as exc:
                 self.post_message(msg.ModelLoadFailed(path, str(exc)))
                 return
@@ -300,6 +341,8 @@ class ChatScreen(Screen[None]):
         drop_oldest: bool = False,
     ) -> None:
         settings = self.settings
+        if self._serve_from_store(engine, history, text, fork_at):
+            return
         with self._engine_lock:
             turns = [*history, Message("user", text)]
             try:
@@ -360,6 +403,88 @@ class ChatScreen(Screen[None]):
                 return
         assert stream.stats is not None
         self.post_message(msg.GenerationFinished(stream.stats, "".join(reply)))
+
+    def _serve_from_store(
+        self, engine: Any, history: list[Message], text: str, fork_at: int | None
+    ) -> bool:
+        """In the generate worker: answer from a published prediction; True when handled
+        (served, or refused as not precomputed). A miss is recorded and goes live."""
+        mode = self.settings.serve
+        template = getattr(engine, "template", None)
+        if mode == "live" or self.store is None or self.model_path is None or template is None:
+            return False
+        if mode != "store" and not Path(self.model_path).is_file():
+            return False  # (an engine that did not come from a file: nothing to key it by)
+        from tui_infer.core.store import make_request, serve
+
+        turns = [*history, Message("user", text)]
+        t0 = time.perf_counter()
+        try:
+            request = make_request(self.store, Path(self.model_path), template.source,
+                                   SamplingParams.from_settings(self.settings),
+                                   self._system_messages() + turns)  # fmt: skip
+            hit = serve(self.store, request)
+        except (TuiInferError, OSError) as exc:
+            if mode == "store":
+                self.post_message(NotPrecomputed(text, f"the prediction store failed: {exc}"))
+                return True
+            self.app.call_from_thread(self.notify, f"{exc}; answering with the model",
+                                      title="Prediction store", severity="warning")  # fmt: skip
+            return False
+        if hit is None:
+            if mode == "store":
+                self.post_message(NotPrecomputed(text, NOT_PRECOMPUTED))
+                return True
+            return False
+        lookup_s = time.perf_counter() - t0
+        self.post_message(
+            msg.PromptAccepted(text, turns, hit.prompt_tokens, engine.n_ctx, 0, None, fork_at)
+        )
+        self.post_message(ServedFromStore(hit, lookup_s))
+        return True
+
+    @on(ServedFromStore)
+    async def _served_from_store(self, event: ServedFromStore) -> None:
+        self.generating = False
+        hit = event.prediction
+        figures = ReplyFigures(
+            ttft_s=event.lookup_s, prompt_tokens=hit.prompt_tokens, prompt_tps=0.0,
+            generated_tokens=hit.generated_tokens, generation_tps=0.0, total_s=event.lookup_s,
+            finish_reason=hit.finish_reason, source="store",
+        )  # fmt: skip
+        target = self._gen_conversation
+        if target is not None and self._reply is not None:
+            self._db("saving the reply",
+                     lambda h: h.add_message(target, "assistant", hit.output, figures))  # fmt: skip
+            self.refresh_chat_list()
+        if self._reply is not None:
+            self.figures[len(self.history)] = figures
+            self.history.append(Message("assistant", hit.output))
+            await self._reply.append(hit.output)
+            await self._reply.finish_served(figures, store_note(hit))
+            self._reply = None
+            if self.engine is not None:
+                self.stats_panel.show_context(
+                    hit.prompt_tokens + hit.generated_tokens, self.engine.n_ctx
+                )
+        self.stats_panel.reply_served(figures, hit.run_id)
+        self._show_store_rate()
+
+    @on(NotPrecomputed)
+    def _not_precomputed(self, event: NotPrecomputed) -> None:
+        # Nothing was sent: the text stays in the input box.
+        self.generating = False
+        self._show_notice(event.error, "error")
+        self.notify(event.error, title="Not precomputed", severity="error", timeout=8)
+        self._show_store_rate()
+
+    def _show_store_rate(self) -> None:
+        store = self.store
+        if store is None:
+            self.stats_panel.show_store(0, 0, "unavailable")
+        else:
+            self.stats_panel.show_store(store.session_hits, store.session_misses,
+                                        self.settings.serve)  # fmt: skip
 
     @on(msg.PromptRefused)
     def _prompt_refused(self, event: msg.PromptRefused) -> None:
@@ -486,6 +611,7 @@ class ChatScreen(Screen[None]):
                     stats.prompt_tokens + stats.generated_tokens, self.engine.n_ctx
                 )
         self.stats_panel.reply_finished(stats)
+        self._show_store_rate()
         if stats.error:
             self.notify(stats.error, title="Generation failed", severity="error")
 
@@ -828,7 +954,7 @@ class ChatScreen(Screen[None]):
                 self.notify("settings saved for this chat", title="Settings")
                 self._count_context()
 
-        self.app.push_screen(SettingsScreen(current), saved)
+        self.app.push_screen(SettingsScreen(current, self.config_file), saved)
 
     def action_show_template(self) -> None:
         engine = self.engine
@@ -843,7 +969,12 @@ class ChatScreen(Screen[None]):
         except TuiInferError as exc:
             rendered = f"(the template failed: {exc})"
         template = engine.template
-        self.app.push_screen(TemplateScreen(template.source, rendered, template.warning))
+        override = (
+            f"[templates] in {self.config_file}"
+            if getattr(engine, "template_overridden", False)
+            else None
+        )
+        self.app.push_screen(TemplateScreen(template.source, rendered, template.warning, override))
 
     KEY_HELP: dict[str, str] = {
         "stop": "stop the reply now (what was generated stays)",

@@ -80,6 +80,16 @@ class Reply(Vertical):
             footer.update(f"error: {error}")
             self.add_class("-error")
 
+    async def finish_served(self, figures: ReplyFigures, note: str) -> None:
+        """A reply answered from the prediction store: all its text is there; note: from where."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self._finished = True
+        self.figures = figures
+        self.query_one(".reply-footer", Static).update(note)
+        self.add_class("-from-store")
+
 
 class Conversation(VerticalScroll):
     """Scrolls with the newest output unless the user scrolls away."""

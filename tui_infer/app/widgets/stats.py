@@ -14,6 +14,7 @@ from textual.widgets import Label, ProgressBar, Sparkline, Static
 
 if TYPE_CHECKING:
     from tui_infer.core.engine import GenerationStats, KvCacheUsage, TokenChunk
+    from tui_infer.core.history import ReplyFigures
     from tui_infer.core.memory import MemorySnapshot
 
 REFRESH_S = 0.25
@@ -44,6 +45,10 @@ class StatsPanel(VerticalScroll):
         self.generation_tps = 0.0  # live: over the last refresh window; final: the reply's
         self.total_s: float | None = None
         self.finish_reason: str | None = None
+        self.source = "live"  # live, or store: the last reply came from the prediction store
+        self.store_run: int | None = None
+        self.store_hits = 0  # this session's lookups in the prediction store
+        self.store_misses = 0
         self.kv: KvCacheUsage | None = None
         self.kv_tokens = 0
         self.context_tokens = 0
@@ -87,10 +92,15 @@ class StatsPanel(VerticalScroll):
         yield Label("KV cache", classes="section")
         yield ProgressBar(total=1, show_eta=False, id="kv-gauge")
         yield Static("", id="kv-figures", markup=False)
+        # shown from the first lookup on (or when serve = "store"): until then it says nothing
+        yield Label("Prediction store", classes="section", id="store-title")
+        yield Static("-", id="store-figures", markup=False)
         yield Label("Memory", classes="section")
         yield Static("", id="memory-figures", markup=False)
 
     def on_mount(self) -> None:
+        self.query_one("#store-title").display = False
+        self.query_one("#store-figures").display = False
         self._redraw()
         self.set_interval(REFRESH_S, self._tick)
 
@@ -133,6 +143,8 @@ class StatsPanel(VerticalScroll):
         self.generation_tps = 0.0
         self.total_s = None
         self.finish_reason = None
+        self.source = "live"
+        self.store_run = None
         self._tps_series = []
         self._last_chunk = None
         self._window_start = None
@@ -161,6 +173,35 @@ class StatsPanel(VerticalScroll):
         self.finish_reason = stats.finish_reason
         self.show_kv(stats.kv)
         self._redraw()
+
+    def reply_served(self, figures: ReplyFigures, run_id: int) -> None:
+        """The reply came from the prediction store: no speed to show, its run instead."""
+        self.generating = False
+        self.source = "store"
+        self.store_run = run_id
+        self.prompt_tokens = figures.prompt_tokens
+        self.prompt_tps = 0.0
+        self.ttft_s = figures.ttft_s
+        self.generated_tokens = figures.generated_tokens
+        self.generation_tps = 0.0
+        self.total_s = figures.total_s
+        self.finish_reason = figures.finish_reason
+        self._tps_series = []
+        self._redraw()
+
+    def show_store(self, hits: int, misses: int, mode: str) -> None:
+        """This session's hit rate (serve mode: store-then-live, live, store)."""
+        self.store_hits, self.store_misses = hits, misses
+        total = hits + misses
+        shown = mode == "store" or (bool(total) and mode != "unavailable")
+        self.query_one("#store-title").display = shown
+        self.query_one("#store-figures").display = shown
+        if shown:
+            rate = f"{100 * hits / total:.0f} %" if total else "-"
+            self._set(
+                "store-figures",
+                f"hit rate   {rate}\n{hits} hits · {misses} misses\nserve      {mode}",
+            )
 
     def reply_failed(self) -> None:
         self.generating = False
@@ -191,7 +232,10 @@ class StatsPanel(VerticalScroll):
             else ("   … tok/s" if self.generating else "   - tok/s")
         )
         state = "generating" if self.generating else (self.finish_reason or "idle")
-        self._set("speed-line", f"{speed}  ({state})")
+        if self.source == "store" and not self.generating:
+            self._set("speed-line", f"from store  (run {self.store_run}, {state})")
+        else:
+            self._set("speed-line", f"{speed}  ({state})")
         self.query_one("#tps-sparkline", Sparkline).data = list(self._tps_series)
         ttft = f"{self.ttft_s * 1000:.0f} ms" if self.ttft_s is not None else "-"
         ptps = f"{self.prompt_tps:.0f} tok/s" if self.prompt_tps else "-"
