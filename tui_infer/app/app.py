@@ -25,7 +25,12 @@ from tui_infer.core.paths import Paths
 class TuiInferApp(App[None]):
     TITLE = "tui-infer"
     CSS_PATH = "app.tcss"
-    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("f7", "bench", "Bench", show=False, priority=True),
+        Binding("f3", "models", "Models", show=False),
+        Binding("f9", "batch", "Batch", show=False),
+    ]
 
     def __init__(
         self,
@@ -61,6 +66,7 @@ class TuiInferApp(App[None]):
             self.call_later(self.notify, f"{exc}; this session is not saved",
                             title="History unavailable", severity="error", timeout=15)  # fmt: skip
         self.chat_db = chat_db
+        self.store = self._open_store()
         return ChatScreen(
             settings=self.settings,
             model_path=self._model_path,
@@ -70,12 +76,27 @@ class TuiInferApp(App[None]):
             chat_db=chat_db,
             config_file=self.paths.config_file,
             exports_dir=self.paths.data_dir / "exports",
+            store=self.store,
         )
+
+    def _open_store(self) -> Any:
+        from tui_infer.core.store import PredictionStore
+
+        try:
+            return PredictionStore.in_data_dir(self.paths.data_dir)
+        except TuiInferError as exc:
+            # the chat still works, always live
+            self.call_later(self.notify, f"{exc}; replies come from the model only",
+                            title="Prediction store unavailable", severity="error")  # fmt: skip
+            return None
 
     def on_unmount(self) -> None:
         chat_db = getattr(self, "chat_db", None)
         if chat_db is not None:
             chat_db.close()
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
 
     @property
     def chat(self) -> ChatScreen:
@@ -83,8 +104,38 @@ class TuiInferApp(App[None]):
         assert isinstance(screen, ChatScreen)
         return screen
 
+    def action_models(self) -> None:
+        """The models screen is installed once: a download keeps running while it is hidden."""
+        from tui_infer.app.screens.models import ModelsScreen
+
+        if not self.is_screen_installed("models"):
+            self.install_screen(
+                ModelsScreen(lambda: self.chat.settings, self.paths.data_dir), "models"
+            )
+        if not isinstance(self.screen, ModelsScreen):
+            self.push_screen("models")
+
+    def action_bench(self) -> None:
+        from tui_infer.app.screens.bench import BenchScreen
+
+        if isinstance(self.screen, BenchScreen):
+            return
+        self.push_screen(BenchScreen(self.settings, self.chat.model_path, self.paths.data_dir))
+
+    def action_batch(self) -> None:
+        from tui_infer.app.screens.batch import BatchScreen
+
+        if not isinstance(self.screen, BatchScreen):
+            self.push_screen(BatchScreen(self.store, self.settings, self.chat.model_path))
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         chat = self.chat
+        yield SystemCommand("Batch runs", "Review, publish and roll back the prediction "
+                            "store's runs; start a batch (F9)", self.action_batch)  # fmt: skip
+        yield SystemCommand("Models", "The library, import, remove, the hub, downloads (F3)",
+                            self.action_models)  # fmt: skip
+        yield SystemCommand("Bench", "Measure pp/tg tokens/s of this model (F7)",
+                            self.action_bench)  # fmt: skip
         yield SystemCommand("New chat", "Clear the conversation (Ctrl+N)", chat.action_new_chat)
         yield SystemCommand("Stop generation", "Stop the reply now (Esc)", chat.action_stop)
         yield SystemCommand(
