@@ -302,7 +302,7 @@ async def test_help_template_and_small_terminal(tmp_path: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
         chats = app.chat.query_one(ChatList)
-        assert not chats.display  # below 100 columns: hidden
+        assert not chats.display  # below 120 columns: hidden
         await pilot.press("ctrl+b")
         await pilot.pause(0.1)
         assert chats.display

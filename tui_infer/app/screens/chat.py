@@ -49,7 +49,7 @@ from tui_infer.core.template import Message
 
 FLUSH_S = 0.1  # tokens reach the UI at most this often: each update reflows the screen
 MEMORY_S = 1.0  # memory is sampled this often
-SIDEBAR_MIN_WIDTH = 100  # below this many columns the chat list starts hidden
+SIDEBAR_MIN_WIDTH = 120  # below this many columns the chat list starts hidden
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 NOT_PRECOMPUTED = (
     "not precomputed: the prediction store holds no published answer for this model, "
