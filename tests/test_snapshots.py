@@ -131,6 +131,9 @@ def make_app(tmp_path: Path, model: bool = True, **settings: object):  # type: i
 
 async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
     await pilot.app.workers.wait_for_complete()
+    # a blinking cursor would make the picture depend on the moment it is taken
+    for area in pilot.app.screen.query("TextArea, Input"):
+        area.cursor_blink = False
     await pilot.pause(0.3)
 
 
@@ -190,6 +193,7 @@ def test_main_screen_80x24(snap_compare, tmp_path: Path) -> None:  # type: ignor
     async def run(pilot) -> None:  # type: ignore[no-untyped-def]
         await _open_newest_chat(pilot)
         await pilot.press("ctrl+b")  # hide the sidebar again: the chat gets the width
+        pilot.app.chat.prompt_input.focus()  # where the focus lands otherwise is timing
         await _settle(pilot)
 
     assert snap_compare(make_app(tmp_path), terminal_size=(80, 24), run_before=run)
