@@ -10,7 +10,7 @@ CORE = [
     "tui_infer.core.resolve", "tui_infer.core.engine", "tui_infer.core.memory",
     "tui_infer.core.backend", "tui_infer.core.template", "tui_infer.commands.run",
     "tui_infer.commands.doctor", "tui_infer.core.db", "tui_infer.core.bench",
-    "tui_infer.core.bench_history", "tui_infer.commands.bench",
+    "tui_infer.core.bench_history", "tui_infer.commands.bench", "tui_infer.core.units",
     "tui_infer.core.history", "tui_infer.commands.chats",
     "tui_infer.core.batch", "tui_infer.core.store", "tui_infer.core.batch_input",
     "tui_infer.commands.batch", "tui_infer.commands.store",

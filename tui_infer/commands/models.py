@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tui_infer.core.units import human_size
+
 if TYPE_CHECKING:
     from tui_infer.core.config import Settings
     from tui_infer.core.library import ModelEntry, ModelLibrary
@@ -80,15 +82,6 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             "pull": _pull,
         }[action]
         return handler(args, lib, settings)
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _console() -> Any:

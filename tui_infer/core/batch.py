@@ -40,6 +40,7 @@ from tui_infer.core.engine import (
     ModelInfo,
     SamplingParams,
     make_sampler,
+    token_piece,
 )
 from tui_infer.core.errors import ModelFileError, TuiInferError
 from tui_infer.core.gguf import read_header
@@ -244,12 +245,7 @@ class BatchRunner:
         return a[:n]
 
     def _piece(self, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, big, len(big), 0, False)
-            return big.raw[:n]
-        return buf.raw[:n]
+        return token_piece(self._lib, self._vocab, token, buf)
 
     # ----- the loop ------------------------------------------------------------------------
 

@@ -177,14 +177,7 @@ def write_config_key(config_file: Path, key: str, value: str | int | float | boo
         lines.insert(at, f"{key} = {text_value}\n")
     new = "".join(lines)
     tomllib.loads(new)  # what we write must parse
-    tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}.tmp")
-    try:
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(new, encoding="utf-8")
-        os.replace(tmp, config_file)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{config_file}: cannot write ({exc})") from None
+    _write_atomically(config_file, new)
 
 
 def _from_mapping(base: Settings, values: dict[str, Any], source: str) -> Settings:
@@ -404,6 +397,11 @@ def write_preset(config_file: Path, name: str, values: dict[str, Any]) -> None:
             f"{config_file}: preset '{name}' is written in a form this cannot update "
             f"(inline or dotted keys); edit the file by hand"
         )
+    _write_atomically(config_file, new)
+
+
+def _write_atomically(config_file: Path, new: str) -> None:
+    """A temporary file beside the config, then a rename: never a half-written config."""
     tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}.tmp")
     try:
         config_file.parent.mkdir(parents=True, exist_ok=True)

@@ -214,6 +214,17 @@ class GenerationStats:
         }
 
 
+def token_piece(lib: Any, vocab: Any, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
+    """The bytes of one token (special tokens render as nothing); buf is reused, grown
+    only for a token longer than it."""
+    n = lib.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+    if n < 0:
+        big = ctypes.create_string_buffer(-n)
+        n = lib.llama_token_to_piece(vocab, token, big, len(big), 0, False)
+        return big.raw[:n]
+    return buf.raw[:n]
+
+
 def make_sampler(lib: Any, n_vocab: int, p: SamplingParams, seed: int | None) -> Any:
     """A llama.cpp sampler chain for p: penalties, then greedy, or top-k, top-p, min-p,
     temperature and a seeded draw (seed None: llama.cpp picks one)."""
@@ -363,12 +374,7 @@ class Engine:
         return len(self.tokenize(self.render(messages)))
 
     def _piece(self, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, big, len(big), 0, False)
-            return big.raw[:n]
-        return buf.raw[:n]
+        return token_piece(self._lib, self._vocab, token, buf)
 
     # ----- KV cache ------------------------------------------------------------------------
 

@@ -40,17 +40,9 @@ from textual.worker import Worker, WorkerState
 from tui_infer.app import messages as msg
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.units import human_size
 
 PROGRESS_INTERVAL_S = 0.2  # download/import progress reaches the UI at most 5 times a second
-
-
-def human_size(n: float) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def human_eta(seconds: float | None) -> str:

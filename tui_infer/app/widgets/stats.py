@@ -12,6 +12,8 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Label, ProgressBar, Sparkline, Static
 
+from tui_infer.core.units import human_size
+
 if TYPE_CHECKING:
     from tui_infer.core.engine import GenerationStats, KvCacheUsage, TokenChunk
     from tui_infer.core.history import ReplyFigures
@@ -19,14 +21,6 @@ if TYPE_CHECKING:
 
 REFRESH_S = 0.25
 SPARK_POINTS = 60
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 class StatsPanel(VerticalScroll):
@@ -270,20 +264,20 @@ class StatsPanel(VerticalScroll):
             self._set(
                 "kv-figures",
                 f"{self.kv_tokens} / {kv.n_ctx} tokens\n"
-                f"{human_bytes(used)} / {human_bytes(kv.allocated_bytes)} · {kv.cache_type}",
+                f"{human_size(used)} / {human_size(kv.allocated_bytes)} · {kv.cache_type}",
             )
         mem = self.memory
         if mem is None:
             text = "-"
         else:
             lines = [
-                f"process    {human_bytes(mem.rss_bytes)}",
-                f"available  {human_bytes(mem.system_available_bytes)}"
-                f" / {human_bytes(mem.system_total_bytes)}",
+                f"process    {human_size(mem.rss_bytes)}",
+                f"available  {human_size(mem.system_available_bytes)}"
+                f" / {human_size(mem.system_total_bytes)}",
             ]
             if mem.gpus:
                 lines += [
-                    f"{g.name}: {human_bytes(g.used_bytes)} / {human_bytes(g.total_bytes)}"
+                    f"{g.name}: {human_size(g.used_bytes)} / {human_size(g.total_bytes)}"
                     for g in mem.gpus
                 ]
             else:
