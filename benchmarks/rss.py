@@ -7,6 +7,8 @@ process, alternating.
 
 from __future__ import annotations
 
+import _scratch  # noqa: F401  (first: a scratch data dir, never the user's)
+
 import argparse
 import statistics
 import subprocess

@@ -6,6 +6,8 @@ default model loaded (budget < 1.5 s), each from a fresh process.
 
 from __future__ import annotations
 
+import _scratch  # noqa: F401  (first: a scratch data dir, never the user's)
+
 import argparse
 import statistics
 import subprocess

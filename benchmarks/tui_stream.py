@@ -15,6 +15,8 @@ in the TUI vs headless.
 
 from __future__ import annotations
 
+import _scratch  # noqa: F401  (first: a scratch data dir, never the user's)
+
 import argparse
 import asyncio
 import json
