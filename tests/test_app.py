@@ -290,16 +290,21 @@ async def test_system_prompt_is_sent_first(tmp_path: Path, model_path: Path) -> 
         ]
 
 
-async def test_ctrl_j_newline_new_chat_and_palette(tmp_path: Path) -> None:
-    """Synthetic engine: the keys, not the model, are under test here."""
-    rec = Recorder()
-    app = TuiInferApp(
-        settings=Settings(max_tokens=20),
+def synthetic_app(tmp_path: Path, max_tokens: int) -> TuiInferApp:
+    """The app on the synthetic engine: for tests of keys and plumbing, not the model."""
+    return TuiInferApp(
+        settings=Settings(max_tokens=max_tokens),
         paths=Paths(tmp_path / "c.toml", tmp_path / "d"),
         model_path=Path("/models/synthetic.gguf"),
         engine_loader=SyntheticEngine,
         memory_probe=FixedMemoryProbe(),
     )
+
+
+async def test_ctrl_j_newline_new_chat_and_palette(tmp_path: Path) -> None:
+    """Synthetic engine: the keys, not the model, are under test here."""
+    rec = Recorder()
+    app = synthetic_app(tmp_path, max_tokens=20)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         await pilot.press("a", "ctrl+j", "b")
@@ -325,13 +330,7 @@ async def test_ctrl_j_newline_new_chat_and_palette(tmp_path: Path) -> None:
 async def test_tokens_are_coalesced(tmp_path: Path) -> None:
     """2,000 tokens/s reach the UI as at most ~20 messages a second, not one per token."""
     rec = Recorder()
-    app = TuiInferApp(
-        settings=Settings(max_tokens=2000),
-        paths=Paths(tmp_path / "c.toml", tmp_path / "d"),
-        model_path=Path("/models/synthetic.gguf"),
-        engine_loader=SyntheticEngine,
-        memory_probe=FixedMemoryProbe(),
-    )
+    app = synthetic_app(tmp_path, max_tokens=2000)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         await send(pilot, "go")
