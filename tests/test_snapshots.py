@@ -33,6 +33,9 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class FakeBackend:
     summary: str = "CPU AVX2 FMA · 2 threads"
+    threads: int = 2
+    offloaded_layers: int = 0
+    total_layers: int = 30
 
 
 @dataclass(frozen=True)

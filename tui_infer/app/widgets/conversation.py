@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Markdown, Static
-from textual.widgets.markdown import MarkdownStream
 
+from tui_infer.app.widgets.stream_tail import BlockSplitter, StreamTail
 from tui_infer.core.history import ReplyFigures, figures_line
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class Notice(Static):
 
 
 class Reply(Vertical):
-    """One assistant reply: streamed Markdown, then a figures line."""
+    """One assistant reply: Markdown (closed blocks + the open one while streaming), figures."""
 
     def __init__(self, text: str = "", figures: ReplyFigures | None = None) -> None:
         """With text, a finished reply (from the history); without, one about to stream."""
@@ -42,33 +42,72 @@ class Reply(Vertical):
         self.stats: GenerationStats | None = None
         self.figures = figures
         self._finished = bool(text)
-        self._stream: MarkdownStream | None = None
+        self._blocks = BlockSplitter()
+        self._tail: StreamTail | None = None
 
     def compose(self) -> ComposeResult:
-        yield Markdown(self.text or None, classes="reply-body")
+        body = Markdown(self.text or None, classes="reply-body")
+        yield body
         if self._finished:
             footer = figures_line(self.figures) if self.figures else ""
         else:
+            # The open block streams here, below the closed ones.
+            with Vertical(classes="reply-tail"):
+                self._tail = StreamTail(body)
+                yield self._tail
             footer = "generating…"
         yield Static(footer, classes="reply-footer", markup=False)
 
     def on_mount(self) -> None:
         if self.figures is not None:
             self.set_class(self.figures.finish_reason == "cancelled", "-stopped")
-        if not self._finished:
-            # get_stream appends fragments as they come, batching when the UI is busy,
-            # without re-parsing what is already shown.
-            self._stream = Markdown.get_stream(self.query_one(Markdown))
+
+    @property
+    def body(self) -> Markdown:
+        return self.query_one(".reply-body", Markdown)
 
     async def append(self, fragment: str) -> None:
+        """Stream a fragment. Closed paragraphs stay in the tail, which shows them exactly as
+        the Markdown would, until the reply ends; any other closed block (code, a list, a
+        heading) joins the Markdown at once, with the paragraphs held before it."""
+        if not fragment:
+            return
         self.text += fragment
-        if self._stream is not None and fragment:
-            await self._stream.write(fragment)
+        closed = self._blocks.feed(fragment)
+        tail = self._tail
+        if tail is None:
+            return
+        if closed:
+            tail.hold(closed)
+            if not tail.only_paragraphs(closed):
+                await self.body.append(tail.release())
+        tail.show(self._blocks.open)
+
+    def _close_stream(self) -> None:
+        """The reply is complete: once the screen shows its last tokens, make its Markdown
+        (a long reply takes a while: about 3 ms a paragraph)."""
+        if self._tail is not None:
+            self.call_after_refresh(self._to_markdown)
+
+    async def _to_markdown(self) -> None:
+        """Move everything the tail holds into the Markdown and drop the tail."""
+        tail = self._tail
+        if tail is None or not self.is_attached:
+            return
+        self._tail = None
+        rest = tail.release() + self._blocks.open
+        self._blocks.open = ""
+        if rest:
+            await self.body.append(rest)
+        await self.query_one(".reply-tail").remove()
+
+    @property
+    def shown_text(self) -> str:
+        """The Markdown the reply shows now (in its Markdown and, while streaming, its tail)."""
+        return self.body.source + (self._tail.text if self._tail is not None else "")
 
     async def finish(self, stats: GenerationStats | None, error: str | None = None) -> None:
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+        self._close_stream()
         self.stats = stats
         self._finished = True
         footer = self.query_one(".reply-footer", Static)
@@ -82,9 +121,7 @@ class Reply(Vertical):
 
     async def finish_served(self, figures: ReplyFigures, note: str) -> None:
         """A reply answered from the prediction store: all its text is there; note: from where."""
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+        self._close_stream()
         self._finished = True
         self.figures = figures
         self.query_one(".reply-footer", Static).update(note)

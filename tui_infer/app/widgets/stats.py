@@ -6,6 +6,7 @@ own timer (4 Hz), so its cost does not grow with the token rate.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from tui_infer.core.history import ReplyFigures
     from tui_infer.core.memory import MemorySnapshot
 
-REFRESH_S = 0.25
+REFRESH_S = 0.25  # the figures' timer; while a reply streams, at most every figures_s
 SPARK_POINTS = 60
 
 
@@ -53,6 +54,8 @@ class StatsPanel(VerticalScroll):
         self._window_start: tuple[int, float] | None = None  # (n_generated, elapsed_s)
         self._dirty = True
         self._shown: dict[str, str] = {}
+        self._ticked = 0.0  # monotonic time of the last tick
+        self.figures_s = REFRESH_S  # while a reply streams (the chat screen sets its pacing)
 
     def _set(self, widget_id: str, text: str) -> None:
         """Update a line only when it changed: each update costs a layout pass."""
@@ -96,7 +99,7 @@ class StatsPanel(VerticalScroll):
         self.query_one("#store-title").display = False
         self.query_one("#store-figures").display = False
         self._redraw()
-        self.set_interval(REFRESH_S, self._tick)
+        self.set_interval(REFRESH_S, self._timer_tick)
 
     # ----- inputs ---------------------------------------------------------------------------
 
@@ -154,6 +157,10 @@ class StatsPanel(VerticalScroll):
             # speed is counted from the first token: its wait is the TTFT's
             self._window_start = (chunk.n_generated, chunk.elapsed_s)
         self._dirty = True
+        # Drawn with the streamed text, in the same frame: a frame of its own would cost
+        # the CPU the reply is generated with as much again.
+        if time.monotonic() - self._ticked >= self.figures_s:
+            self._tick()
 
     def reply_finished(self, stats: GenerationStats) -> None:
         # (the last partial window is left out of the sparkline: too short to mean much)
@@ -204,7 +211,13 @@ class StatsPanel(VerticalScroll):
 
     # ----- drawing --------------------------------------------------------------------------
 
+    def _timer_tick(self) -> None:
+        # While tokens stream they drive the ticks; the timer covers the rest.
+        if not self.generating or time.monotonic() - self._ticked >= 2 * self.figures_s:
+            self._tick()
+
     def _tick(self) -> None:
+        self._ticked = time.monotonic()
         chunk, start = self._last_chunk, self._window_start
         if self.generating and chunk is not None and start is not None:
             n0, t0 = start

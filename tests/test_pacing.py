@@ -1,0 +1,48 @@
+"""How often the screen redraws while a reply streams: slower when llama.cpp's threads take
+every core (each millisecond the UI draws is then taken from generation)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.test_app import ready, send, wait_for
+from tests.test_conversations import make_app
+from tui_infer.core.engine import Engine
+from tui_infer.core.pacing import SHARED, SPARE, stream_pacing
+
+
+def test_every_core_busy_on_the_cpu_is_shared() -> None:
+    assert stream_pacing(threads=2, logical_cpus=2) is SHARED
+    assert stream_pacing(threads=8, logical_cpus=4) is SHARED
+    assert stream_pacing(threads=2, logical_cpus=None) is SHARED  # unknown: assume busy
+    # part of the model on a GPU: the CPU threads still compute the rest
+    assert stream_pacing(2, 2, offloaded_layers=10, total_layers=30) is SHARED
+
+
+def test_a_spare_core_or_a_whole_gpu_offload_is_spare() -> None:
+    assert stream_pacing(threads=4, logical_cpus=8) is SPARE
+    assert stream_pacing(2, 2, offloaded_layers=30, total_layers=30) is SPARE
+    assert SHARED.text_s > SPARE.text_s and SHARED.figures_s > SPARE.figures_s
+    assert "every core" in SHARED.describe() and "4/s" in SHARED.describe()
+
+
+@pytest.mark.anyio
+async def test_the_chat_paces_by_the_loaded_model(tmp_path: Path, model_path: Path) -> None:
+    """The real CPU build on this machine: the backend's threads against its CPUs."""
+    app = make_app(tmp_path, model_path, engine_loader=Engine.load, max_tokens=40)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        backend = app.chat.engine.backend
+        expected = stream_pacing(
+            backend.threads, os.cpu_count(), backend.offloaded_layers, backend.total_layers
+        )
+        assert app.chat.pacing is expected
+        assert app.chat.stats_panel.figures_s == expected.figures_s
+        # the reply still streams and ends whole, in the Markdown
+        await send(pilot, "Count to twenty.")
+        await wait_for(pilot, lambda: not app.chat.generating)
+        reply = app.chat.conversation.replies[-1]
+        await wait_for(pilot, lambda: reply.text.strip() != "" and reply.body.source == reply.text)

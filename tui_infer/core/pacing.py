@@ -1,0 +1,36 @@
+"""How often the TUI redraws while a reply streams.
+
+llama.cpp's threads meet at a barrier after every step of the graph, so when they take
+every core, CPU the UI uses stalls all of them: on a 2-core machine each millisecond the
+screen takes is about a millisecond of generation lost (measured: BENCHMARKS.md). With a
+core to spare, or the whole model on a GPU, the screen can redraw often at no such cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Pacing:
+    text_s: float  # streamed text reaches the screen at most this often
+    figures_s: float  # the live figures are redrawn at most this often
+    shares_cores: bool  # the UI competes with llama.cpp for the CPU
+
+    def describe(self) -> str:
+        why = "llama.cpp uses every core" if self.shares_cores else "a core to spare"
+        return f"text {1 / self.text_s:.0f}/s, figures {1 / self.figures_s:.0f}/s ({why})"
+
+
+SPARE = Pacing(text_s=0.1, figures_s=0.25, shares_cores=False)
+SHARED = Pacing(text_s=0.25, figures_s=1.0, shares_cores=True)
+
+
+def stream_pacing(
+    threads: int, logical_cpus: int | None, offloaded_layers: int = 0, total_layers: int = 0
+) -> Pacing:
+    """SHARED when llama.cpp's threads take every logical CPU and the model is not wholly
+    on a GPU; SPARE otherwise."""
+    on_gpu = total_layers > 0 and offloaded_layers >= total_layers
+    spare = (logical_cpus or 1) - threads
+    return SPARE if on_gpu or spare >= 1 else SHARED
