@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tui_infer.core.llama_thread import on_llama_thread  # noqa: E402
 from tui_infer.core.batch import BatchItem, BatchRunner  # noqa: E402
 from tui_infer.core.engine import KV_TYPE_IDS, Engine, LoadOptions, SamplingParams  # noqa: E402
 from tui_infer.core.resolve import find_bundled_models  # noqa: E402
@@ -182,7 +183,7 @@ def main() -> int:
     for par in a.parallel:
         opts = LoadOptions(ctx=512 * par, threads=a.threads)
         runner = BatchRunner.load(path, opts, parallel=par)
-        bare = BareBatch(path, opts, par)
+        bare = on_llama_thread(lambda o=opts, p=par: BareBatch(path, o, p))  # see engine_vs_bare
         prompts = [runner.tokenize(runner.render(it.messages)) for it in items]
         r_tps, b_tps = [], []
         n_gen: list[int] = []
@@ -194,7 +195,7 @@ def main() -> int:
                      for it in items]  # fmt: skip
             total = sum(r.generated_tokens for r in res.values())
             t_b0 = time.perf_counter()
-            n_b, _ = bare.run(prompts, n_gen)
+            n_b, _ = on_llama_thread(lambda b=bare, p=prompts, g=n_gen: b.run(p, g))
             bare_wall = time.perf_counter() - t_b0
             r_tps.append(total / wall)
             b_tps.append(n_b / bare_wall)

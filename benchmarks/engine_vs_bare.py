@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tui_infer.core.engine import KV_TYPE_IDS, Engine, LoadOptions, SamplingParams  # noqa: E402
+from tui_infer.core.llama_thread import on_llama_thread  # noqa: E402
 from tui_infer.core.resolve import find_bundled_models  # noqa: E402
 
 
@@ -87,7 +88,10 @@ def main() -> int:
     path = a.model or find_bundled_models()[0].path
     opts = LoadOptions(ctx=2048, threads=a.threads, batch=512, flash_attn=True, kv_type="f16")
     engine = Engine.load(path, opts)
-    bare = BareLoop(path, opts)
+    # The bare loop runs on the thread tui-infer decodes on (the engine hands each decode
+    # to it; see core/llama_thread.py): decoding from two threads would give llama.cpp two
+    # OpenMP teams on 2 cores, and slow both contenders to a third.
+    bare = on_llama_thread(lambda: BareLoop(path, opts))
 
     # A prompt of exactly --pp tokens, and a short prompt that starts generation.
     seed_text = "The history of the city begins with a small settlement by the river. " * 80
@@ -102,7 +106,7 @@ def main() -> int:
     # warm-up both
     engine.reset()
     engine.complete_tokens(pp_tokens, SamplingParams(temperature=0, max_tokens=1)).text()
-    bare.prompt(pp_tokens)
+    on_llama_thread(lambda: bare.prompt(pp_tokens))
     for _ in range(a.reps):
         for who in ("engine", "bare"):
             if who == "engine":
@@ -118,8 +122,10 @@ def main() -> int:
                 n_gen = s.stats.generated_tokens
                 res["tg"]["engine"].append(s.stats.generation_tps)
             else:
-                res["pp"]["bare"].append(len(pp_tokens) / bare.prompt(pp_tokens))
-                secs, n = bare.generate(tg_prompt, n_gen)
+                res["pp"]["bare"].append(
+                    len(pp_tokens) / on_llama_thread(lambda: bare.prompt(pp_tokens))
+                )
+                secs, n = on_llama_thread(lambda n_gen=n_gen: bare.generate(tg_prompt, n_gen))
                 res["tg"]["bare"].append((n - 1) / secs)
 
     print(f"model: {path.name}  threads: {a.threads}  ctx: {opts.ctx}  reps: {a.reps}")

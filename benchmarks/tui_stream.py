@@ -20,6 +20,7 @@ import _scratch  # noqa: F401  (first: a scratch data dir, never the user's)
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import statistics
@@ -183,8 +184,13 @@ PROMPT = "Write a very long story about a dragon who learns to cook, with many c
 FLAGS = "--temperature 0 --max-tokens {n} --repeat-penalty 1.0"
 
 
+# A tmux server of our own: one already running would start the app with its own
+# environment, not the scratch data directory this script set.
+_SOCKET = f"tui-infer-bench-{os.getpid()}"
+
+
 def _tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+    return subprocess.run(["tmux", "-L", _SOCKET, *args], capture_output=True, text=True).stdout
 
 
 def tui_in_tmux(max_tokens: int) -> float:
@@ -264,6 +270,7 @@ def main() -> int:
         r["tui"].append(tui_in_tmux(a.max_tokens))
         r["run_tmux"].append(headless_in_tmux(a.max_tokens))
         r["run_piped"].append(headless_piped(a.max_tokens))
+    _tmux("kill-server")
     m = {k: statistics.mean(v) for k, v in r.items()}
     sd = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in r.items()}
     print(f"real model, greedy, {a.max_tokens} tokens, {a.reps} reps alternating (tok/s):")

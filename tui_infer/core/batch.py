@@ -44,6 +44,7 @@ from tui_infer.core.engine import (
 )
 from tui_infer.core.errors import ModelFileError, TuiInferError
 from tui_infer.core.gguf import read_header
+from tui_infer.core.llama_thread import on_llama_thread
 from tui_infer.core.template import ChatTemplate, Message
 
 _PLACEHOLDER = "\x00tui-infer-prefix\x00"
@@ -314,7 +315,7 @@ class BatchRunner:
                 if not active:
                     break
                 n = self._fill(batch, active, cap)
-                rc = int(lib.llama_decode(self._ctx, batch))
+                rc = int(on_llama_thread(lambda: lib.llama_decode(self._ctx, batch)))
                 if rc != 0:
                     raise BatchError(
                         f"llama_decode returned {rc} with {len(active)} sequences; "
@@ -360,7 +361,7 @@ class BatchRunner:
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = 0
             batch.n_tokens = len(chunk)
-            rc = int(lib.llama_decode(self._ctx, batch))
+            rc = int(on_llama_thread(lambda: lib.llama_decode(self._ctx, batch)))
             if rc != 0:
                 raise BatchError(f"llama_decode returned {rc} on the shared prefix")
 

@@ -30,6 +30,7 @@ from tui_infer.core.backend import BackendInfo, describe_backend, probe_devices,
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import ContextOverflowError, ModelFileError, TuiInferError
 from tui_infer.core.gguf import GGML_TYPES, GgufHeader, read_header
+from tui_infer.core.llama_thread import iterate_on_llama_thread, on_llama_thread
 from tui_infer.core.template import ChatTemplate, Message, TemplateError
 
 if TYPE_CHECKING:
@@ -250,12 +251,16 @@ def make_sampler(lib: Any, n_vocab: int, p: SamplingParams, seed: int | None) ->
 class ReplyStream:
     """Iterate for TokenChunks; `stats` is set once iteration ends (also on cancel)."""
 
-    def __init__(self, gen: Iterator[TokenChunk]) -> None:
+    def __init__(self, gen: Iterator[TokenChunk], cancel: threading.Event | None = None) -> None:
         self._gen = gen
+        self._cancel = cancel
         self.stats: GenerationStats | None = None
 
     def __iter__(self) -> Iterator[TokenChunk]:
-        return self._gen
+        if self._cancel is None:
+            return self._gen
+        # Decoded on the llama.cpp thread (core/llama_thread.py), consumed here.
+        return iterate_on_llama_thread(self._gen, self._cancel.set)
 
     def text(self) -> str:
         return "".join(c.text for c in self)
@@ -331,18 +336,20 @@ class Engine:
         sink = io.StringIO()
         try:
             with redirect_stderr(sink), redirect_stdout(sink):
-                llm = llama_cpp.Llama(
-                    model_path=str(header.path),
-                    n_ctx=options.ctx,
-                    n_threads=options.threads,
-                    n_threads_batch=options.threads,
-                    n_gpu_layers=options.gpu_layers,
-                    n_batch=options.batch,
-                    n_ubatch=options.batch,
-                    flash_attn=options.flash_attn or quantized_v,
-                    type_k=KV_TYPE_IDS[options.kv_type],
-                    type_v=KV_TYPE_IDS[options.kv_type],
-                    verbose=True,
+                llm = on_llama_thread(
+                    lambda: llama_cpp.Llama(
+                        model_path=str(header.path),
+                        n_ctx=options.ctx,
+                        n_threads=options.threads,
+                        n_threads_batch=options.threads,
+                        n_gpu_layers=options.gpu_layers,
+                        n_batch=options.batch,
+                        n_ubatch=options.batch,
+                        flash_attn=options.flash_attn or quantized_v,
+                        type_k=KV_TYPE_IDS[options.kv_type],
+                        type_v=KV_TYPE_IDS[options.kv_type],
+                        verbose=True,
+                    )
                 )
         except (ValueError, RuntimeError, OSError) as exc:
             lines = llama_log.lines_since(mark)
@@ -404,6 +411,11 @@ class Engine:
 
     # ----- decoding ------------------------------------------------------------------------
 
+    def _stop(self) -> None:
+        """Ask the decode under way to stop (the caller was interrupted)."""
+        if self._cancel is not _NEVER:
+            self._cancel.set()
+
     def _decode(self, tokens: list[int], abortable: bool) -> int:
         arr = (self._lib.llama_token * len(tokens))(*tokens)
         batch = self._lib.llama_batch_get_one(arr, len(tokens))
@@ -412,7 +424,9 @@ class Engine:
             # costly per generated token, so it is set only around prompt batches.
             self._lib.llama_set_abort_callback(self._ctx, self._abort_cb, None)
         try:
-            return int(self._lib.llama_decode(self._ctx, batch))
+            return int(
+                on_llama_thread(lambda: self._lib.llama_decode(self._ctx, batch), self._stop)
+            )
         finally:
             if abortable:
                 self._lib.llama_set_abort_callback(self._ctx, self._lib.ggml_abort_callback(), None)
@@ -457,16 +471,18 @@ class Engine:
                 prompt_tokens=len(prompt),
                 n_ctx=self.n_ctx,
             )
-        stream = ReplyStream(iter(()))
-        stream._gen = self._generate(prompt, sampling, cancel or threading.Event(), stream)
+        cancel = cancel or threading.Event()
+        stream = ReplyStream(iter(()), cancel)
+        stream._gen = self._generate(prompt, sampling, cancel, stream)
         return stream
 
     def complete_tokens(
         self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event | None = None
     ) -> ReplyStream:
         """Stream a continuation of raw prompt tokens (used by benchmarks and tests)."""
-        stream = ReplyStream(iter(()))
-        stream._gen = self._generate(prompt, sampling, cancel or threading.Event(), stream)
+        cancel = cancel or threading.Event()
+        stream = ReplyStream(iter(()), cancel)
+        stream._gen = self._generate(prompt, sampling, cancel, stream)
         return stream
 
     def _generate(
@@ -556,7 +572,12 @@ class Engine:
                     tail = decoder.decode(b"", final=True)
                     if tail:
                         yield TokenChunk(
-                            tail, n_gen, time.perf_counter() - t0, ttft, n_past, t_prompt - t0,
+                            tail,
+                            n_gen,
+                            time.perf_counter() - t0,
+                            ttft,
+                            n_past,
+                            t_prompt - t0,
                             len(todo),
                         )
             finally:
