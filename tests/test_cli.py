@@ -41,6 +41,21 @@ def test_run_streams_a_reply() -> None:
     assert r.stderr == ""  # llama.cpp's log does not leak
 
 
+def test_run_into_a_reader_that_stops_early() -> None:
+    """`tui-infer run ... | head -c 20`: the reply stops quietly when the pipe closes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tui_infer", "run", "--temperature", "0", "--max-tokens", "400",
+         "Write a long story about a dragon."],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.read(20)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert len(first) == 20 and "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_run_json_and_stdin() -> None:
     r = tui_infer(
         "run",

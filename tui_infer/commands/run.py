@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
     override = template_override(paths.config_file, path)
 
     from tui_infer.core.engine import Engine, LoadOptions, SamplingParams
+    from tui_infer.core.llama_thread import on_llama_thread
 
     messages = []
     if settings.system:
@@ -51,15 +53,26 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
     stream = engine.chat(messages, SamplingParams.from_settings(settings), cancel)
     pieces: list[str] = []
     interrupted = False
-    try:
+
+    def stream_out() -> None:
         for chunk in stream:
             pieces.append(chunk.text)
             if not args.json:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
+
+    try:
+        # on the thread that decodes: no other thread is woken per token
+        on_llama_thread(stream_out, cancel.set)
     except KeyboardInterrupt:
         cancel.set()
         interrupted = True
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as other filters do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        engine.close()
+        return 0
     stats = stream.stats
     if args.json:
         out = {

@@ -46,6 +46,7 @@ from tui_infer.core.config import Settings, template_override, write_config_key
 from tui_infer.core.engine import LoadOptions, SamplingParams
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.history import History, ReplyFigures, derive_title
+from tui_infer.core.llama_thread import on_llama_thread
 from tui_infer.core.pacing import SPARE, stream_pacing
 from tui_infer.core.resolve import NO_MODEL_HELP
 from tui_infer.core.template import Message
@@ -411,25 +412,31 @@ class ChatScreen(Screen[None]):
                 stream = engine.chat(
                     self._system_messages() + turns, SamplingParams.from_settings(settings), cancel
                 )
-                pending: list[str] = []
                 reply: list[str] = []
-                last = None
-                flushed = time.monotonic()
                 every = self.pacing.text_s
-                for chunk in stream:
-                    pending.append(chunk.text)
-                    last = chunk
-                    now = time.monotonic()
-                    if now - flushed >= every:
+
+                def stream_reply() -> None:
+                    # Runs on the llama.cpp thread, which decodes: no thread is woken per
+                    # token, only the screen, with a message per `every` seconds.
+                    pending: list[str] = []
+                    last = None
+                    flushed = time.monotonic()
+                    for chunk in stream:
+                        pending.append(chunk.text)
+                        last = chunk
+                        now = time.monotonic()
+                        if now - flushed >= every:
+                            piece = "".join(pending)
+                            reply.append(piece)
+                            pending.clear()
+                            flushed = now
+                            self.post_message(msg.TokensStreamed(piece, chunk))
+                    if last is not None and pending:
                         piece = "".join(pending)
                         reply.append(piece)
-                        pending.clear()
-                        flushed = now
-                        self.post_message(msg.TokensStreamed(piece, chunk))
-                if last is not None and pending:
-                    piece = "".join(pending)
-                    reply.append(piece)
-                    self.post_message(msg.TokensStreamed(piece, last))
+                        self.post_message(msg.TokensStreamed(piece, last))
+
+                on_llama_thread(stream_reply, cancel.set)
             except TuiInferError as exc:
                 self.post_message(msg.GenerationFailed(str(exc)))
                 return
