@@ -185,6 +185,11 @@ def test_doctor(model_path: Path) -> None:
     assert str(model_path.name) in out
     assert "offline (HF_HUB_OFFLINE is set)" in out
     assert os.environ["TUI_INFER_DATA_DIR"] in out
+    from tui_infer.core.pacing import SHARED, SPARE
+
+    flat = " ".join(out.split())
+    assert "TUI redraws while a reply streams" in flat
+    assert SHARED.describe() in flat or SPARE.describe() in flat
 
 
 def test_flags_before_the_command_are_kept() -> None:

@@ -70,6 +70,14 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
         )
         t.add_row(f"device {dev.name}", f"{dev.description} [{dev.kind}]{mem}")
     t.add_row("threads", f"{settings.effective_threads} (of {os.cpu_count()} logical CPUs)")
+    from tui_infer.core.pacing import stream_pacing
+
+    # (a GPU build with gpu_layers set counts as the whole model on the GPU)
+    on_gpu = 1 if offload and settings.gpu_layers else 0
+    t.add_row(
+        "TUI redraws while a reply streams",
+        stream_pacing(settings.effective_threads, os.cpu_count(), on_gpu, 1).describe(),
+    )
     t.add_row("llama_cpp module", os.path.dirname(llama_cpp.__file__))
 
     from tui_infer.core.memory import MemoryProbe
