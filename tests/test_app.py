@@ -119,6 +119,10 @@ async def test_reply_streams_and_figures_update(tmp_path: Path, model_path: Path
         assert panel.generation_tps > 0 and panel.kv_tokens > 0 and panel.ttft_s
         assert panel.kv_tokens == stats.kv.tokens
         assert "tok/s" in str(panel.query_one("#speed-line", Static).render())
+        # a short reply still leaves a point on the sparkline (its own speed, at the end)
+        from textual.widgets import Sparkline
+
+        assert panel.query_one("#tps-sparkline", Sparkline).data
         assert panel.memory is not None and panel.memory.rss_bytes > 0
         assert chat.prompt_input.text == ""  # sent, so cleared
         assert [m.role for m in chat.history] == ["user", "assistant"]

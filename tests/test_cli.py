@@ -56,6 +56,30 @@ def test_run_into_a_reader_that_stops_early() -> None:
     assert len(first) == 20 and "Traceback" not in err and "BrokenPipe" not in err
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pty")
+def test_tui_quits_when_its_terminal_goes_away(tmp_path: Path) -> None:
+    """A terminal closed under the app, with no SIGHUP reaching it (as when `make run`
+    started it), must not leave it running (Textual's input thread would spin)."""
+    import pty
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tui_infer"], stdin=slave, stdout=slave, stderr=slave,
+        start_new_session=True, env={**os.environ, "TERM": "xterm-256color"},
+    )  # fmt: skip
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + 60
+        seen = b""
+        while b"Message" not in seen and time.monotonic() < deadline:  # the screen is up
+            seen += os.read(master, 65536)
+        assert b"Message" in seen and proc.poll() is None
+    finally:
+        os.close(master)  # the terminal goes away
+    assert proc.wait(timeout=15) == 129
+
+
 def test_run_json_and_stdin() -> None:
     r = tui_infer(
         "run",

@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         problem = str(exc)
     from tui_infer.app.app import TuiInferApp
 
-    TuiInferApp(settings=settings, paths=paths, model_path=model, startup_error=problem).run()
-    return 0
+    app = TuiInferApp(settings=settings, paths=paths, model_path=model, startup_error=problem)
+    app.run()
+    return app.return_code or 0
 
 
 if __name__ == "__main__":

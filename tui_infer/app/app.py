@@ -5,6 +5,8 @@ Behaviour lives in the screens (screens/chat.py); this file stays small.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,19 @@ class TuiInferApp(App[None]):
             self.call_later(self.notify, f"{exc}; replies come from the model only",
                             title="Prediction store unavailable", severity="error")  # fmt: skip
             return None
+
+    def on_mount(self) -> None:
+        # A terminal that goes away without a SIGHUP reaching us (the app started by
+        # `make run`, then the terminal closed: make gets the signal, not this process)
+        # leaves Textual's input thread spinning on the dead tty at 100 % of a core.
+        # Once a second: if the terminal the app started on is gone, quit.
+        fd = sys.__stdin__.fileno() if sys.__stdin__ is not None else -1
+        if not self.is_headless and fd >= 0 and os.isatty(fd):
+            self.set_interval(1.0, lambda: self._check_terminal(fd))
+
+    def _check_terminal(self, fd: int) -> None:
+        if not os.isatty(fd):
+            self.exit(return_code=129)  # as if hung up (128 + SIGHUP)
 
     def on_unmount(self) -> None:
         chat_db = getattr(self, "chat_db", None)

@@ -163,7 +163,10 @@ class StatsPanel(VerticalScroll):
             self._tick()
 
     def reply_finished(self, stats: GenerationStats) -> None:
-        # (the last partial window is left out of the sparkline: too short to mean much)
+        # (the last partial window is left out of the sparkline: too short to mean much,
+        # unless the reply was over before a first window closed)
+        if not self._tps_series and stats.generation_tps > 0:
+            self._tps_series.append(stats.generation_tps)
         self.generating = False
         self.prompt_tokens = stats.prompt_tokens
         self.prompt_tps = stats.prompt_tps
