@@ -4,6 +4,8 @@ every core (each millisecond the UI draws is then taken from generation)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,24 @@ def test_a_spare_core_or_a_whole_gpu_offload_is_spare() -> None:
     assert stream_pacing(2, 2, offloaded_layers=30, total_layers=30) is SPARE
     assert SHARED.text_s > SPARE.text_s and SHARED.figures_s > SPARE.figures_s
     assert "every core" in SHARED.describe() and "text 2/s" in SHARED.describe()
+
+
+def test_the_redraws_setting_sets_the_text_pace(tmp_path: Path) -> None:
+    assert stream_pacing(2, 2, redraws=10).text_s == pytest.approx(0.1)
+    assert stream_pacing(2, 2, redraws=10).figures_s == SHARED.figures_s  # figures as chosen
+    assert stream_pacing(2, 2, redraws=0) is SHARED
+    config = tmp_path / "config.toml"
+    config.write_text("redraws = 5\n")
+    env = {"TUI_INFER_CONFIG": str(config)}
+    r = subprocess.run([sys.executable, "-m", "tui_infer", "doctor"], capture_output=True,
+                       text=True, env={**os.environ, **env}, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and "text 5/s" in " ".join(r.stdout.split())
+    bad = subprocess.run([sys.executable, "-m", "tui_infer", "doctor"], capture_output=True,
+                         text=True, env={**os.environ, **env, "TUI_INFER_REDRAWS": "500"},
+                         timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    assert "'redraws' must be 0 (chosen) or up to 60 a second, got 500" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.anyio

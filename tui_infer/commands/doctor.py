@@ -76,7 +76,9 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     on_gpu = 1 if offload and settings.gpu_layers else 0
     t.add_row(
         "TUI redraws while a reply streams",
-        stream_pacing(settings.effective_threads, os.cpu_count(), on_gpu, 1).describe(),
+        stream_pacing(
+            settings.effective_threads, os.cpu_count(), on_gpu, 1, settings.redraws
+        ).describe(),
     )
     t.add_row("llama_cpp module", os.path.dirname(llama_cpp.__file__))
 

@@ -53,6 +53,7 @@ class Settings:
     system: str = ""
     overflow: str = "ask"
     serve: str = "store-then-live"  # the chat: answer from the prediction store first
+    redraws: float = 0  # text updates a second while a reply streams; 0: chosen (pacing.py)
 
     @property
     def effective_threads(self) -> int:
@@ -127,6 +128,8 @@ def validate(s: Settings, source: str) -> Settings:
         raise bad(f"'top_k' must be 0 (off) or more, got {s.top_k}")
     if s.max_tokens < 1:
         raise bad(f"'max_tokens' must be at least 1, got {s.max_tokens}")
+    if not 0 <= s.redraws <= 60:
+        raise bad(f"'redraws' must be 0 (chosen) or up to 60 a second, got {s.redraws}")
     return s
 
 

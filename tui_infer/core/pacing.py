@@ -8,7 +8,7 @@ core to spare, or the whole model on a GPU, the screen can redraw often at no su
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,18 @@ SHARED = Pacing(text_s=0.5, figures_s=1.0, shares_cores=True)
 
 
 def stream_pacing(
-    threads: int, logical_cpus: int | None, offloaded_layers: int = 0, total_layers: int = 0
+    threads: int,
+    logical_cpus: int | None,
+    offloaded_layers: int = 0,
+    total_layers: int = 0,
+    redraws: float = 0,
 ) -> Pacing:
     """SHARED when llama.cpp's threads take every logical CPU and the model is not wholly
-    on a GPU; SPARE otherwise."""
+    on a GPU; SPARE otherwise. `redraws` (text updates a second, the `redraws` setting)
+    overrides the text's pace when it is above 0."""
     on_gpu = total_layers > 0 and offloaded_layers >= total_layers
     spare = (logical_cpus or 1) - threads
-    return SPARE if on_gpu or spare >= 1 else SHARED
+    chosen = SPARE if on_gpu or spare >= 1 else SHARED
+    if redraws > 0:
+        return replace(chosen, text_s=1 / redraws)
+    return chosen

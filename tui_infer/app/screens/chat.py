@@ -297,7 +297,11 @@ class ChatScreen(Screen[None]):
         )
         backend = event.engine.backend
         self.pacing = stream_pacing(
-            backend.threads, os.cpu_count(), backend.offloaded_layers, backend.total_layers
+            backend.threads,
+            os.cpu_count(),
+            backend.offloaded_layers,
+            backend.total_layers,
+            self.settings.redraws,
         )
         self.stats_panel.figures_s = self.pacing.figures_s
         self._count_context()
