@@ -32,11 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tui_infer.core.llama_thread import on_llama_thread  # noqa: E402
-from tui_infer.core.batch import BatchItem, BatchRunner  # noqa: E402
-from tui_infer.core.engine import KV_TYPE_IDS, Engine, LoadOptions, SamplingParams  # noqa: E402
-from tui_infer.core.resolve import find_bundled_models  # noqa: E402
-from tui_infer.core.template import Message  # noqa: E402
+from tui_infer.core.inference.llama_thread import on_llama_thread  # noqa: E402
+from tui_infer.core.inference.batched import BatchItem, BatchRunner  # noqa: E402
+from tui_infer.core.inference.engine import Engine  # noqa: E402
+from tui_infer.core.inference.types import KV_TYPE_IDS, LoadOptions, SamplingParams  # noqa: E402
+from tui_infer.core.models.bundled import find_bundled_models  # noqa: E402
+from tui_infer.core.inference.types import Message  # noqa: E402
 
 TOPICS = ["rivers", "bread", "the moon", "chess", "volcanoes", "trains", "bees", "glass",
           "music", "winter", "maps", "copper", "owls", "tea", "bridges", "clocks"]  # fmt: skip
@@ -120,7 +121,7 @@ class BareBatch:
 
 
 def store_benchmarks(n_lookups: int, n_prompts: int) -> tuple[float, float]:
-    from tui_infer.core.store import PredictionStore
+    from tui_infer.core.static.store import PredictionStore
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TUI_INFER_DATA_DIR": tmp, "TUI_INFER_CONFIG": f"{tmp}/c.toml"}

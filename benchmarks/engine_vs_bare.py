@@ -20,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tui_infer.core.engine import KV_TYPE_IDS, Engine, LoadOptions, SamplingParams  # noqa: E402
-from tui_infer.core.llama_thread import on_llama_thread  # noqa: E402
-from tui_infer.core.resolve import find_bundled_models  # noqa: E402
+from tui_infer.core.inference.engine import Engine  # noqa: E402
+from tui_infer.core.inference.types import KV_TYPE_IDS, LoadOptions, SamplingParams  # noqa: E402
+from tui_infer.core.inference.llama_thread import on_llama_thread  # noqa: E402
+from tui_infer.core.models.bundled import find_bundled_models  # noqa: E402
 
 
 class BareLoop:

@@ -21,8 +21,8 @@ BARE = r"""
 import sys, psutil
 sys.path.insert(0, "benchmarks")
 from engine_vs_bare import BareLoop
-from tui_infer.core.engine import LoadOptions
-from tui_infer.core.resolve import find_bundled_models
+from tui_infer.core.inference.types import LoadOptions
+from tui_infer.core.models.bundled import find_bundled_models
 import llama_cpp
 bare = BareLoop(find_bundled_models()[0].path, LoadOptions(ctx=4096, threads=2))
 toks = [1, 4093, 198, 6004, 2, 198, 1, 520, 9531, 198]
@@ -34,7 +34,7 @@ TUI = r"""
 import asyncio, psutil
 from tui_infer.core.config import Settings
 from tui_infer.core.paths import default_paths
-from tui_infer.core.resolve import resolve_model
+from tui_infer.core.models.resolve import resolve_model
 from tui_infer.app.app import TuiInferApp
 from tui_infer.app.widgets.conversation import Reply
 

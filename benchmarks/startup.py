@@ -23,7 +23,7 @@ import time, sys, asyncio
 start = float(sys.argv[1])  # the parent's clock just before it spawned this process
 from tui_infer.core.config import Settings
 from tui_infer.core.paths import default_paths
-from tui_infer.core.resolve import resolve_model
+from tui_infer.core.models.resolve import resolve_model
 from tui_infer.app.app import TuiInferApp
 
 async def main():

@@ -38,17 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tui_infer.app.app import TuiInferApp  # noqa: E402
 from tui_infer.app.widgets.conversation import Reply  # noqa: E402
-from tui_infer.core.backend import BackendInfo  # noqa: E402
+from tui_infer.core.inference.backend import BackendInfo  # noqa: E402
 from tui_infer.core.config import Settings  # noqa: E402
-from tui_infer.core.engine import (  # noqa: E402
-    GenerationStats,
-    KvCacheUsage,
-    ModelInfo,
-    ReplyStream,
-    TokenChunk,
-)
+from tui_infer.core.inference.engine import ReplyStream  # noqa: E402
+from tui_infer.core.inference.types import GenerationStats, KvCacheUsage, ModelInfo, TokenChunk  # noqa: E402
 from tui_infer.core.paths import default_paths  # noqa: E402
-from tui_infer.core.template import Message  # noqa: E402
+from tui_infer.core.inference.types import Message  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog and then writes some **markdown** `code` "
 WORDS = WORDS.split()
@@ -115,7 +110,7 @@ class _Fixed:
     """A memory probe with fixed figures (psutil's cost is not what is measured here)."""
 
     def snapshot(self) -> Any:
-        from tui_infer.core.memory import MemorySnapshot
+        from tui_infer.core.inference.memory import MemorySnapshot
 
         return MemorySnapshot(100 << 20, 8 << 30, 16 << 30, (), "no GPU")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tui_infer.core.resolve import find_bundled_models
+from tui_infer.core.models.bundled import find_bundled_models
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,8 @@ def model_path() -> Path:
 @pytest.fixture(scope="session")
 def engine(model_path: Path):  # type: ignore[no-untyped-def]
     """One loaded engine for the session (loading takes ~0.3 s, but memory adds up)."""
-    from tui_infer.core.engine import Engine, LoadOptions
+    from tui_infer.core.inference.engine import Engine
+    from tui_infer.core.inference.types import LoadOptions
 
     eng = Engine.load(model_path, LoadOptions(ctx=1024, threads=2))
     yield eng

@@ -20,9 +20,9 @@ from tui_infer.app import messages as msg
 from tui_infer.app.app import TuiInferApp
 from tui_infer.app.widgets.conversation import Reply, UserTurn
 from tui_infer.core.config import Settings
-from tui_infer.core.engine import Engine
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.models.resolve import NO_MODEL_HELP
 from tui_infer.core.paths import Paths
-from tui_infer.core.resolve import NO_MODEL_HELP
 
 SIZE = (120, 40)
 
@@ -251,7 +251,7 @@ async def test_overflow_warning_before_reply(tmp_path: Path, model_path: Path) -
 
 
 async def test_drop_oldest_turns(tmp_path: Path, model_path: Path) -> None:
-    from tui_infer.core.template import Message as Turn
+    from tui_infer.core.inference.types import Message as Turn
 
     rec = Recorder()
     app = make_app(tmp_path, model_path, ctx=256, overflow="drop-oldest", max_tokens=8)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tui_infer.core.backend import (
+from tui_infer.core.inference.backend import (
     Device,
     describe_backend,
     parse_system_info,
     probe_devices,
     probe_system_info,
 )
-from tui_infer.core.memory import MemoryProbe
+from tui_infer.core.inference.memory import MemoryProbe
 
 
 def test_real_cpu_build() -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tui_infer.core.batch import BatchItem, BatchProgress, BatchRunner, item_seed
-from tui_infer.core.engine import Engine, LoadOptions, SamplingParams
-from tui_infer.core.template import Message
+from tui_infer.core.inference.batched import BatchItem, BatchProgress, BatchRunner, item_seed
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
 
 PROMPTS = [
     "What is the capital of France?",

@@ -22,10 +22,10 @@ from tests.test_app import Recorder, make_app, notice, ready, wait_for
 from tui_infer.app import messages as msg
 from tui_infer.app.screens.batch import BatchScreen
 from tui_infer.app.screens.chat import NotPrecomputed, ServedFromStore
+from tui_infer.core.chat.history import History
 from tui_infer.core.config import load_settings
 from tui_infer.core.errors import ConfigError
-from tui_infer.core.history import History
-from tui_infer.core.store import PredictionStore
+from tui_infer.core.static.store import PredictionStore
 
 pytestmark = pytest.mark.anyio
 

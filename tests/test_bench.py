@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from tests.test_cli import tui_infer
-from tui_infer.core.bench import (
+from tui_infer.core.bench.measure import (
     BenchConfig,
     BenchResult,
     compare_results,

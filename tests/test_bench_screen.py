@@ -9,8 +9,8 @@ from textual.widgets import DataTable, Input, Static
 
 from tests.test_app import make_app, wait_for
 from tui_infer.app.screens.bench import BenchScreen, bar_chart
-from tui_infer.core.bench import BenchConfig, BenchResult
-from tui_infer.core.bench_history import BenchHistory
+from tui_infer.core.bench.history import BenchHistory
+from tui_infer.core.bench.measure import BenchConfig, BenchResult
 
 pytestmark = pytest.mark.anyio
 

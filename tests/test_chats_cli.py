@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tui_infer.core.history import History, ReplyFigures
+from tui_infer.core.chat.history import History, ReplyFigures
 
 FIG = ReplyFigures(0.05, 20, 400.0, 7, 88.0, 0.13, "stop")
 

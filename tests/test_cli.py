@@ -209,7 +209,7 @@ def test_doctor(model_path: Path) -> None:
     assert str(model_path.name) in out
     assert "offline (HF_HUB_OFFLINE is set)" in out
     assert os.environ["TUI_INFER_DATA_DIR"] in out
-    from tui_infer.core.pacing import SHARED, SPARE
+    from tui_infer.core.inference.pacing import SHARED, SPARE
 
     flat = " ".join(out.split())
     assert "TUI redraws while a reply streams" in flat

@@ -28,11 +28,11 @@ from tui_infer.app.screens.dialogs import (
 from tui_infer.app.screens.settings import SettingsScreen
 from tui_infer.app.widgets.chat_list import ChatList
 from tui_infer.app.widgets.conversation import Reply, UserTurn
+from tui_infer.core.chat.history import History
 from tui_infer.core.config import Settings, load_settings
-from tui_infer.core.engine import Engine
-from tui_infer.core.history import History
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.types import Message
 from tui_infer.core.paths import Paths
-from tui_infer.core.template import Message
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)

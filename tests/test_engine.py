@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tui_infer.core.engine import Engine, LoadOptions, SamplingParams, kv_bytes_per_token
 from tui_infer.core.errors import ContextOverflowError, ModelFileError
-from tui_infer.core.template import ChatTemplate, Message, TemplateError
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.template import ChatTemplate, TemplateError
+from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams, kv_bytes_per_token
 
 GREEDY = SamplingParams(temperature=0, max_tokens=40)
 Q = [Message("user", "What is the capital of France?")]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tui_infer.core import llama_log
-from tui_infer.core.engine import Engine, LoadOptions, ModelInfo
-from tui_infer.core.fit import (
+from tui_infer.core.inference import llama_log
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.fit import (
     FITS,
     MIB,
     OVERHEAD_BYTES,
@@ -17,7 +17,8 @@ from tui_infer.core.fit import (
     compute_bytes_reported,
     estimate_fit,
 )
-from tui_infer.core.gguf import read_header
+from tui_infer.core.inference.types import LoadOptions, ModelInfo
+from tui_infer.core.models.gguf import read_header
 
 GIB = 1024 * MIB
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.gguf_craft import write_gguf
 from tui_infer.core.errors import ModelFileError
-from tui_infer.core.gguf import ArraySummary, read_header
+from tui_infer.core.models.gguf import ArraySummary, read_header
 
 
 def test_reads_the_real_model(model_path: Path) -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tui_infer.core.db import StoreError
-from tui_infer.core.history import (
+from tui_infer.core.chat.history import (
     History,
     HistoryError,
     ReplyFigures,
     derive_title,
     figures_line,
 )
+from tui_infer.core.db import StoreError
 
 FIG = ReplyFigures(
     ttft_s=0.042, prompt_tokens=31, prompt_tps=410.0, generated_tokens=12,
@@ -94,7 +94,7 @@ def test_kill_minus_9_loses_only_the_reply_in_progress(tmp_path: Path) -> None:
     code = f"""
 import os, signal
 from pathlib import Path
-from tui_infer.core.history import History, ReplyFigures
+from tui_infer.core.chat.history import History, ReplyFigures
 h = History(Path({str(path)!r}))
 cid = h.create("t")
 h.add_message(cid, "user", "first")

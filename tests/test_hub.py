@@ -18,10 +18,10 @@ import pytest
 
 from tests.gguf_craft import write_gguf
 from tests.hub_server import HubServer, Repo, ServedFile
-from tui_infer.core import hub as hub_mod
 from tui_infer.core.errors import ModelFileError
-from tui_infer.core.gguf import parse_header_bytes
-from tui_infer.core.hub import (
+from tui_infer.core.models import hub as hub_mod
+from tui_infer.core.models.gguf import parse_header_bytes
+from tui_infer.core.models.hub import (
     ChecksumMismatchError,
     DownloadCancelled,
     Hub,
@@ -32,7 +32,7 @@ from tui_infer.core.hub import (
     UnsafeFileNameError,
     quant_from_name,
 )
-from tui_infer.core.library import ModelLibrary
+from tui_infer.core.models.library import ModelLibrary
 
 REAL = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 REAL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.gguf_craft import write_gguf
-from tui_infer.core import library as library_mod
 from tui_infer.core.errors import ModelFileError, ModelNotFoundError
-from tui_infer.core.library import ModelLibrary, hf_hub_cache
-from tui_infer.core.resolve import resolve_model
+from tui_infer.core.models import library as library_mod
+from tui_infer.core.models.library import ModelLibrary, hf_hub_cache
+from tui_infer.core.models.resolve import resolve_model
 
 META = {
     "general.architecture": "llama",

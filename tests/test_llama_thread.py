@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tui_infer.core.engine import Engine, SamplingParams
-from tui_infer.core.llama_thread import on_llama_thread
-from tui_infer.core.template import Message
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.types import Message, SamplingParams
 
 
 class Lane:

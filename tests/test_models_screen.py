@@ -14,7 +14,7 @@ from tests.hub_server import HubServer, Repo, ServedFile
 from tests.test_app import make_app, wait_for
 from tui_infer.app.screens.dialogs import ConfirmScreen
 from tui_infer.app.screens.models import ModelsScreen
-from tui_infer.core.fit import FITS, TIGHT, WONT_FIT
+from tui_infer.core.inference.fit import FITS, TIGHT, WONT_FIT
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import pytest
 
 from tests.test_app import ready, send, wait_for
 from tests.test_conversations import make_app
-from tui_infer.core.engine import Engine
-from tui_infer.core.pacing import SHARED, SPARE, stream_pacing
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.pacing import SHARED, SPARE, stream_pacing
 
 
 def test_every_core_busy_on_the_cpu_is_shared() -> None:

@@ -19,9 +19,10 @@ from tui_infer.core.config import (
     template_override,
     write_preset,
 )
-from tui_infer.core.engine import Engine, LoadOptions
 from tui_infer.core.errors import ConfigError
-from tui_infer.core.template import Message, TemplateError
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.template import TemplateError
+from tui_infer.core.inference.types import LoadOptions, Message
 
 GOOD = """\
 # my config

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tui_infer.core.errors import ModelNotFoundError
-from tui_infer.core.resolve import find_bundled_models, resolve_model
+from tui_infer.core.models.bundled import find_bundled_models
+from tui_infer.core.models.resolve import resolve_model
 
 
 def test_bundled_model_found_generically(model_path: Path) -> None:

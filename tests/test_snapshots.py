@@ -13,18 +13,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tui_infer.core.config import Settings
-from tui_infer.core.engine import (
+from tui_infer.core.inference.engine import ReplyStream
+from tui_infer.core.inference.memory import MemorySnapshot
+from tui_infer.core.inference.types import (
     GenerationStats,
     KvCacheUsage,
     LoadOptions,
+    Message,
     ModelInfo,
-    ReplyStream,
     SamplingParams,
     TokenChunk,
 )
-from tui_infer.core.memory import MemorySnapshot
 from tui_infer.core.paths import Paths
-from tui_infer.core.template import Message
 
 SIZE = (100, 30)
 MiB = 1024 * 1024
@@ -159,7 +159,7 @@ def test_load_model_dialog(snap_compare, tmp_path: Path) -> None:  # type: ignor
 
 def _seed_history(tmp_path: Path) -> None:
     """Two saved chats with fixed figures, so that the screens never vary."""
-    from tui_infer.core.history import History, ReplyFigures
+    from tui_infer.core.chat.history import History, ReplyFigures
 
     fig = ReplyFigures(0.045, 38, 512.0, 24, 96.4, 0.29, "stop")
     with History.in_data_dir(tmp_path / "data") as h:

@@ -13,16 +13,14 @@ from pathlib import Path
 import pytest
 
 from tui_infer.core.db import StoreError
-from tui_infer.core.engine import SamplingParams
-from tui_infer.core.store import (
+from tui_infer.core.inference.types import Message, SamplingParams
+from tui_infer.core.request_path import LoadedModel, lookup, prepare
+from tui_infer.core.static.store import (
     MIGRATIONS,
     PredictionStore,
-    make_request,
     normalize_params,
     request_key,
-    serve,
 )
-from tui_infer.core.template import Message
 
 SHA = "a" * 64
 TPL = "{{ messages }}"
@@ -115,20 +113,23 @@ def test_a_running_run_cannot_be_published(tmp_path: Path) -> None:
 
 def test_misses_and_stats(tmp_path: Path, model_path: Path) -> None:
     with PredictionStore(tmp_path / "s.sqlite3") as store:
-        req = make_request(store, model_path, TPL, GREEDY, [Message("user", " Why? ")])
+        req = prepare(store, LoadedModel(model_path, TPL), [Message("user", " Why? ")], GREEDY)
         assert req.messages == (Message("user", "Why?"),)
-        assert serve(store, req) is None
-        assert serve(store, req) is None
+        assert lookup(store, req, record_miss=False) is None
+        assert store.misses() == []
+        assert lookup(store, req) is None
+        assert lookup(store, req) is None
         misses = store.misses()
         assert len(misses) == 1 and misses[0]["count"] == 2
         assert misses[0]["messages"] == [{"role": "user", "content": "Why?"}]
         stats, size = store.stats()
         assert size > 0
-        assert [(s.hits, s.misses) for s in stats] == [(0, 2)]
+        # a peek is not a miss to batch next, but it is a lookup the hit rate counts
+        assert [(s.hits, s.misses) for s in stats] == [(0, 3)]
     # the counters survive in the file
     with PredictionStore(tmp_path / "s.sqlite3") as store:
         stats, _ = store.stats()
-        assert stats[0].misses == 2 and stats[0].hit_rate == 0.0
+        assert stats[0].misses == 3 and stats[0].hit_rate == 0.0
 
 
 def test_model_sha256_is_right_and_cached(tmp_path: Path) -> None:
@@ -160,8 +161,8 @@ def test_schema_version_and_newer_file_refused(tmp_path: Path) -> None:
 WRITER = textwrap.dedent(
     """
     import sys
-    from tui_infer.core.store import PredictionStore
-    from tui_infer.core.template import Message
+    from tui_infer.core.static.store import PredictionStore
+    from tui_infer.core.inference.types import Message
     from pathlib import Path
     store = PredictionStore(Path(sys.argv[1]))
     name = sys.argv[2]

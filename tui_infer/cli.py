@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error("the TUI needs a terminal; use 'tui-infer run PROMPT' for headless use")
     # A model that cannot be found is shown in the TUI, which stays open so that
     # the user can pick another one.
-    from tui_infer.core.resolve import resolve_model
+    from tui_infer.core.models.resolve import resolve_model
 
     model, problem = None, None
     try:

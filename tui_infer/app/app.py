@@ -19,8 +19,9 @@ from textual.screen import Screen
 from tui_infer.app.messages import WorkerFailed
 from tui_infer.app.screens.chat import ChatScreen
 from tui_infer.core.config import Settings
-from tui_infer.core.engine import Engine, LoadOptions
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.types import LoadOptions
 from tui_infer.core.paths import Paths
 
 
@@ -52,13 +53,13 @@ class TuiInferApp(App[None]):
         self._startup_error = startup_error
         self._engine_loader = engine_loader
         if memory_probe is None:
-            from tui_infer.core.memory import MemoryProbe
+            from tui_infer.core.inference.memory import MemoryProbe
 
             memory_probe = MemoryProbe()
         self._memory_probe = memory_probe
 
     def get_default_screen(self) -> Screen[Any]:
-        from tui_infer.core.history import History
+        from tui_infer.core.chat.history import History
 
         chat_db = None
         try:
@@ -82,7 +83,7 @@ class TuiInferApp(App[None]):
         )
 
     def _open_store(self) -> Any:
-        from tui_infer.core.store import PredictionStore
+        from tui_infer.core.static.store import PredictionStore
 
         try:
             return PredictionStore.in_data_dir(self.paths.data_dir)

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from tui_infer.core.template import Message as ChatMessage
+from tui_infer.core.inference.types import Message as ChatMessage
 
 if TYPE_CHECKING:
-    from tui_infer.core.engine import GenerationStats, KvCacheUsage, TokenChunk
-    from tui_infer.core.memory import MemorySnapshot
+    from tui_infer.core.inference.memory import MemorySnapshot
+    from tui_infer.core.inference.types import GenerationStats, KvCacheUsage, TokenChunk
 
 
 class ModelLoaded(Message):

@@ -17,11 +17,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tui_infer.core.config import Settings
+    from tui_infer.core.inference.types import LoadOptions
     from tui_infer.core.paths import Paths
 
 EXIT_INTERRUPTED = 130
@@ -64,13 +66,11 @@ def _atomic_write(path: Path, lines: list[str]) -> None:
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from tui_infer.core import store as st
-    from tui_infer.core.batch_input import read_input
-    from tui_infer.core.engine import SamplingParams
     from tui_infer.core.errors import TuiInferError
-    from tui_infer.core.gguf import read_header
-    from tui_infer.core.resolve import NO_MODEL_HELP, resolve_model
-    from tui_infer.core.template import CHATML_FALLBACK, Message
+    from tui_infer.core.inference.types import SamplingParams
+    from tui_infer.core.request_path import prepare, resolve_target
+    from tui_infer.core.static import store as st
+    from tui_infer.core.static.batch_input import read_input
 
     if args.parallel is not None and args.parallel < 1:
         raise TuiInferError(f"--parallel must be at least 1, got {args.parallel}")
@@ -87,24 +87,17 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         print(f"tui-infer: {len(rejects)} malformed line(s) written to {rejects_path}",
               file=sys.stderr)  # fmt: skip
 
-    model_path = resolve_model(settings.model)
-    if model_path is None:
-        raise TuiInferError(NO_MODEL_HELP)
-    header = read_header(model_path)
-    template_source = header.chat_template or CHATML_FALLBACK
+    target = resolve_target(settings, paths)
+    model_path = target.path
+    template_source = target.template_source
     temperature = getattr(args, "temperature", None)
     sampling = SamplingParams.from_settings(settings)
-    sampling = SamplingParams(
-        temperature=0.0 if temperature is None else temperature,
-        top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
-        repeat_penalty=sampling.repeat_penalty, seed=sampling.seed,
-        max_tokens=sampling.max_tokens,
-    )  # fmt: skip
+    sampling = replace(sampling, temperature=0.0 if temperature is None else temperature)
     if sampling.max_tokens < 1:
         raise TuiInferError(f"--max-tokens must be at least 1, got {sampling.max_tokens}")
     system = settings.system or None
 
-    from tui_infer.core.batch import BatchItem
+    from tui_infer.core.inference.batched import BatchItem
 
     batch_items: list[BatchItem] = []
     keys: list[str] = []
@@ -112,16 +105,9 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     try:
         model_sha = store.model_sha256(model_path)
         for it in items:
-            msgs = it.messages
-            if system and not any(m.role == "system" for m in msgs):
-                msgs = (Message("system", system), *msgs)
-            msgs = st.normalized_messages(msgs)
-            batch_items.append(BatchItem(it.id, msgs, it.max_tokens))
-            keys.append(
-                st.request_key(
-                    model_sha, template_source, st.normalize_params(sampling, it.max_tokens), msgs
-                )
-            )
+            req = prepare(store, target, it.messages, sampling, system, it.max_tokens, model_sha)
+            batch_items.append(BatchItem(it.id, req.messages, it.max_tokens))
+            keys.append(req.key)
         run_params = st.normalize_params(sampling)
         signature = hashlib.sha256(
             json.dumps(
@@ -158,8 +144,9 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             store.set_run_status(run_id, "running")
             try:
                 generated = _run_todo(
-                    store, run_id, todo, keys, model_sha, model_path, settings, args, sampling,
-                    run_seed, system, len(batch_items), len(batch_items) - len(todo),
+                    store, run_id, todo, keys, model_sha, model_path,
+                    target.load_options(settings), args, sampling, run_seed, system,
+                    len(batch_items), len(batch_items) - len(todo),
                 )  # fmt: skip
             except KeyboardInterrupt:
                 store.set_run_status(run_id, "interrupted")
@@ -207,15 +194,12 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
 def _run_todo(
     store: Any, run_id: int, todo: list[tuple[int, Any]], keys: list[str], model_sha: str,
-    model_path: Path, settings: Settings, args: argparse.Namespace, sampling: Any,
+    model_path: Path, opts: LoadOptions, args: argparse.Namespace, sampling: Any,
     run_seed: int, system: str | None, total: int, already: int,
 ) -> int:  # fmt: skip
-    from tui_infer.core.batch import BatchProgress, BatchRunner, default_parallel
-    from tui_infer.core.engine import LoadOptions
-
+    from tui_infer.core.inference.batched import BatchProgress, BatchRunner, default_parallel
     parallel = args.parallel or default_parallel()
     parallel = max(1, min(parallel, len(todo)))
-    opts = LoadOptions.from_settings(settings)
     if opts.ctx // parallel < 64:
         from tui_infer.core.errors import TuiInferError
 

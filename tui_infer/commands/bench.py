@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tui_infer.core.bench import BenchResult
+    from tui_infer.core.bench.measure import BenchResult
     from tui_infer.core.config import Settings
     from tui_infer.core.paths import Paths
 
@@ -95,7 +95,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from tui_infer.core.bench_history import BenchHistory
+    from tui_infer.core.bench.history import BenchHistory
 
     history = BenchHistory(paths.data_dir / "bench.sqlite3")
     try:
@@ -109,7 +109,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings, history: Any) -> int:
-    from tui_infer.core.bench import (
+    from tui_infer.core.bench.measure import (
         BenchPlan,
         environment,
         expand_sweep,
@@ -117,10 +117,10 @@ def _run(args: argparse.Namespace, settings: Settings, history: Any) -> int:
         run_plan,
     )
     from tui_infer.core.config import KV_TYPES
-    from tui_infer.core.engine import Engine
     from tui_infer.core.errors import TuiInferError
-    from tui_infer.core.gguf import read_header
-    from tui_infer.core.resolve import NO_MODEL_HELP, resolve_model
+    from tui_infer.core.inference.engine import Engine
+    from tui_infer.core.models.gguf import read_header
+    from tui_infer.core.models.resolve import NO_MODEL_HELP, resolve_model
 
     if args.repetitions < 1:
         raise TuiInferError("-r must be at least 1")
@@ -305,7 +305,7 @@ def _compare(history: Any, a_id: int, b_id: int) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tui_infer.core.bench import compare_results
+    from tui_infer.core.bench.measure import compare_results
 
     a, b = history.get(a_id), history.get(b_id)
     console = Console()

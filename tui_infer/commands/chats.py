@@ -37,7 +37,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from tui_infer.core.history import History, HistoryError
+    from tui_infer.core.chat.history import History, HistoryError
 
     command = args.chats_command
     db = paths.data_dir / "history.sqlite3"
@@ -82,7 +82,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
 
 def _read_json(name: str) -> Any:
-    from tui_infer.core.history import HistoryError
+    from tui_infer.core.chat.history import HistoryError
 
     try:
         text = sys.stdin.read() if name == "-" else Path(name).expanduser().read_text("utf-8")
@@ -102,7 +102,7 @@ def _read_json(name: str) -> Any:
 
 
 def _write_atomic(target: Path, text: str) -> None:
-    from tui_infer.core.history import HistoryError
+    from tui_infer.core.chat.history import HistoryError
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:

@@ -41,7 +41,8 @@ def hub_status(no_network: bool, timeout: float = 3.0) -> str:
 
 
 def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from tui_infer.core.resolve import find_bundled_models, resolve_model
+    from tui_infer.core.models.bundled import find_bundled_models
+    from tui_infer.core.models.resolve import resolve_model
 
     t = _Rows()
     t.add_row("tui-infer", __version__)
@@ -51,8 +52,8 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
 
     import llama_cpp
 
-    from tui_infer.core import llama_log
-    from tui_infer.core.backend import parse_system_info, probe_devices, probe_system_info
+    from tui_infer.core.inference import llama_log
+    from tui_infer.core.inference.backend import parse_system_info, probe_devices, probe_system_info
 
     llama_log.install()
     info, offload = probe_system_info()
@@ -70,7 +71,7 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
         )
         t.add_row(f"device {dev.name}", f"{dev.description} [{dev.kind}]{mem}")
     t.add_row("threads", f"{settings.effective_threads} (of {os.cpu_count()} logical CPUs)")
-    from tui_infer.core.pacing import stream_pacing
+    from tui_infer.core.inference.pacing import stream_pacing
 
     # (a GPU build with gpu_layers set counts as the whole model on the GPU)
     on_gpu = 1 if offload and settings.gpu_layers else 0
@@ -82,7 +83,7 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     )
     t.add_row("llama_cpp module", os.path.dirname(llama_cpp.__file__))
 
-    from tui_infer.core.memory import MemoryProbe
+    from tui_infer.core.inference.memory import MemoryProbe
 
     gpus, note = MemoryProbe().gpus()
     for g in gpus:

@@ -12,7 +12,7 @@ from tui_infer.core.units import human_size
 
 if TYPE_CHECKING:
     from tui_infer.core.config import Settings
-    from tui_infer.core.library import ModelEntry, ModelLibrary
+    from tui_infer.core.models.library import ModelEntry, ModelLibrary
     from tui_infer.core.paths import Paths
 
 
@@ -65,7 +65,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from tui_infer.core.library import ModelLibrary
+    from tui_infer.core.models.library import ModelLibrary
 
     action = args.models_command
     if action == "search":
@@ -163,7 +163,7 @@ def _entry_for(lib: ModelLibrary, target: str) -> ModelEntry:
         p = Path(target).expanduser()
         if p.suffix.lower() == ".gguf" and p.exists():
             # A file outside the library: show it without registering it.
-            from tui_infer.core.library import ModelEntry, Part, read_model
+            from tui_infer.core.models.library import ModelEntry, Part, read_model
 
             parts, metadata = read_model(p)
             return ModelEntry(
@@ -173,7 +173,7 @@ def _entry_for(lib: ModelLibrary, target: str) -> ModelEntry:
 
 
 def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
-    from tui_infer.core import fit
+    from tui_infer.core.inference import fit
 
     e = _entry_for(lib, args.target)
     md = e.metadata
@@ -199,7 +199,7 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
         if e.source == "not in library":
             from pathlib import Path
 
-            from tui_infer.core.library import sha256_file
+            from tui_infer.core.models.library import sha256_file
 
             sha = (
                 sha256_file(Path(e.parts[0].path))
@@ -250,7 +250,7 @@ def _import(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> 
     from pathlib import Path
 
     from tui_infer.core.errors import ModelFileError
-    from tui_infer.core.gguf import read_header
+    from tui_infer.core.models.gguf import read_header
 
     p = Path(args.path).expanduser()
     read_header(p)  # a clear error before any progress bar
@@ -271,7 +271,7 @@ def _import(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> 
 
 
 def _rm(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
-    from tui_infer.core.library import OWNED_SOURCES, LibraryError
+    from tui_infer.core.models.library import OWNED_SOURCES, LibraryError
 
     e = lib.get(args.target)
     if e.source in ("bundled", "hf-cache"):
@@ -332,7 +332,7 @@ def _verify(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> 
 def _search(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from tui_infer.core.hub import Hub
+    from tui_infer.core.models.hub import Hub
 
     found = Hub().search(args.query, limit=args.limit)
     if not found:
@@ -354,7 +354,7 @@ def _search(args: argparse.Namespace) -> int:
 def _files(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from tui_infer.core.hub import Hub
+    from tui_infer.core.models.hub import Hub
 
     models = Hub().models(args.repo, args.revision, read_headers=args.headers)
     if not models:
@@ -378,8 +378,8 @@ def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
     import shutil
     import threading
 
-    from tui_infer.core import fit
-    from tui_infer.core.hub import Hub, HubError, Progress
+    from tui_infer.core.inference import fit
+    from tui_infer.core.models.hub import Hub, HubError, Progress
 
     hub = Hub()
     model = hub.select(args.repo, args.file, args.revision)

@@ -9,12 +9,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.inference.types import Message, SamplingParams
 from tui_infer.core.paths import Paths
-from tui_infer.core.resolve import NO_MODEL_HELP, resolve_model
-from tui_infer.core.template import Message
+
+if TYPE_CHECKING:
+    from tui_infer.core.request_path import PreparedRequest
+    from tui_infer.core.static.store import PredictionStore
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
@@ -31,26 +35,27 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     prompt = _read_prompt(args)
-    path = resolve_model(settings.model)
-    if path is None:
-        raise TuiInferError(NO_MODEL_HELP)
-    from tui_infer.core.config import template_override
+    from tui_infer.core import request_path as rp
 
-    override = template_override(paths.config_file, path)
+    target = rp.resolve_target(settings, paths)
+    path = target.path
+    from tui_infer.core.inference.engine import Engine
+    from tui_infer.core.inference.llama_thread import on_llama_thread
+    from tui_infer.core.static.store import PredictionStore
 
-    from tui_infer.core.engine import Engine, LoadOptions, SamplingParams
-    from tui_infer.core.llama_thread import on_llama_thread
-
-    messages = []
-    if settings.system:
-        messages.append(Message("system", settings.system))
-    messages.append(Message("user", prompt))
-    served = _from_store(args, settings, paths, path, messages, override)
-    if served is not None:
-        return served
-    engine = Engine.load(path, LoadOptions.from_settings(settings, template_override=override))
+    mode = getattr(args, "serve", "store-then-live")
+    sampling = SamplingParams.from_settings(settings)
+    messages = [Message("user", prompt)]
+    system = settings.system or None
+    if mode != "live":
+        with PredictionStore.in_data_dir(paths.data_dir) as store:
+            request = rp.prepare(store, target, messages, sampling, system=system)
+            served = _from_store(args, store, request, path, mode)
+            if served is not None:
+                return served
+    engine = Engine.load(path, target.load_options(settings))
     cancel = threading.Event()
-    stream = engine.chat(messages, SamplingParams.from_settings(settings), cancel)
+    stream = engine.chat(list(rp.model_messages(messages, system)), sampling, cancel)
     pieces: list[str] = []
     interrupted = False
 
@@ -108,27 +113,15 @@ EXIT_NOT_PRECOMPUTED = 3
 
 def _from_store(
     args: argparse.Namespace,
-    settings: Settings,
-    paths: Paths,
+    store: PredictionStore,
+    request: PreparedRequest,
     path: Path,
-    messages: list[Message],
-    override: str | None,
+    mode: str,
 ) -> int | None:
     """--serve: answer from a published prediction (exit code), or None to go live."""
-    mode = getattr(args, "serve", "store-then-live")
-    if mode == "live":
-        return None
-    from tui_infer.core.engine import SamplingParams
-    from tui_infer.core.gguf import read_header
-    from tui_infer.core.store import PredictionStore, make_request, serve
-    from tui_infer.core.template import CHATML_FALLBACK
+    from tui_infer.core.request_path import lookup
 
-    # the key names the template really used: a [templates] override when there is one
-    template = override or read_header(path).chat_template or CHATML_FALLBACK
-    with PredictionStore.in_data_dir(paths.data_dir) as store:
-        request = make_request(store, path, template, SamplingParams.from_settings(settings),
-                               messages)  # fmt: skip
-        hit = serve(store, request)
+    hit = lookup(store, request)
     if hit is None:
         if mode == "store":
             print("tui-infer: not precomputed: the prediction store holds no published answer "

@@ -54,7 +54,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from tui_infer.core.store import PredictionStore
+    from tui_infer.core.static.store import PredictionStore
 
     store = PredictionStore.in_data_dir(paths.data_dir)
     try:

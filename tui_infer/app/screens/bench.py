@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
 
-from tui_infer.core.bench import BenchConfig, BenchResult
+from tui_infer.core.bench.measure import BenchConfig, BenchResult
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
 
@@ -93,7 +93,7 @@ class BenchScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="bench-history", exit_on_error=False)
     def _load_history(self) -> None:
-        from tui_infer.core.bench_history import BenchHistory
+        from tui_infer.core.bench.history import BenchHistory
 
         try:
             history = BenchHistory(self.data_dir / "bench.sqlite3")
@@ -155,10 +155,10 @@ class BenchScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="bench", exit_on_error=False)
     def _run(self, model: Path, pp: list[int], tg: list[int], reps: int,
              cancel: threading.Event) -> None:  # fmt: skip
-        from tui_infer.core.bench import BenchPlan, environment, file_sha256, run_plan
-        from tui_infer.core.bench_history import BenchHistory
-        from tui_infer.core.engine import Engine
-        from tui_infer.core.gguf import read_header
+        from tui_infer.core.bench.history import BenchHistory
+        from tui_infer.core.bench.measure import BenchPlan, environment, file_sha256, run_plan
+        from tui_infer.core.inference.engine import Engine
+        from tui_infer.core.models.gguf import read_header
 
         s = self.settings
         need = max(pp + tg) + 16

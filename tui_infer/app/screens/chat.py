@@ -42,14 +42,13 @@ from tui_infer.app.widgets.chat_list import ChatList
 from tui_infer.app.widgets.conversation import Conversation, Reply
 from tui_infer.app.widgets.prompt_input import PromptInput
 from tui_infer.app.widgets.stats import StatsPanel
+from tui_infer.core.chat.history import History, ReplyFigures, derive_title
 from tui_infer.core.config import Settings, template_override, write_config_key
-from tui_infer.core.engine import LoadOptions, SamplingParams
 from tui_infer.core.errors import TuiInferError
-from tui_infer.core.history import History, ReplyFigures, derive_title
-from tui_infer.core.llama_thread import on_llama_thread
-from tui_infer.core.pacing import SPARE, stream_pacing
-from tui_infer.core.resolve import NO_MODEL_HELP
-from tui_infer.core.template import Message
+from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.pacing import SPARE, stream_pacing
+from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
+from tui_infer.core.models.resolve import NO_MODEL_HELP
 
 MEMORY_S = 1.0  # memory is sampled this often
 SIDEBAR_MIN_WIDTH = 120  # below this many columns the chat list starts hidden
@@ -458,15 +457,16 @@ class ChatScreen(Screen[None]):
             return False
         if mode != "store" and not Path(self.model_path).is_file():
             return False  # (an engine that did not come from a file: nothing to key it by)
-        from tui_infer.core.store import make_request, serve
+        from tui_infer.core import request_path as rp
 
         turns = [*history, Message("user", text)]
         t0 = time.perf_counter()
         try:
-            request = make_request(self.store, Path(self.model_path), template.source,
-                                   SamplingParams.from_settings(self.settings),
-                                   self._system_messages() + turns)  # fmt: skip
-            hit = serve(self.store, request)
+            # the same path as `run` and `batch`: keyed from what the engine renders
+            target = rp.LoadedModel(Path(self.model_path), template.source)
+            request = rp.prepare(self.store, target, self._system_messages() + turns,
+                                 SamplingParams.from_settings(self.settings))  # fmt: skip
+            hit = rp.lookup(self.store, request)
         except (TuiInferError, OSError) as exc:
             if mode == "store":
                 self.post_message(NotPrecomputed(text, f"the prediction store failed: {exc}"))

@@ -214,7 +214,7 @@ class ModelsScreen(Screen[None]):
             lib.add_column(col, key=col)
         self.query_one("#hub-repos", DataTable).add_columns("repository", "downloads", "likes")
         self.query_one("#hub-files", DataTable).add_columns("file", "quant", "size", "parts")
-        from tui_infer.core.hub import offline_by_env
+        from tui_infer.core.models.hub import offline_by_env
 
         if offline_by_env():
             self._set_offline(
@@ -251,8 +251,8 @@ class ModelsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="library", name="scan library")
     def _scan(self, settings: Settings) -> None:
-        from tui_infer.core import fit
-        from tui_infer.core.library import ModelLibrary
+        from tui_infer.core.inference import fit
+        from tui_infer.core.models.library import ModelLibrary
 
         with ModelLibrary(self.data_dir) as lib:
             entries = lib.entries()
@@ -275,7 +275,7 @@ class ModelsScreen(Screen[None]):
 
     @staticmethod
     def _row(e: Any, settings: Settings, ram: int, vram: int | None) -> LibraryRow:
-        from tui_infer.core import fit
+        from tui_infer.core.inference import fit
 
         verdict, summary = "?", "fit: unknown (the file is not there)"
         if e.status == "ok" and ram:
@@ -362,7 +362,7 @@ class ModelsScreen(Screen[None]):
     @on(Button.Pressed, "#lib-remove")
     def action_remove(self) -> None:
         from tui_infer.app.screens.dialogs import ConfirmScreen
-        from tui_infer.core.library import OWNED_SOURCES
+        from tui_infer.core.models.library import OWNED_SOURCES
 
         r = self.selected()
         if r is None:
@@ -392,7 +392,7 @@ class ModelsScreen(Screen[None]):
     # Not in the "library" group: a rescan (exclusive there) must never cancel a removal.
     @work(thread=True, exclusive=False, exit_on_error=False, group="edit", name="remove model")
     def _remove(self, name: str, delete: bool) -> None:
-        from tui_infer.core.library import ModelLibrary
+        from tui_infer.core.models.library import ModelLibrary
 
         with ModelLibrary(self.data_dir) as lib:
             try:
@@ -421,7 +421,7 @@ class ModelsScreen(Screen[None]):
 
     @work(thread=True, exclusive=False, exit_on_error=False, group="import", name="import model")
     def _import(self, text: str, copy: bool) -> None:
-        from tui_infer.core.library import ModelLibrary
+        from tui_infer.core.models.library import ModelLibrary
 
         last = 0.0
 
@@ -488,7 +488,7 @@ class ModelsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="hub", name="hub search")
     def _search(self, query: str) -> None:
-        from tui_infer.core.hub import Hub, HubError, HubOfflineError
+        from tui_infer.core.models.hub import Hub, HubError, HubOfflineError
 
         try:
             found = Hub().search(query)
@@ -521,7 +521,7 @@ class ModelsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="hub", name="hub files")
     def _list_files(self, repo: str) -> None:
-        from tui_infer.core.hub import Hub, HubError, HubOfflineError
+        from tui_infer.core.models.hub import Hub, HubError, HubOfflineError
 
         try:
             models = Hub().models(repo)
@@ -596,8 +596,8 @@ class ModelsScreen(Screen[None]):
 
     @work(thread=True, exclusive=False, exit_on_error=False, group="download", name="download")
     def _download(self, model: Any, cancel: threading.Event) -> None:
-        from tui_infer.core.hub import DownloadCancelled, Hub, HubError, Progress
-        from tui_infer.core.library import ModelLibrary
+        from tui_infer.core.models.hub import DownloadCancelled, Hub, HubError, Progress
+        from tui_infer.core.models.library import ModelLibrary
 
         before = {i: sum(f.size for f in model.files[: i - 1]) for i in
                   range(1, len(model.files) + 1)}  # fmt: skip
@@ -617,7 +617,7 @@ class ModelsScreen(Screen[None]):
 
         hub = Hub()
         # the fit estimate before any byte of the model is fetched (a ranged header read)
-        from tui_infer.core.fit import hub_file_fit
+        from tui_infer.core.inference.fit import hub_file_fit
 
         fit_line = hub_file_fit(hub, model, self._settings_fn())
         self.app.call_from_thread(self._hub_status, f"{model.filename}: {fit_line}")

@@ -9,7 +9,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
-from tui_infer.core.history import ConversationSummary
+from tui_infer.core.chat.history import ConversationSummary
 
 
 class ChatList(Vertical):

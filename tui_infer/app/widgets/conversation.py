@@ -9,10 +9,10 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Markdown, Static
 
 from tui_infer.app.widgets.stream_tail import BlockSplitter, StreamTail
-from tui_infer.core.history import ReplyFigures, figures_line
+from tui_infer.core.chat.history import ReplyFigures, figures_line
 
 if TYPE_CHECKING:
-    from tui_infer.core.engine import GenerationStats
+    from tui_infer.core.inference.types import GenerationStats
 
 
 def reply_footer(stats: GenerationStats) -> str:

@@ -16,9 +16,9 @@ from textual.widgets import Label, ProgressBar, Sparkline, Static
 from tui_infer.core.units import human_size
 
 if TYPE_CHECKING:
-    from tui_infer.core.engine import GenerationStats, KvCacheUsage, TokenChunk
-    from tui_infer.core.history import ReplyFigures
-    from tui_infer.core.memory import MemorySnapshot
+    from tui_infer.core.chat.history import ReplyFigures
+    from tui_infer.core.inference.memory import MemorySnapshot
+    from tui_infer.core.inference.types import GenerationStats, KvCacheUsage, TokenChunk
 
 REFRESH_S = 0.25  # the figures' timer; while a reply streams, at most every figures_s
 SPARK_POINTS = 60

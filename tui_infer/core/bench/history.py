@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tui_infer.core.bench import BenchConfig, BenchResult
+from tui_infer.core.bench.measure import BenchConfig, BenchResult
 from tui_infer.core.db import connect, transaction
 from tui_infer.core.errors import TuiInferError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_infer.core.errors import TuiInferError
-from tui_infer.core.template import Message
+from tui_infer.core.inference.types import Message
 
 ROLES = ("system", "user", "assistant")
 

@@ -8,9 +8,8 @@ the UI shows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.inference.types import Message
 
 CHATML_FALLBACK = (
     "{% for message in messages %}"
@@ -22,15 +21,6 @@ CHATML_FALLBACK = (
 
 class TemplateError(TuiInferError):
     pass
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str  # "system", "user", "assistant"
-    content: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
 
 
 class ChatTemplate:

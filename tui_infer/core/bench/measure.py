@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tui_infer import __version__
-from tui_infer.core.engine import Engine, LoadOptions
-from tui_infer.core.llama_thread import on_llama_thread
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.types import LoadOptions
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def memory_bandwidth(threads: int = 1, size_bytes: int = 512 << 20, repeats: int
 
 def weight_bytes(engine: Engine) -> int:
     """Bytes of the tensors read per generated token: about the weights' size."""
-    from tui_infer.core.gguf import read_header
+    from tui_infer.core.models.gguf import read_header
 
     h = read_header(engine.info.path)
     return sum(t.n_bytes or 0 for t in h.tensors)
@@ -199,9 +200,8 @@ def run_batched(runner: Any, parallel: int, n_gen: int, n_prompt: int) -> float:
     tokens each, through the continuous-batching runner; generated tokens over the
     wall time of the whole run (prompt evaluation included, as a batch job sees it).
     """
-    from tui_infer.core.batch import BatchItem
-    from tui_infer.core.engine import SamplingParams
-    from tui_infer.core.template import Message
+    from tui_infer.core.inference.batched import BatchItem
+    from tui_infer.core.inference.types import Message, SamplingParams
 
     words = ["tell", "me", "a", "long", "story", "about", "a", "river", "a", "city", "and",
              "a", "dragon", "who", "learns", "to", "cook"]  # fmt: skip
@@ -282,7 +282,7 @@ def run_plan(
 
 
 def _batched_result(plan: BenchPlan, cfg: BenchConfig, parallel: int) -> BenchResult:
-    from tui_infer.core.batch import BatchRunner
+    from tui_infer.core.inference.batched import BatchRunner
 
     n_gen = plan.tg[0] if plan.tg else 64
     n_prompt = 32

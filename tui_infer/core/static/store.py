@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_infer.core.db import StoreError, connect, transaction
-from tui_infer.core.engine import SamplingParams
-from tui_infer.core.template import Message
+from tui_infer.core.inference.types import Message, SamplingParams
 
 STORE_FILE = "store.sqlite3"
 
@@ -576,36 +575,5 @@ class PredictionStore:
 __all__ = [
     "MIGRATIONS", "ModelStats", "Prediction", "PredictionStore", "RunInfo", "StoreError",
     "file_sha256", "normalize_messages", "normalize_params", "normalized_messages",
-    "Request", "make_request", "params_hash", "request_key", "serve", "template_sha256",
+    "params_hash", "request_key", "template_sha256",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Request:
-    """A live request as the store sees it: what the chat or `run` call lookup() with."""
-
-    key: str
-    model_sha256: str
-    params: dict[str, Any]
-    messages: tuple[Message, ...]
-
-
-def make_request(
-    store: PredictionStore,
-    model_path: Path,
-    template_source: str,
-    sampling: SamplingParams,
-    messages: Iterable[Message],
-) -> Request:
-    msgs = normalized_messages(messages)
-    sha = store.model_sha256(model_path)
-    params = normalize_params(sampling)
-    return Request(request_key(sha, template_source, params, msgs), sha, params, msgs)
-
-
-def serve(store: PredictionStore, request: Request) -> Prediction | None:
-    """Store-then-live serving's first half: the published answer, or None (recorded as a miss)."""
-    hit = store.lookup(request.key, request.model_sha256)
-    if hit is None:
-        store.record_miss(request.key, request.model_sha256, request.params, request.messages)
-    return hit

@@ -29,7 +29,7 @@ from typing import Any
 
 from tui_infer.core.db import connect, transaction
 from tui_infer.core.errors import ModelFileError, ModelNotFoundError, TuiInferError
-from tui_infer.core.gguf import ArraySummary, GgufHeader, read_header
+from tui_infer.core.models.gguf import ArraySummary, GgufHeader, read_header
 
 SOURCES = ("imported", "copied", "downloaded", "bundled", "hf-cache")
 # Entries the user put there themselves stay (shown as missing) when their file goes;
@@ -430,7 +430,7 @@ class ModelLibrary:
 
     def refresh(self) -> None:
         """Rescan bundled GGUFs and the HF cache; unreadable files are skipped, not fatal."""
-        from tui_infer.core.resolve import find_bundled_models
+        from tui_infer.core.models.bundled import find_bundled_models
 
         found: set[str] = set()
         for b in find_bundled_models():

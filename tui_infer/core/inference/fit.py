@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tui_infer.core.config import Settings
-from tui_infer.core.engine import KV_TYPE_IDS, ModelInfo, kv_bytes_per_token
+from tui_infer.core.inference.types import KV_TYPE_IDS, ModelInfo, kv_bytes_per_token
 
 MIB = 1024 * 1024
 OVERHEAD_BYTES = 64 * MIB  # runtime, tokenizer, the process itself
@@ -149,7 +149,7 @@ def estimate_fit(
 
 def current_memory() -> tuple[int, int | None]:
     """(available RAM, free VRAM summed over NVIDIA GPUs or None without NVML)."""
-    from tui_infer.core.memory import MemoryProbe
+    from tui_infer.core.inference.memory import MemoryProbe
 
     snap = MemoryProbe().snapshot()
     free = sum(g.total_bytes - g.used_bytes for g in snap.gpus) if snap.gpus else None
@@ -158,7 +158,7 @@ def current_memory() -> tuple[int, int | None]:
 
 def gpu_build() -> bool:
     """Whether llama.cpp here can offload (imports llama_cpp: call it only when needed)."""
-    from tui_infer.core.backend import probe_system_info
+    from tui_infer.core.inference.backend import probe_system_info
 
     _, offload = probe_system_info()
     return bool(offload)
@@ -202,8 +202,8 @@ def info_from_metadata(path: str, size: int, md: dict[str, object]) -> ModelInfo
 def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
     """The fit line shown before a download starts (CLI and TUI): the header is read with
     a ranged request, so nothing large is fetched; an unreachable header says so."""
-    from tui_infer.core.hub import HubError
-    from tui_infer.core.library import header_metadata
+    from tui_infer.core.models.hub import HubError
+    from tui_infer.core.models.library import header_metadata
 
     try:
         md = header_metadata(hub.read_header(model))

@@ -1,0 +1,6 @@
+"""Model files: the GGUF reader, the library, the hub, downloads, the HF cache, bundled models.
+
+Everything here is about a file on disk or on the hub, never about running it. May import
+the plumbing (`core.errors`, `core.db`, `core.paths`, `core.config`, `core.units`) and
+nothing else of the core.
+"""

@@ -1,0 +1,156 @@
+"""The one request path: read this first.
+
+Every front end (the chat's input box, `tui-infer run`, a line of `tui-infer batch`, and the
+coming HTTP server) turns what it was given into the same objects here, then follows one
+straight line:
+
+1. **resolve the model once** (`resolve_target`): one settings read (done by the caller),
+   one GGUF header parse, one `[templates]` lookup. The result, a `ModelTarget`, names the
+   file and the template that will really be used: the config's override, else the GGUF's
+   own, else ChatML.
+2. **prepare the request** (`prepare`): the system prompt applied (unless the messages bring
+   their own), messages normalized exactly as the store normalizes them, the sampling
+   parameters fixed. The model sees these very messages, rendered through `target`'s
+   template; the store key is built from exactly these (model sha256, template, normalized
+   parameters, normalized messages).
+3. **look the store up** (`lookup`): a published prediction answers at once; a miss is
+   recorded (the long tail, exported as the next batch's input) unless the caller only
+   peeks.
+4. **otherwise schedule it** on the loaded model (`core.inference`: the engine for one
+   sequence, the batched decoder for many) and stream chunks and figures back.
+
+Nothing here imports Textual, Rich or llama_cpp; the engine is imported by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tui_infer.core.config import Settings, template_override
+from tui_infer.core.errors import TuiInferError
+from tui_infer.core.inference.template import CHATML_FALLBACK
+from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
+from tui_infer.core.models.gguf import GgufHeader, read_header
+from tui_infer.core.models.resolve import NO_MODEL_HELP, resolve_model
+from tui_infer.core.static.store import (
+    Prediction,
+    PredictionStore,
+    normalize_params,
+    normalized_messages,
+    request_key,
+)
+
+if TYPE_CHECKING:
+    from tui_infer.core.paths import Paths
+
+
+class KeyTarget(Protocol):
+    """What a key needs of a model: its file and the template its prompts are rendered with."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def template_source(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model already loaded (the chat's engine): its file and the template it renders with."""
+
+    path: Path
+    template_source: str
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """A model file resolved once: its header and the template every path renders with."""
+
+    path: Path
+    header: GgufHeader
+    override: str | None  # the config's [templates] entry for this file, if any
+
+    @property
+    def template_source(self) -> str:
+        """The template really used: the override, else the GGUF's own, else ChatML."""
+        return self.override or self.header.chat_template or CHATML_FALLBACK
+
+    def load_options(self, settings: Settings) -> LoadOptions:
+        return LoadOptions.from_settings(settings, template_override=self.override)
+
+
+def target_for(path: Path, config_file: Path | None) -> ModelTarget:
+    """The target for a known file (the TUI's loaded model, a path from a dialog)."""
+    header = read_header(path)  # ModelFileError names what is wrong with the file
+    return ModelTarget(
+        path=header.path, header=header, override=template_override(config_file, path)
+    )
+
+
+def resolve_target(settings: Settings, paths: Paths) -> ModelTarget:
+    """`-m` / config / the first bundled model, resolved, its header read once."""
+    path = resolve_model(settings.model)
+    if path is None:
+        raise TuiInferError(NO_MODEL_HELP)
+    return target_for(path, paths.config_file)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """What the model is asked, exactly, and the store key of exactly that."""
+
+    messages: tuple[Message, ...]  # normalized, system prompt applied: what is rendered
+    sampling: SamplingParams
+    params: dict[str, Any]  # the normalized sampling parameters in the key
+    key: str
+    model_sha256: str
+    template_source: str
+
+
+def with_system(messages: Iterable[Message], system: str | None) -> tuple[Message, ...]:
+    """Prepend the configured system prompt unless the messages carry their own."""
+    msgs = tuple(messages)
+    if system and not any(m.role == "system" for m in msgs):
+        return (Message("system", system), *msgs)
+    return msgs
+
+
+def model_messages(messages: Iterable[Message], system: str | None) -> tuple[Message, ...]:
+    """The messages the model is given: the system prompt applied, normalized as in the key."""
+    return normalized_messages(with_system(messages, system))
+
+
+def prepare(
+    store: PredictionStore,
+    target: KeyTarget,
+    messages: Iterable[Message],
+    sampling: SamplingParams,
+    system: str | None = None,
+    max_tokens: int | None = None,
+    model_sha256: str | None = None,
+) -> PreparedRequest:
+    """Normalize, apply the system prompt and key the request (the model's sha256 is cached
+    in the store by path, size and mtime; a batch passes it once for all its lines)."""
+    if max_tokens is not None:
+        sampling = replace(sampling, max_tokens=max_tokens)
+    msgs = model_messages(messages, system)
+    sha = model_sha256 or store.model_sha256(target.path)
+    params = normalize_params(sampling)
+    key = request_key(sha, target.template_source, params, msgs)
+    return PreparedRequest(msgs, sampling, params, key, sha, target.template_source)
+
+
+def lookup(
+    store: PredictionStore, request: PreparedRequest, record_miss: bool = True
+) -> Prediction | None:
+    """The published answer to this request, or None (recorded as a miss unless told not to)."""
+    hit = store.lookup(request.key, request.model_sha256)
+    if hit is None and record_miss:
+        store.record_miss(request.key, request.model_sha256, request.params, request.messages)
+    return hit
+
+
+SERVE_MODES = ("store-then-live", "live", "store")
