@@ -21,12 +21,16 @@ $(STAMP): pyproject.toml scripts/install-llama-cpp.sh scripts/llama_cmake_args.p
 run: $(STAMP)
 	$(BIN)/tui-infer $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The checks that keep the house in order: style, types, and the import contracts
+# (pyproject.toml: the core is headless, the app and the commands stay apart, the
+# core's rooms are layered).
 lint: $(STAMP)
 	$(BIN)/ruff check tui_infer tests benchmarks
 	$(BIN)/mypy tui_infer
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_vs_bare.py
