@@ -66,3 +66,91 @@ def test_paths_follow_env(isolated_env: Path) -> None:
     assert p.config_file == isolated_env / "config" / "config.toml"
     assert p.data_dir == isolated_env / "data"
     assert not p.data_dir.exists()  # nothing created until something is written
+
+
+def test_writes_keep_comments_and_key_order(tmp_path: Path) -> None:
+    from tui_infer.core.config import load_presets, write_config_key, write_preset
+
+    cfg = tmp_path / "config.toml"
+    text = (
+        "# tui-infer settings, by hand\n"
+        "ctx = 2048  # the laptop has 8 GB\n"
+        "threads = 4\n"
+        "\n"
+        "[sampling]\n"
+        "# warm, but not too warm\n"
+        "top_k = 30\n"
+        "temperature = 0.6  # was 0.8\n"
+        "min_p = 0.1\n"
+        "\n"
+        "[presets.calm]\n"
+        "top-p = 0.5  # spelled with a dash\n"
+        "temperature = 0.2\n"
+    )
+    cfg.write_text(text, encoding="utf-8")
+    write_config_key(cfg, "threads", 2)
+    write_config_key(cfg, "temperature", 0.3)  # in [sampling]: replaced where it is
+    write_config_key(cfg, "overflow", "refuse")  # new: with the top-level keys
+    write_preset(cfg, "calm", {"temperature": 0.1, "top_p": 0.5, "seed": 7})
+    new = cfg.read_text(encoding="utf-8")
+    assert new == (
+        "# tui-infer settings, by hand\n"
+        "ctx = 2048  # the laptop has 8 GB\n"
+        "threads = 2\n"
+        'overflow = "refuse"\n'
+        "\n"
+        "[sampling]\n"
+        "# warm, but not too warm\n"
+        "top_k = 30\n"
+        "temperature = 0.3\n"  # the old value's comment went with it
+        "min_p = 0.1\n"
+        "\n"
+        "[presets.calm]\n"
+        "top-p = 0.5  # spelled with a dash\n"  # unchanged value: its comment stays
+        "temperature = 0.1\n"
+        "seed = 7\n"
+    )
+    s = load_settings(cfg, {})
+    assert (s.threads, s.temperature, s.overflow, s.ctx) == (2, 0.3, "refuse", 2048)
+    assert load_presets(cfg)["calm"] == {"top_p": 0.5, "temperature": 0.1, "seed": 7}
+
+
+def test_a_failed_config_write_leaves_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from tui_infer.core.config import write_config_key
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("ctx = 2048\n")
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(ConfigError, match="cannot write .*No space left"):
+        write_config_key(cfg, "ctx", 4096)
+    assert cfg.read_text() == "ctx = 2048\n" and [p.name for p in tmp_path.iterdir()] == [
+        "config.toml"
+    ]
+
+
+def test_config_writes_wait_for_each_other(tmp_path: Path) -> None:
+    """Two processes setting different keys at once: neither change is lost."""
+    import threading
+
+    from tui_infer.core.config import write_config_key
+    from tui_infer.core.files import lock_for
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("ctx = 2048\n")
+    lock = lock_for(cfg)
+    lock.acquire()  # another writer holds it
+    t = threading.Thread(target=write_config_key, args=(cfg, "threads", 3))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and cfg.read_text() == "ctx = 2048\n"  # waiting, not writing
+    lock.release()
+    t.join(10)
+    assert load_settings(cfg, {}).threads == 3

@@ -141,46 +141,102 @@ def parse_setting(name: str, value: Any, source: str = "settings") -> Any:
 
 
 def write_config_key(config_file: Path, key: str, value: str | int | float | bool) -> None:
-    """Set one top-level key in the TOML file, keeping every other line as it was.
+    """Set one key in the TOML file, keeping every other line, comment and the order as
+    they were (tomlkit edits the document in place).
 
-    Read, replace (or add) the key's line, write a temporary file beside it and rename it
-    over the original, so a crash never leaves a half-written config. A file that is not
-    valid TOML is refused rather than rewritten.
+    A key already in the file is replaced where it is, at the top or in a table (tables are
+    only grouping: load_settings flattens them); a new one goes with the top-level keys,
+    before the first table. A file that is not valid TOML is refused rather than rewritten;
+    the write holds a lock (two tui-infer processes never lose each other's change) and goes
+    through a temporary file and a rename, so a crash never leaves a half-written config.
     """
-    if isinstance(value, bool):
-        text_value = "true" if value else "false"
-    elif isinstance(value, (int, float)):
-        text_value = repr(value)
-    else:
-        text_value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    with _config_lock(config_file):
+        old_data, doc = _read_for_edit(config_file)
+        section = None
+        if key not in doc:
+            section = next(
+                (name for name, t in doc.items() if name not in ("presets", "templates")
+                 and isinstance(t, dict) and key in t),
+                None,
+            )  # fmt: skip
+        _set_value(doc if section is None else doc[section], key, value)
+        new = _dumps(doc)
+        expected = _plain(old_data)
+        (expected if section is None else expected[section])[key] = value
+        _check_written(config_file, new, expected, f"cannot set '{key}'")
+        _write(config_file, new)
+
+
+def _config_lock(config_file: Path) -> Any:
+    from tui_infer.core.files import lock_for
+
+    return lock_for(config_file)
+
+
+def _read_for_edit(config_file: Path) -> tuple[dict[str, Any], Any]:
+    """The file's data (tomllib's reading) and its tomlkit document; ConfigError when the
+    file cannot be read or is not valid TOML."""
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
     try:
         old = config_file.read_text(encoding="utf-8") if config_file.exists() else ""
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{config_file}: cannot read ({exc})") from None
     try:
-        tomllib.loads(old)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(old)
+        doc = tomlkit.parse(old)
+    except (tomllib.TOMLDecodeError, TOMLKitError) as exc:
         raise ConfigError(f"{config_file}: invalid TOML ({exc}); fix it first") from None
-    lines = old.splitlines(keepends=True)
-    done = False
-    for i, line in enumerate(lines):
-        # sections are only grouping (load_settings flattens them): the key is replaced
-        # where it is, in a table or not
-        stripped = line.lstrip()
-        name = stripped.split("=", 1)[0].strip()
-        if "=" in stripped and name == key:
-            lines[i] = f"{key} = {text_value}\n"
-            done = True
-            break
-    if not done:
-        # a top-level key must come before the first [table]
-        at = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
-        if at == len(lines) and lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        lines.insert(at, f"{key} = {text_value}\n")
-    new = "".join(lines)
-    tomllib.loads(new)  # what we write must parse
-    _write_atomically(config_file, new)
+    return data, doc
+
+
+def _set_value(table: Any, key: str, value: Any) -> None:
+    """table[key] = value; a value that changes loses the comment at the end of its line
+    (it spoke of the old value), every other comment stays."""
+    changed = key in table and table[key] != value
+    table[key] = value
+    if changed:
+        trivia = table.item(key).trivia
+        trivia.comment_ws = trivia.comment = ""
+
+
+def _dumps(doc: Any) -> str:
+    import tomlkit
+
+    return tomlkit.dumps(doc)
+
+
+def _plain(data: Any) -> Any:
+    """A deep copy of parsed TOML as plain dicts (to compare with what was written)."""
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    return data
+
+
+def _check_written(config_file: Path, new: str, expected: dict[str, Any], what: str) -> None:
+    """What is about to be written must parse, and must differ from the old file only where
+    it was asked to."""
+    try:
+        got = tomllib.loads(new)
+    except tomllib.TOMLDecodeError as exc:  # pragma: no cover - tomlkit writes valid TOML
+        raise ConfigError(f"{config_file}: {what} ({exc}); edit the file by hand") from None
+    if got != expected:
+        raise ConfigError(
+            f"{config_file}: {what}: the file is written in a form this cannot update "
+            "(inline or dotted keys); edit the file by hand"
+        )
+
+
+def _write(config_file: Path, new: str) -> None:
+    from tui_infer.core.files import atomic_write
+
+    try:
+        atomic_write(config_file, new)
+    except OSError as exc:
+        raise ConfigError(f"{config_file}: cannot write ({exc})") from None
 
 
 def _from_mapping(base: Settings, values: dict[str, Any], source: str) -> Settings:
@@ -331,85 +387,57 @@ def template_override(config_file: Path | None, model: Path) -> str | None:
         ) from None
 
 
-def _toml_value(value: str | int | float | bool) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    import json
-
-    # a JSON string is a TOML basic string, but for DEL, which TOML wants escaped
-    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
 def write_preset(config_file: Path, name: str, values: dict[str, Any]) -> None:
-    """Write [presets.NAME] into the TOML file, keeping every other line as it was.
+    """Write [presets.NAME] into the TOML file, keeping every other line and comment.
 
-    The table is replaced where it is (or added at the end); the file is written to a
-    temporary file beside it and renamed over the original. A file that is not valid
-    TOML is refused, and so is a result that would change anything but this preset.
+    An existing table is updated in place (its keys keep their order and spelling, keys
+    the preset no longer has go); a new one is added at the end of the file. A file that is
+    not valid TOML is refused, and so is a result that would change anything but this
+    preset (an inline table or dotted keys: edit those by hand). Locked and atomic, as
+    write_config_key.
     """
+    import tomlkit
+    from tomlkit.items import Table
+
     name = check_preset_name(name, str(config_file))
     clean = _check_preset(name, values, str(config_file))
-    try:
-        old = config_file.read_text(encoding="utf-8") if config_file.exists() else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{config_file}: cannot read ({exc})") from None
-    try:
-        old_data = tomllib.loads(old)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config_file}: invalid TOML ({exc}); fix it first") from None
-    parse_presets(old_data, config_file)  # a malformed [presets] is fixed by hand first
-    block = [f"[presets.{name}]\n"] + [f"{k} = {_toml_value(v)}\n" for k, v in clean.items()]
-    lines = old.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    headers = {f"[presets.{name}]", f'[presets."{name}"]', f"[presets.'{name}']"}
-    start = next(
-        (i for i, ln in enumerate(lines) if ln.split("#", 1)[0].replace(" ", "").strip()
-         in {h.replace(" ", "") for h in headers}),
-        None,
-    )  # fmt: skip
-    if start is None:
-        if lines and lines[-1].strip():
-            lines.append("\n")
-        lines.extend(block)
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")),
-            len(lines),
-        )
-        # blank lines and comments just above the next table belong to it
-        while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip()
-                                   .startswith("#")):  # fmt: skip
-            end -= 1
-        lines[start:end] = block
-    new = "".join(lines)
-    try:
-        new_data = tomllib.loads(new)
-    except tomllib.TOMLDecodeError as exc:  # pragma: no cover - the check below is the guard
-        raise ConfigError(f"{config_file}: cannot update preset '{name}' ({exc})") from None
-    expected = dict(old_data)
-    expected["presets"] = {**old_data.get("presets", {}), name: clean}
-    got = dict(new_data)
-    if isinstance(got.get("presets"), dict):
-        got["presets"] = {k: (_check_preset(k, v, str(config_file)) if k == name else v)
-                          for k, v in got["presets"].items()}  # fmt: skip
-    if got != expected:
-        raise ConfigError(
-            f"{config_file}: preset '{name}' is written in a form this cannot update "
-            f"(inline or dotted keys); edit the file by hand"
-        )
-    _write_atomically(config_file, new)
-
-
-def _write_atomically(config_file: Path, new: str) -> None:
-    """A temporary file beside the config, then a rename: never a half-written config."""
-    tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}.tmp")
-    try:
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(new, encoding="utf-8")
-        os.replace(tmp, config_file)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{config_file}: cannot write ({exc})") from None
+    with _config_lock(config_file):
+        old_data, doc = _read_for_edit(config_file)
+        parse_presets(old_data, config_file)  # a malformed [presets] is fixed by hand first
+        presets = doc.get("presets")
+        table = presets.get(name) if isinstance(presets, dict) else None
+        if table is None:
+            # at the end of the file, after a blank line (tomlkit would slip it in after
+            # the last [presets.*], before whatever table follows)
+            new = _dumps(doc)
+            if new.strip():
+                new = new.rstrip("\n") + "\n\n" if not new.endswith("\n\n") else new
+            new += tomlkit.dumps({"presets": {name: clean}})
+        elif isinstance(table, Table):
+            for key in list(table.keys()):
+                if key.replace("-", "_") not in clean:
+                    del table[key]
+            spelled = {k.replace("-", "_"): k for k in table}
+            for field_name, value in clean.items():
+                _set_value(table, spelled.get(field_name, field_name), value)
+            new = _dumps(doc)
+        else:
+            raise ConfigError(
+                f"{config_file}: preset '{name}' is written in a form this cannot update "
+                "(inline or dotted keys); edit the file by hand"
+            )
+        expected = _plain(old_data)
+        expected["presets"] = {**old_data.get("presets", {}), name: clean}
+        try:
+            got = tomllib.loads(new)
+        except tomllib.TOMLDecodeError as exc:  # pragma: no cover - tomlkit writes valid TOML
+            raise ConfigError(f"{config_file}: cannot update preset '{name}' ({exc})") from None
+        if isinstance(got.get("presets"), dict):
+            got["presets"] = {k: (_check_preset(k, v, str(config_file)) if k == name else v)
+                              for k, v in got["presets"].items()}  # fmt: skip
+        if got != expected:
+            raise ConfigError(
+                f"{config_file}: preset '{name}' is written in a form this cannot update "
+                f"(inline or dotted keys); edit the file by hand"
+            )
+        _write(config_file, new)

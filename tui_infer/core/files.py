@@ -1,0 +1,97 @@
+"""Files that must never be seen half-written, and locks between tui-infer processes.
+
+Every writer of a whole file (the config, batch outputs, store exports, chat exports) goes
+through `atomic_write`: a temporary file in the same folder, fsync, then `os.replace`, so a
+crash, a full disk or Ctrl+C leaves either the old file or the new one. Locks are filelock's
+(fcntl on POSIX, msvcrt on Windows): a process killed while holding one releases it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty file beside `path`, created with mode 0666 so that the kernel applies
+    the umask (mkstemp's 0600 would not; reading the umask means setting it, which is not
+    thread-safe)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 32 random bits
+            continue
+
+
+@contextmanager
+def atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to fill; on a clean exit it replaces `path` in one step.
+
+    The temporary file sits in the same folder (a rename across file systems is not
+    atomic), is fsynced before the rename, and is removed on any failure (an OSError,
+    Ctrl+C, an exception raised by the caller in the block), leaving the old file
+    untouched. An existing file keeps its permission bits; a new one gets what the umask
+    allows, as `open()` would give it. The folder is created when needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        keep: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        keep = None
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if keep is not None and hasattr(os, "fchmod"):  # Windows: no bits to keep
+                os.fchmod(f.fileno(), keep)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path, data: str | bytes | Iterable[str], encoding: str = "utf-8") -> None:
+    """Write text, bytes, or lines of text (each followed by a newline) through
+    `atomic_open`: readers see the old file or the new one, never a mix."""
+    with atomic_open(path) as f:
+        if isinstance(data, bytes):
+            f.write(data)
+        elif isinstance(data, str):
+            f.write(data.encode(encoding))
+        else:
+            for line in data:
+                f.write(line.encode(encoding) + b"\n")
+
+
+def file_lock(path: Path, timeout: float = -1) -> BaseFileLock:
+    """A lock on `path` itself (created if needed), shared with other processes.
+
+    timeout < 0 waits as long as it takes; 0 fails at once with filelock.Timeout.
+    """
+    from filelock import FileLock
+
+    return FileLock(str(path), timeout=timeout)
+
+
+def lock_for(target: Path, timeout: float = -1) -> BaseFileLock:
+    """A lock that guards `target` without leaving a file beside it.
+
+    For files the user owns (the config), where a `.lock` next to them would be litter:
+    the lock file lives in the temporary folder, named after the target's absolute path.
+    """
+    key = hashlib.sha256(os.path.abspath(target).encode()).hexdigest()[:24]
+    return file_lock(Path(tempfile.gettempdir()) / f"tui-infer-{key}.lock", timeout)
