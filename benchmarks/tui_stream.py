@@ -27,9 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,81 +36,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tui_infer.app.app import TuiInferApp  # noqa: E402
 from tui_infer.app.widgets.conversation import Reply  # noqa: E402
-from tui_infer.core.inference.backend import BackendInfo  # noqa: E402
 from tui_infer.core.config import Settings  # noqa: E402
-from tui_infer.core.inference.engine import ReplyStream  # noqa: E402
-from tui_infer.core.inference.types import GenerationStats, KvCacheUsage, ModelInfo, TokenChunk  # noqa: E402
+from tui_infer.core.inference.types import LoadOptions  # noqa: E402
+from tests.support.fakes import FakeBackend, FixedMemoryProbe, SyntheticEngine  # noqa: E402
 from tui_infer.core.paths import default_paths  # noqa: E402
-from tui_infer.core.inference.types import Message  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog and then writes some **markdown** `code` "
 WORDS = WORDS.split()
 
 
-@dataclass
-class _Template:
-    warning: str | None = None
-
-
-class SyntheticEngine:
-    """Yields `n` tokens at `rate` tokens/s; the same interface the chat screen uses."""
-
-    def __init__(self, n: int, rate: float) -> None:
-        self.n, self.rate = n, rate
-        self.n_ctx = 1 << 20
-        self.template = _Template()
-        self.info = ModelInfo(
-            Path("synthetic.gguf"), "synthetic", "none", "F32", 0, 0, 1, 0, 1, 1, 1, 1, 1, None
-        )
-        self.backend = BackendInfo("CPU", "synthetic", False, 0, 2, 1, (), "")
-        self.t_last_token = 0.0
-        self.produced: list[str] = []
-
-    def count_tokens(self, messages: list[Message]) -> int:
-        return 10
-
-    def kv_usage(self) -> KvCacheUsage:
-        return KvCacheUsage(0, self.n_ctx, "f16", 1.0, self.n_ctx, None)
-
-    def reset(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def chat(self, messages: list[Message], sampling: Any, cancel: threading.Event) -> ReplyStream:
-        stream = ReplyStream(iter(()))
-
-        def gen() -> Any:
-            t0 = time.perf_counter()
-            for i in range(self.n):
-                due = t0 + i / self.rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                if cancel.is_set():
-                    break
-                word = WORDS[i % len(WORDS)]
-                text = ("\n\n" if i % 200 == 199 else " ") + word
-                self.produced.append(text)
-                yield TokenChunk(text, i + 1, time.perf_counter() - t0, 0.001, i + 1)
-            self.t_last_token = time.perf_counter()
-            total = self.t_last_token - t0
-            stream.stats = GenerationStats(
-                10, 10, 0.001, self.n, total, 0.001, total, "length", self.kv_usage()
-            )
-
-        stream._gen = gen()
-        return stream
-
-
-class _Fixed:
-    """A memory probe with fixed figures (psutil's cost is not what is measured here)."""
-
-    def snapshot(self) -> Any:
-        from tui_infer.core.inference.memory import MemorySnapshot
-
-        return MemorySnapshot(100 << 20, 8 << 30, 16 << 30, (), "no GPU")
+def paragraph_words(i: int) -> str:
+    """Token i of the synthetic reply: words, with a paragraph break every 200."""
+    word = WORDS[(i - 1) % len(WORDS)]
+    return ("\n\n" if i % 200 == 0 else " ") + word
 
 
 def reply_holds_all(app: TuiInferApp, produced: str) -> bool:
@@ -127,13 +63,17 @@ def reply_holds_all(app: TuiInferApp, produced: str) -> bool:
 
 async def synthetic(n: int, rate: float) -> dict[str, float]:
     """Main-thread CPU per token early and late in the message, and the final lag."""
-    engine = SyntheticEngine(n, rate)
+    # one llama.cpp thread of two cores: the pace the TUI gets when llama.cpp leaves a core
+    engine = SyntheticEngine(
+        Path("synthetic.gguf"), LoadOptions(ctx=1 << 20), rate, paragraph_words,
+        FakeBackend(threads=1, total_layers=2),
+    )  # fmt: skip
     app = TuiInferApp(
         settings=Settings(max_tokens=n),
         paths=default_paths(),
         model_path=Path("synthetic.gguf"),
         engine_loader=lambda p, o: engine,
-        memory_probe=_Fixed(),
+        memory_probe=FixedMemoryProbe(),
     )
     samples: list[tuple[int, float]] = []  # (tokens produced, main-thread CPU seconds)
     shown_at: list[float] = []  # when the first frame with every token was written

@@ -7,15 +7,22 @@ screen shows and on the messages the app passed (recorded with message_hook).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.message import Message
 from textual.widgets import Markdown, Static
 
-from tests.test_snapshots import FixedMemoryProbe, SyntheticEngine
+from tests.support.pilot import (
+    Recorder,
+    banner,
+    make_app,
+    notice,
+    ready,
+    send,
+    synthetic_app,
+    wait_for,
+)
 from tui_infer.app import messages as msg
 from tui_infer.app.app import TuiInferApp
 from tui_infer.app.widgets.conversation import Reply, UserTurn
@@ -28,65 +35,6 @@ SIZE = (120, 40)
 
 # async tests run on anyio's pytest plugin (asyncio backend)
 pytestmark = pytest.mark.anyio
-
-
-class Recorder:
-    """message_hook target: every message any widget receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self._seen: set[int] = set()
-
-    def __call__(self, message: Message) -> None:
-        # a bubbling message reaches several pumps: keep it once
-        if id(message) not in self._seen:
-            self._seen.add(id(message))
-            self.messages.append(message)
-
-    def of(self, kind: type[Message]) -> list[Any]:
-        return [m for m in self.messages if isinstance(m, kind)]
-
-
-def make_app(tmp_path: Path, model: Path | None, **kw: Any) -> TuiInferApp:
-    loader = kw.pop("engine_loader", Engine.load)
-    return TuiInferApp(
-        settings=Settings(**kw),
-        paths=Paths(config_file=tmp_path / "config.toml", data_dir=tmp_path / "data"),
-        model_path=model,
-        engine_loader=loader,
-    )
-
-
-async def wait_for(pilot: Any, cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.05)
-
-
-async def ready(pilot: Any) -> None:
-    """The model has loaded (or failed to) and the screen has settled."""
-    await wait_for(pilot, lambda: not pilot.app.chat.loading)
-    await pilot.pause(0.1)
-
-
-def banner(app: TuiInferApp) -> str:
-    return str(app.chat.query_one("#banner", Static).render())
-
-
-def notice(app: TuiInferApp) -> str:
-    return str(app.chat.query_one("#notice", Static).render())
-
-
-async def send(pilot: Any, text: str, type_it: bool = False) -> None:
-    box = pilot.app.chat.prompt_input
-    if type_it:
-        await pilot.press(*text)
-    else:
-        box.insert(text)
-    assert box.text == text
-    await pilot.press("enter")
 
 
 async def test_reply_streams_and_figures_update(tmp_path: Path, model_path: Path) -> None:
@@ -294,17 +242,6 @@ async def test_system_prompt_is_sent_first(tmp_path: Path, model_path: Path) -> 
             ("system", "You are terse."),
             ("user", "Hi"),
         ]
-
-
-def synthetic_app(tmp_path: Path, max_tokens: int) -> TuiInferApp:
-    """The app on the synthetic engine: for tests of keys and plumbing, not the model."""
-    return TuiInferApp(
-        settings=Settings(max_tokens=max_tokens),
-        paths=Paths(tmp_path / "c.toml", tmp_path / "d"),
-        model_path=Path("/models/synthetic.gguf"),
-        engine_loader=SyntheticEngine,
-        memory_probe=FixedMemoryProbe(),
-    )
 
 
 async def test_ctrl_j_newline_new_chat_and_palette(tmp_path: Path) -> None:

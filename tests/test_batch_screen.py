@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, Static
 
-from tests.test_app import Recorder, make_app, notice, ready, wait_for
+from tests.support.pilot import Recorder, make_app, notice, ready, send, wait_for
 from tui_infer.app import messages as msg
 from tui_infer.app.screens.batch import BatchScreen
 from tui_infer.app.screens.chat import NotPrecomputed, ServedFromStore
@@ -49,14 +49,6 @@ def publish_batch(tmp_path: Path, model_path: Path) -> None:
 
 def text_of(widget: Any) -> str:
     return str(widget.render())
-
-
-async def send(pilot: Any, text: str) -> None:
-    box = pilot.app.chat.prompt_input
-    box.clear()
-    box.insert(text)
-    box.focus()
-    await pilot.press("enter")
 
 
 async def test_chat_serves_from_the_store_and_the_batch_screen_reviews(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Static
 
-from tests.test_app import make_app, wait_for
+from tests.support.pilot import make_app, wait_for
 from tui_infer.app.screens.bench import BenchScreen, bar_chart
 from tui_infer.core.bench.history import BenchHistory
 from tui_infer.core.bench.measure import BenchConfig, BenchResult

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gguf_craft import write_gguf
+from tests.support.gguf_craft import write_gguf
 
 
 def tui_infer(

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from textual.widgets import Checkbox, Input, OptionList, Static
 
-from tests.test_app import Recorder, ready, send, wait_for
-from tests.test_snapshots import FakeTemplate, FixedMemoryProbe, SyntheticEngine
+from tests.support.fakes import FakeTemplate
+from tests.support.pilot import Recorder, make_app, ready, send, synthetic_app, wait_for
 from tui_infer.app import messages as msg
 from tui_infer.app.app import TuiInferApp
 from tui_infer.app.screens.dialogs import (
@@ -29,24 +29,12 @@ from tui_infer.app.screens.settings import SettingsScreen
 from tui_infer.app.widgets.chat_list import ChatList
 from tui_infer.app.widgets.conversation import Reply, UserTurn
 from tui_infer.core.chat.history import History
-from tui_infer.core.config import Settings, load_settings
+from tui_infer.core.config import load_settings
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.types import Message
-from tui_infer.core.paths import Paths
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
-
-
-def make_app(tmp_path: Path, model: Path | None = None, **kw: Any) -> TuiInferApp:
-    loader = kw.pop("engine_loader", SyntheticEngine)
-    return TuiInferApp(
-        settings=Settings(**kw),
-        paths=Paths(config_file=tmp_path / "config.toml", data_dir=tmp_path / "data"),
-        model_path=model or Path("/models/synthetic.gguf"),
-        engine_loader=loader,
-        memory_probe=FixedMemoryProbe(),
-    )
 
 
 def footers(app: TuiInferApp) -> list[str]:
@@ -78,7 +66,7 @@ async def choose_chat(pilot: Any, title: str) -> None:
 
 async def test_history_survives_restart_with_figures(tmp_path: Path, model_path: Path) -> None:
     rec = Recorder()
-    app = make_app(tmp_path, model_path, engine_loader=Engine.load, temperature=0, max_tokens=12)
+    app = make_app(tmp_path, model_path, temperature=0, max_tokens=12)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         await send(pilot, "What is the capital of France?", type_it=True)
@@ -130,7 +118,7 @@ async def test_history_survives_restart_with_figures(tmp_path: Path, model_path:
 
 async def test_sidebar_new_switch_search_rename_delete(tmp_path: Path) -> None:
     rec = Recorder()
-    app = make_app(tmp_path, max_tokens=3)
+    app = synthetic_app(tmp_path, max_tokens=3)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         chats = app.chat.query_one(ChatList)
@@ -191,7 +179,7 @@ async def test_sidebar_new_switch_search_rename_delete(tmp_path: Path) -> None:
 
 async def test_regenerate_edit_fork_and_copy(tmp_path: Path) -> None:
     rec = Recorder()
-    app = make_app(tmp_path, max_tokens=3)
+    app = synthetic_app(tmp_path, max_tokens=3)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         await send(pilot, "first question")
@@ -241,7 +229,7 @@ async def test_regenerate_edit_fork_and_copy(tmp_path: Path) -> None:
 
 async def test_overflow_asks_then_drops_and_remembers(tmp_path: Path) -> None:
     rec = Recorder()
-    app = make_app(tmp_path, ctx=64, max_tokens=2)
+    app = synthetic_app(tmp_path, ctx=64, max_tokens=2)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         old = "an old remark about the weather " * 3
@@ -273,7 +261,7 @@ async def test_overflow_asks_then_drops_and_remembers(tmp_path: Path) -> None:
 
 async def test_settings_validate_and_reload(tmp_path: Path) -> None:
     rec = Recorder()
-    app = make_app(tmp_path, max_tokens=3)
+    app = synthetic_app(tmp_path, max_tokens=3)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         await pilot.press("ctrl+s")
@@ -298,7 +286,7 @@ async def test_settings_validate_and_reload(tmp_path: Path) -> None:
 
 
 async def test_help_template_and_small_terminal(tmp_path: Path) -> None:
-    app = make_app(tmp_path, max_tokens=3)
+    app = synthetic_app(tmp_path, max_tokens=3)
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
         chats = app.chat.query_one(ChatList)
@@ -327,7 +315,7 @@ async def test_help_template_and_small_terminal(tmp_path: Path) -> None:
 
 async def test_template_of_the_real_model(tmp_path: Path, model_path: Path) -> None:
     rec = Recorder()
-    app = make_app(tmp_path, model_path, engine_loader=Engine.load, max_tokens=2, temperature=0)
+    app = make_app(tmp_path, model_path, max_tokens=2, temperature=0)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         await send(pilot, "Hello")
@@ -343,7 +331,7 @@ async def test_template_of_the_real_model(tmp_path: Path, model_path: Path) -> N
 
 async def test_overflow_refuse_policy_does_not_ask(tmp_path: Path) -> None:
     rec = Recorder()
-    app = make_app(tmp_path, ctx=64, max_tokens=2, overflow="refuse")
+    app = synthetic_app(tmp_path, ctx=64, max_tokens=2, overflow="refuse")
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         old = "an old remark about the weather " * 3

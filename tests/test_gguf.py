@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gguf_craft import write_gguf
+from tests.support.gguf_craft import write_gguf
 from tui_infer.core.errors import ModelFileError
 from tui_infer.core.models.gguf import ArraySummary, read_header
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gguf_craft import write_gguf
-from tests.hub_server import HubServer, Repo, ServedFile
+from tests.support.gguf_craft import write_gguf
+from tests.support.hub_server import HubServer, Repo, ServedFile
 from tui_infer.core.errors import ModelFileError
 from tui_infer.core.models import hub as hub_mod
 from tui_infer.core.models.gguf import parse_header_bytes

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.gguf_craft import write_gguf
+from tests.support.gguf_craft import write_gguf
 
 META = {"general.architecture": "llama", "general.name": "Tiny", "llama.block_count": 2,
         "llama.context_length": 256, "llama.embedding_length": 8,

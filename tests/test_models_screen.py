@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Checkbox, DataTable, Input, Label, ProgressBar, Static, TabbedContent
 
-from tests.hub_server import HubServer, Repo, ServedFile
-from tests.test_app import make_app, wait_for
+from tests.support.hub_server import HubServer, Repo, ServedFile
+from tests.support.pilot import make_app, wait_for
 from tui_infer.app.screens.dialogs import ConfirmScreen
 from tui_infer.app.screens.models import ModelsScreen
 from tui_infer.core.inference.fit import FITS, TIGHT, WONT_FIT
@@ -184,7 +184,7 @@ def label(screen: ModelsScreen) -> str:
 @pytest.fixture
 def slow_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
     """A ~1 MiB crafted GGUF served slowly, so that a download is still running later."""
-    from tests.gguf_craft import write_gguf
+    from tests.support.gguf_craft import write_gguf
 
     meta = {"general.architecture": "llama", "general.name": "Tiny", "general.file_type": 7,
             "llama.block_count": 2, "llama.context_length": 256, "llama.embedding_length": 8,

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import ready, send, wait_for
-from tests.test_conversations import make_app
-from tui_infer.core.inference.engine import Engine
+from tests.support.pilot import make_app, ready, send, wait_for
 from tui_infer.core.inference.pacing import SHARED, SPARE, stream_pacing
 
 
@@ -52,7 +50,7 @@ def test_the_redraws_setting_sets_the_text_pace(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_the_chat_paces_by_the_loaded_model(tmp_path: Path, model_path: Path) -> None:
     """The real CPU build on this machine: the backend's threads against its CPUs."""
-    app = make_app(tmp_path, model_path, engine_loader=Engine.load, max_tokens=40)
+    app = make_app(tmp_path, model_path, max_tokens=40)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
         backend = app.chat.engine.backend

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input, Select, Static, TextArea
 
-from tests.test_app import Recorder, ready
-from tests.test_conversations import SIZE, make_app
+from tests.support.pilot import Recorder, make_app, ready, synthetic_app
 from tui_infer.app.screens.dialogs import TemplateScreen
 from tui_infer.app.screens.settings import SettingsScreen
 from tui_infer.core.config import (
@@ -45,6 +44,8 @@ temperature = 1.5
 "model.gguf" = "{{ messages[0]['content'] }}"
 other = "tmpl.jinja"
 """
+
+SIZE = (120, 40)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -178,7 +179,7 @@ def test_override_changes_the_rendered_prompt(tmp_path: Path, model_path: Path) 
 @pytest.mark.anyio
 async def test_choose_and_save_preset_in_settings(tmp_path: Path) -> None:
     write(tmp_path, GOOD)
-    app = make_app(tmp_path, temperature=0.7, top_k=40)
+    app = synthetic_app(tmp_path, temperature=0.7, top_k=40)
     async with app.run_test(size=SIZE, message_hook=Recorder()) as pilot:
         await ready(pilot)
         await pilot.press("ctrl+s")
@@ -222,7 +223,7 @@ async def test_choose_and_save_preset_in_settings(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_template_modal_shows_the_override(tmp_path: Path, model_path: Path) -> None:
     write(tmp_path, f'[templates]\n"{model_path.stem}" = "OVR{{{{ messages[0][\'content\'] }}}}"\n')
-    app = make_app(tmp_path, model=model_path, engine_loader=Engine.load, ctx=256)
+    app = make_app(tmp_path, model_path, ctx=256)
     async with app.run_test(size=SIZE, message_hook=Recorder()) as pilot:
         await ready(pilot)
         await pilot.press("ctrl+t")
