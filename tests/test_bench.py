@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,34 @@ def test_bench_bad_input(args: list[str], message: str) -> None:
     r = tui_infer("bench", *args)
     assert r.returncode == 2
     assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_bench_does_not_rehash_the_model(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model's sha256 comes from the one cache: once hashed (here by the library, as
+    `models info` or the store would), a bench run never reads the 98 MB file again."""
+    import os
+
+    from tui_infer.cli import main
+    from tui_infer.core.models import digest
+    from tui_infer.core.models.library import ModelLibrary
+
+    with ModelLibrary(Path(os.environ["TUI_INFER_DATA_DIR"])) as lib:
+        known = lib.digests.sha256(model_path)
+
+    def no_reading(*args: object) -> str:
+        raise AssertionError("the bench read the model to hash it again")
+
+    monkeypatch.setattr(digest, "sha256_file", no_reading)
+    args = ["bench", "-m", str(model_path), "-p", "8", "-n", "2", "-r", "1", "-t", "1",
+            "--no-ceiling", "--json"]  # fmt: skip
+    assert main(args) == 0
+    run = json.loads(capsys.readouterr().out)["run"]
+    from tui_infer.core.bench.history import BenchHistory
+
+    history = BenchHistory(Path(os.environ["TUI_INFER_DATA_DIR"]) / "bench.sqlite3")
+    try:
+        assert history.get(run).model_sha256 == known
+    finally:
+        history.close()

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.gguf_craft import write_gguf
+from tests.support.gguf_craft import write_gguf
 from tui_infer.core.errors import ModelFileError, ModelNotFoundError
+from tui_infer.core.models import digest as digest_mod
 from tui_infer.core.models import library as library_mod
 from tui_infer.core.models.library import ModelLibrary, hf_hub_cache
 from tui_infer.core.models.resolve import resolve_model
@@ -72,8 +73,8 @@ def test_sha256_is_remembered_by_size_and_mtime(
     f = tiny(tmp_path / "m.gguf")
     lib.import_file(f)
     calls: list[Path] = []
-    real = library_mod.sha256_file
-    monkeypatch.setattr(library_mod, "sha256_file", lambda p, *a: calls.append(p) or real(p, *a))
+    real = digest_mod.sha256_file
+    monkeypatch.setattr(digest_mod, "sha256_file", lambda p, *a: calls.append(p) or real(p, *a))
     e = lib.get("m")
     assert lib.ensure_hashes(e) == sha(f) and calls == []
     st = f.stat()

@@ -137,8 +137,8 @@ def test_model_sha256_is_right_and_cached(tmp_path: Path) -> None:
     f.write_bytes(b"GGUF" + os.urandom(3000))
     with PredictionStore(tmp_path / "s.sqlite3") as store:
         assert store.model_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
-        conn = sqlite3.connect(tmp_path / "s.sqlite3")
-        conn.execute("UPDATE model_hashes SET sha256 = 'cached'")
+        conn = sqlite3.connect(tmp_path / "hashes.sqlite3")  # the one cache, beside the store
+        conn.execute("UPDATE file_hashes SET sha256 = 'cached'")
         conn.commit()
         assert store.model_sha256(f) == "cached"  # not read again
         f.write_bytes(b"GGUF" + os.urandom(3001))  # size and mtime change: hashed again

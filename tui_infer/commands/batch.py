@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -50,23 +48,9 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
 
 
-def _atomic_write(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     from tui_infer.core.errors import TuiInferError
+    from tui_infer.core.files import atomic_write
     from tui_infer.core.inference.types import SamplingParams
     from tui_infer.core.request_path import prepare, resolve_target
     from tui_infer.core.static import store as st
@@ -79,7 +63,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     items, rejects = read_input(args.input, args.format, args.column)
     rejects_path = args.rejects or args.output.with_name(args.output.name + ".rejects.jsonl")
     if rejects:
-        _atomic_write(rejects_path, [json.dumps(r.as_dict(), ensure_ascii=False) for r in rejects])
+        atomic_write(rejects_path, [json.dumps(r.as_dict(), ensure_ascii=False) for r in rejects])
         for r in rejects[:10]:
             print(f"tui-infer: line {r.line} skipped: {r.reason}", file=sys.stderr)
         if len(rejects) > 10:
@@ -167,7 +151,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                 "total_s": round(p.total_s, 6), "model_sha256": model_sha, "params_hash": ph,
                 "key": key, "run": run_id, "status": p.status,
             }, ensure_ascii=False))  # fmt: skip
-        _atomic_write(args.output, lines)
+        atomic_write(args.output, lines)
         published = store.publish(run_id) if args.publish else None
     finally:
         store.close()

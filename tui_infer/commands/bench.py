@@ -103,12 +103,12 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             return _history(history)
         if args.bench_command == "compare":
             return _compare(history, args.a, args.b)
-        return _run(args, settings, history)
+        return _run(args, settings, paths, history)
     finally:
         history.close()
 
 
-def _run(args: argparse.Namespace, settings: Settings, history: Any) -> int:
+def _run(args: argparse.Namespace, settings: Settings, paths: Paths, history: Any) -> int:
     from tui_infer.core.bench.measure import (
         BenchPlan,
         environment,
@@ -162,7 +162,9 @@ def _run(args: argparse.Namespace, settings: Settings, history: Any) -> int:
     probe = Engine.load(model, configs[0].load_options())
     env = environment(probe.backend.summary, probe.backend.device)
     probe.close()
-    run_id = history.start_run(model, file_sha256(model), header.quantization, env)
+    run_id = history.start_run(
+        model, file_sha256(model, paths.data_dir), header.quantization, env
+    )
     quiet = args.json or args.csv or args.md
     results: list[BenchResult] = []
 

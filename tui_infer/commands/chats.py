@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -68,7 +67,13 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                 else history.export_markdown(args.id)
             )
             if args.output:
-                _write_atomic(Path(args.output).expanduser(), text)
+                from tui_infer.core.files import atomic_write
+
+                try:
+                    # a folder that is not there is a typo to report, not one to create
+                    atomic_write(Path(args.output).expanduser(), text, parents=False)
+                except OSError as exc:
+                    raise HistoryError(f"{args.output}: cannot write ({exc})") from None
                 print(f"exported chat {args.id} to {args.output}", file=sys.stderr)
             else:
                 sys.stdout.write(text)
@@ -100,14 +105,3 @@ def _read_json(name: str) -> Any:
             "--format json'"
         ) from None
 
-
-def _write_atomic(target: Path, text: str) -> None:
-    from tui_infer.core.chat.history import HistoryError
-
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise HistoryError(f"{target}: cannot write ({exc})") from None

@@ -197,14 +197,8 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
     ]
     if e.status == "ok":
         if e.source == "not in library":
-            from pathlib import Path
-
-            from tui_infer.core.models.library import sha256_file
-
             sha = (
-                sha256_file(Path(e.parts[0].path))
-                if len(e.parts) == 1
-                else "(import it to hash it)"
+                lib.digests.sha256(e.path) if len(e.parts) == 1 else "(import it to hash it)"
             )
         else:
             sha = _hash_with_progress(lib, e)

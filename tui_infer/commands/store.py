@@ -48,9 +48,9 @@ def _when(t: float | None) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    from tui_infer.commands.batch import _atomic_write
+    from tui_infer.core.files import atomic_write
 
-    _atomic_write(path, [json.dumps(r, ensure_ascii=False) for r in rows])
+    atomic_write(path, [json.dumps(r, ensure_ascii=False) for r in rows])
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:

@@ -35,17 +35,19 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 
 
 @contextmanager
-def atomic_open(path: Path) -> Iterator[BinaryIO]:
+def atomic_open(path: Path, parents: bool = True) -> Iterator[BinaryIO]:
     """A binary file to fill; on a clean exit it replaces `path` in one step.
 
     The temporary file sits in the same folder (a rename across file systems is not
     atomic), is fsynced before the rename, and is removed on any failure (an OSError,
     Ctrl+C, an exception raised by the caller in the block), leaving the old file
     untouched. An existing file keeps its permission bits; a new one gets what the umask
-    allows, as `open()` would give it. The folder is created when needed.
+    allows, as `open()` would give it. The folder is created when needed, unless
+    `parents` is false (then a missing folder is FileNotFoundError, as for `open()`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         keep: int | None = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
@@ -64,10 +66,12 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write(path: Path, data: str | bytes | Iterable[str], encoding: str = "utf-8") -> None:
+def atomic_write(
+    path: Path, data: str | bytes | Iterable[str], encoding: str = "utf-8", parents: bool = True
+) -> None:
     """Write text, bytes, or lines of text (each followed by a newline) through
     `atomic_open`: readers see the old file or the new one, never a mix."""
-    with atomic_open(path) as f:
+    with atomic_open(path, parents) as f:
         if isinstance(data, bytes):
             f.write(data)
         elif isinstance(data, str):

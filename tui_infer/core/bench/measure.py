@@ -12,7 +12,6 @@ sample standard deviation of tokens/s over the repetitions.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import platform
 import random
@@ -28,6 +27,7 @@ from tui_infer import __version__
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.llama_thread import on_llama_thread
 from tui_infer.core.inference.types import LoadOptions
+from tui_infer.core.models.digest import DigestCache, sha256_file
 
 
 @dataclass(frozen=True)
@@ -304,12 +304,13 @@ def _batched_result(plan: BenchPlan, cfg: BenchConfig, parallel: int) -> BenchRe
     return BenchResult(f"batch{parallel}x{n_gen}", "batch", n_gen, 0, cfg, samples)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: Path, data_dir: Path | None = None) -> str:
+    """The model's sha256, for the run's record. With `data_dir`, from the one cache
+    (core/models/digest.py): a bench after the first does not read the model again."""
+    if data_dir is None:
+        return sha256_file(path)
+    with DigestCache.in_data_dir(data_dir) as digests:
+        return digests.sha256(path)
 
 
 def environment(engine_summary: str, device: str) -> dict[str, Any]:

@@ -9,8 +9,10 @@ modified. A split GGUF (``name-00001-of-00003.gguf`` ...) is one entry with
 several parts. A file that disappeared is an entry with status "missing", not
 an error.
 
-sha256 is streamed, computed once per part and remembered with the size and
-mtime it was computed for: it is recomputed only when the file changed.
+Each part records its sha256 with the size and mtime it was computed for (what
+`models verify` checks the file against). Hashing goes through the one cache of
+core/models/digest.py: a file the store or the bench already hashed is not read again,
+and a changed file is.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tui_infer.core.db import connect, transaction
 from tui_infer.core.errors import ModelFileError, ModelNotFoundError, TuiInferError
+from tui_infer.core.files import atomic_open
+from tui_infer.core.models.digest import HASH_CHUNK, DigestCache, ProgressFn, sha256_file
 from tui_infer.core.models.gguf import ArraySummary, GgufHeader, read_header
 
 SOURCES = ("imported", "copied", "downloaded", "bundled", "hf-cache")
@@ -54,9 +58,6 @@ MIGRATIONS = [
 ]
 
 SPLIT_RE = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
-HASH_CHUNK = 1 << 20
-
-ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 class LibraryError(TuiInferError):
@@ -139,21 +140,6 @@ class ModelEntry:
 
 
 # ----- helpers ---------------------------------------------------------------------------
-
-
-def sha256_file(
-    path: Path, progress: ProgressFn | None = None, done: int = 0, total: int = 0
-) -> str:
-    """Stream a file through sha256 (1 MiB at a time)."""
-    h = hashlib.sha256()
-    total = total or path.stat().st_size
-    with path.open("rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return h.hexdigest()
 
 
 def split_parts(path: Path) -> list[Path]:
@@ -278,6 +264,7 @@ class ModelLibrary:
         self.db_path = self.data_dir / "library.sqlite3"
         self._hf_cache = hf_cache
         self._conn: sqlite3.Connection | None = None
+        self.digests = DigestCache.in_data_dir(self.data_dir)
 
     @property
     def hf_cache(self) -> Path:
@@ -293,6 +280,7 @@ class ModelLibrary:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self.digests.close()
 
     def __enter__(self) -> ModelLibrary:
         return self
@@ -479,7 +467,7 @@ class ModelLibrary:
             return self._upsert(dests, metadata, "copied", hashes=hashes)
         done = 0
         for p in parts:
-            hashes[str(p)] = sha256_file(p, progress, done, total)
+            hashes[str(p)] = self.digests.sha256(p, progress, done, total)
             done += p.stat().st_size
         return self._upsert(parts, metadata, "imported", hashes=hashes)
 
@@ -504,25 +492,21 @@ class ModelLibrary:
         dests: list[Path] = []
         for p in parts:
             dest = dest_dir / p.name
-            tmp = dest.with_name(dest.name + ".part")
             h = hashlib.sha256()
             try:
-                with p.open("rb") as fi, tmp.open("wb") as fo:
+                with p.open("rb") as fi, atomic_open(dest) as fo:
                     while chunk := fi.read(HASH_CHUNK):
                         h.update(chunk)
                         fo.write(chunk)
                         done += len(chunk)
                         if progress:
                             progress(done, total)
-                    fo.flush()
-                    os.fsync(fo.fileno())
-                os.replace(tmp, dest)
             except BaseException:
-                tmp.unlink(missing_ok=True)
                 for d in dests:
                     d.unlink(missing_ok=True)
                 raise
             hashes[str(dest)] = h.hexdigest()
+            self.digests.remember(dest, hashes[str(dest)])
             dests.append(dest)
         return dests
 
@@ -531,6 +515,8 @@ class ModelLibrary:
     ) -> ModelEntry:
         """Add a verified hub download (its sha256 already checked by the hub module)."""
         parts, metadata = read_model(path)
+        for p, digest in hashes.items():
+            self.digests.remember(Path(p), digest)
         return self._upsert(parts, metadata, "downloaded", repo=repo, name=name, hashes=hashes)
 
     def ensure_hashes(self, entry: ModelEntry, progress: ProgressFn | None = None) -> str:
@@ -542,7 +528,7 @@ class ModelLibrary:
         hashes = {}
         for part in entry.parts:
             if part.stale():
-                hashes[part.path] = sha256_file(Path(part.path), progress, done, total)
+                hashes[part.path] = self.digests.sha256(Path(part.path), progress, done, total)
             done += os.stat(part.path).st_size
         if hashes:
             with transaction(self.conn):
@@ -557,9 +543,10 @@ class ModelLibrary:
         problems = []
         total, done = entry.size, 0
         for part in entry.parts:
-            actual = sha256_file(Path(part.path), progress, done, total)
+            actual = sha256_file(Path(part.path), progress, done, total)  # read, always
             done += os.stat(part.path).st_size
             st = os.stat(part.path)
+            self.digests.remember(Path(part.path), actual)
             if part.sha256 is None:
                 part.sha256, part.size, part.mtime_ns = actual, st.st_size, st.st_mtime_ns
             elif actual != part.sha256:

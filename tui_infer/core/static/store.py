@@ -33,6 +33,7 @@ from typing import Any
 
 from tui_infer.core.db import StoreError, connect, transaction
 from tui_infer.core.inference.types import Message, SamplingParams
+from tui_infer.core.models.digest import HASHES_FILE, DigestCache
 
 STORE_FILE = "store.sqlite3"
 
@@ -155,14 +156,6 @@ def request_key(
                  normalize_messages(messages)])  # fmt: skip
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ----- records ------------------------------------------------------------------------------
 
 
@@ -246,6 +239,7 @@ class PredictionStore:
         self._conn = connect(path, MIGRATIONS)
         self._lock = threading.RLock()
         self._counts: dict[str, list[int]] = {}  # model sha256 -> [hits, misses], unflushed
+        self._digests = DigestCache(path.parent / HASHES_FILE)  # opened on first use
         self.session_hits = 0
         self.session_misses = 0
 
@@ -257,6 +251,7 @@ class PredictionStore:
         with self._lock:
             self.flush_counters()
             self._conn.close()
+            self._digests.close()
 
     def __enter__(self) -> PredictionStore:
         return self
@@ -270,24 +265,9 @@ class PredictionStore:
     # ----- model hashes --------------------------------------------------------------------
 
     def model_sha256(self, path: Path) -> str:
-        """The file's sha256, cached by (path, size, mtime) so a 98 MB model is read once."""
-        path = path.resolve()
-        st = path.stat()
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT sha256 FROM model_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
-                (str(path), st.st_size, st.st_mtime_ns),
-            ).fetchone()
-        if row:
-            return str(row[0])
-        digest = file_sha256(path)
-        with self._lock, self._write():
-            self._conn.execute(
-                "INSERT OR REPLACE INTO model_hashes (path, size, mtime_ns, sha256) "
-                "VALUES (?, ?, ?, ?)",
-                (str(path), st.st_size, st.st_mtime_ns, digest),
-            )
-        return digest
+        """The file's sha256 from the one cache (core/models/digest.py, beside the store):
+        a 98 MB model is read once, not per run."""
+        return self._digests.sha256(path)
 
     # ----- runs ----------------------------------------------------------------------------
 
@@ -574,6 +554,6 @@ class PredictionStore:
 
 __all__ = [
     "MIGRATIONS", "ModelStats", "Prediction", "PredictionStore", "RunInfo", "StoreError",
-    "file_sha256", "normalize_messages", "normalize_params", "normalized_messages",
+    "normalize_messages", "normalize_params", "normalized_messages",
     "params_hash", "request_key", "template_sha256",
 ]  # fmt: skip
