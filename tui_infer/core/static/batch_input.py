@@ -1,9 +1,14 @@
 """Reading a batch's input: JSONL, plain text (one prompt per line) or CSV.
 
 A malformed line does not stop the batch: it becomes a Reject with its line
-number and the reason, and the rest runs. Items get the id the input gives,
-else "line-N". The format comes from the file's extension (.jsonl/.json,
-.csv, anything else is text) unless given.
+number and the reason, and the rest runs. That holds for bytes too: the file is decoded
+with surrogateescape, so a line that is not UTF-8 is rejected on its own (its bad bytes
+become lone surrogates, found per line), as is a JSON string holding a lone surrogate
+escape ("\\ud800"), which no UTF-8 prompt can carry. Only a file that is not text at all
+(NUL bytes, or mostly undecodable) or holds nothing is refused whole.
+
+Items get the id the input gives, else "line-N". The format comes from the file's
+extension (.jsonl/.json, .csv, anything else is text) unless given.
 """
 
 from __future__ import annotations
@@ -66,12 +71,11 @@ def read_input(
         raise BatchInputError(f"{path}: is a directory; give a JSONL, text or CSV file") from None
     except OSError as exc:
         raise BatchInputError(f"{path}: cannot read it ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
+    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    if _looks_binary(raw, text):
         raise BatchInputError(
-            f"{path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8"
-        ) from None
+            f"{path}: not a text file (binary data); give a JSONL, text or CSV file in UTF-8"
+        )
     fmt = fmt or detect_format(path)
     if fmt == "jsonl":
         items, rejects = _jsonl(text)
@@ -93,6 +97,37 @@ def read_input(
     return items, rejects
 
 
+def _looks_binary(raw: bytes, text: str) -> bool:
+    """NUL bytes, or a third of the first 8 KiB undecodable: not a text file. (A text in
+    Latin-1 has far fewer: its lines are rejected one by one instead.)"""
+    head = text[:8192]
+    if b"\x00" in raw[:8192]:
+        return True
+    bad = sum(1 for ch in head if "\udc80" <= ch <= "\udcff")
+    return bool(head) and bad * 3 > len(head)
+
+
+def _undecodable(line: str) -> str | None:
+    """Why this line of the file cannot be used as text, or None."""
+    for col, ch in enumerate(line, 1):
+        if "\udc80" <= ch <= "\udcff":
+            byte = ord(ch) - 0xDC00
+            return f"not valid UTF-8 (byte 0x{byte:02x} at column {col}); convert the line to UTF-8"
+    return None
+
+
+def _lone_surrogate(value: str) -> str | None:
+    for ch in value:
+        if "\ud800" <= ch <= "\udfff":
+            return f"holds a lone surrogate escape (\\u{ord(ch):04x}), which is not text"
+    return None
+
+
+def _shown(line: str) -> str:
+    """The line as the rejects file can hold it (bad bytes as U+FFFD)."""
+    return line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _dedupe_ids(items: list[InputItem]) -> tuple[list[InputItem], list[Reject]]:
     seen: dict[str, int] = {}
     keep, rejects = [], []
@@ -108,17 +143,24 @@ def _dedupe_ids(items: list[InputItem]) -> tuple[list[InputItem], list[Reject]]:
 
 
 def _text(text: str) -> tuple[list[InputItem], list[Reject]]:
-    items = []
+    items, rejects = [], []
     for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            items.append(InputItem(f"line-{n}", n, (Message("user", line),)))
-    return items, []
+        if not line.strip():
+            continue
+        if reason := _undecodable(line):
+            rejects.append(Reject(n, reason, _shown(line)))
+            continue
+        items.append(InputItem(f"line-{n}", n, (Message("user", line),)))
+    return items, rejects
 
 
 def _jsonl(text: str) -> tuple[list[InputItem], list[Reject]]:
     items, rejects = [], []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
+            continue
+        if reason := _undecodable(line):
+            rejects.append(Reject(n, reason, _shown(line)))
             continue
         try:
             items.append(_json_item(json.loads(line), n))
@@ -135,6 +177,8 @@ def _json_item(obj: Any, n: int) -> InputItem:
     item_id = obj.get("id", f"line-{n}")
     if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
         raise ValueError("'id' must be a string or an integer")
+    if isinstance(item_id, str) and (reason := _lone_surrogate(item_id)):
+        raise ValueError(f"'id' {reason}")
     max_tokens = obj.get("max_tokens")
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
@@ -146,6 +190,8 @@ def _json_item(obj: Any, n: int) -> InputItem:
         prompt = obj["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("'prompt' must be a non-empty string")
+        if reason := _lone_surrogate(prompt):
+            raise ValueError(f"'prompt' {reason}")
         messages: tuple[Message, ...] = (Message("user", prompt),)
     elif "messages" in obj:
         msgs = obj["messages"]
@@ -161,6 +207,8 @@ def _json_item(obj: Any, n: int) -> InputItem:
                 raise ValueError(
                     f"messages[{i}] must be {{'role': system|user|assistant, 'content': text}}"
                 )
+            if reason := _lone_surrogate(m["content"]):
+                raise ValueError(f"messages[{i}] {reason}")
             out.append(Message(m["role"], m["content"]))
         if out[-1].role != "user":
             raise ValueError("the last message must be the user's")
@@ -203,6 +251,10 @@ def _csv(text: str, column: str | None, delimiter: str) -> tuple[list[InputItem]
             continue
         n = reader.line_num
         if not any(cell.strip() for cell in row):
+            continue
+        joined = ",".join(row)
+        if reason := _undecodable(joined):
+            rejects.append(Reject(n, reason, _shown(joined)))
             continue
         if len(row) != len(names):
             rejects.append(
