@@ -43,6 +43,9 @@ class LoadOptions:
     flash_attn: bool = True
     kv_type: str = "f16"
     template_override: str | None = None  # [templates] in config: used instead of the GGUF's
+    # Sequences decoded together (the scheduler's slots); each keeps `ctx` cells, so the
+    # KV cache is ctx x parallel. 1: one request at a time, today's memory.
+    parallel: int = 1
 
     @classmethod
     def from_settings(cls, s: Settings, template_override: str | None = None) -> LoadOptions:
@@ -123,12 +126,14 @@ def kv_bytes_per_token(info: ModelInfo, kv_type: str) -> float:
 
 @dataclass(frozen=True)
 class KvCacheUsage:
-    tokens: int  # cells of the cache holding this conversation
-    n_ctx: int  # cells allocated
+    tokens: int  # cells of the cache holding this conversation (its sequence)
+    n_ctx: int  # cells of one sequence: the context window of one request
     cache_type: str
     bytes_per_token: float
-    allocated_bytes: int  # computed from the model's dimensions
+    allocated_bytes: int  # computed from the model's dimensions (all sequences)
     reported_bytes: int | None  # what llama.cpp logged it allocated
+    n_seq: int = 1  # sequences sharing the cache: n_ctx x n_seq cells in all
+    total_tokens: int | None = None  # cells in use over every sequence (None: `tokens`)
 
     @property
     def used_bytes(self) -> int:

@@ -1,0 +1,755 @@
+"""The scheduler: every live request of a loaded model is one sequence of one batched decoder.
+
+A `Scheduler` owns a llama.cpp context created with n_seq_max = `parallel` and
+kv_unified=False, of n_ctx = ctx x parallel cells, so that each of its `parallel` slots (a
+llama.cpp sequence id) keeps the whole context window it would have alone. A chat reply,
+`tui-infer run` and the HTTP server's requests all submit to it (`Engine.chat` does), so they
+share one copy of the weights and one context.
+
+How a step goes (continuous batching, as in batched.py, whose batch filling and slot state
+this module provides to both): requests wait in a bounded FIFO queue; a free slot takes the
+head of the queue; one llama_batch is filled with the next token of every generating slot,
+then pending prompt tokens while n_batch has room (`fill_batch`); one llama_decode; each
+slot whose logits were asked for is sampled with its own sampler chain (`make_sampler`),
+its text decoded incrementally and handed to its stream. A slot whose request ends is free
+at once for the next one.
+
+Prefix reuse per slot: a slot remembers the tokens its sequence holds when its request ends
+(prompt and decoded reply). A new request goes to the free slot whose remembered tokens
+share the longest prefix with its prompt (else the least recently used one); the rest is
+cut with llama_memory_seq_rm and only the new suffix is evaluated, so the next turn of a
+chat re-evaluates nothing it already has. `prompt_tokens_evaluated` counts what really ran.
+
+Which thread decodes: every decode runs on the llama.cpp thread (llama_thread.py: one
+OpenMP team for the process). Two ways to drive the loop, both on that thread:
+
+- inline: a stream iterated *on* the llama.cpp thread (run.py and the TUI wrap their
+  consumer in `on_llama_thread`) runs the steps itself, between the chunks it hands its
+  consumer: no other thread is woken per token, as with the engine's own loop before.
+- background: otherwise a driver job runs the steps on the llama.cpp thread and each chunk
+  is put on the stream's queue for its consumer's thread. The driver gives the thread up
+  whenever another job waits for it (an inline consumer, a model load) and queues itself
+  again behind it, so neither waits for the other's requests to finish.
+
+At one request the step is what the engine's loop was: one token, one llama_decode, one
+sample (benchmarks/scheduler.py measures it side by side with a bare loop).
+
+Cancellation: each request's threading.Event is checked at every step (before its slot is
+filled and again before it is sampled, so a consumer that cancels after token n gets n); a
+batch holding prompt tokens also carries llama.cpp's abort callback, which stops a long
+prompt mid-way if a request whose prompt is in the batch is cancelled. After a failed or
+aborted decode each slot's bookkeeping is set back to what llama.cpp's memory really holds
+(llama_memory_seq_pos_max) and the lost tokens are evaluated again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import io
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tui_infer.core.errors import ContextOverflowError, TuiInferError
+from tui_infer.core.inference import llama_thread
+from tui_infer.core.inference.llama_thread import is_llama_thread
+from tui_infer.core.inference.types import (
+    KV_TYPE_IDS,
+    GenerationStats,
+    KvCacheUsage,
+    LoadOptions,
+    SamplingParams,
+    TokenChunk,
+)
+
+
+class GenerationError(TuiInferError):
+    pass
+
+
+class SchedulerBusyError(GenerationError):
+    """The queue of waiting requests is full: try again later."""
+
+
+# ----- pieces shared with the engine and the batch runner ----------------------------------
+
+
+def token_piece(lib: Any, vocab: Any, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
+    """The bytes of one token (special tokens render as nothing); buf is reused, grown
+    only for a token longer than it."""
+    n = lib.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+    if n < 0:
+        big = ctypes.create_string_buffer(-n)
+        n = lib.llama_token_to_piece(vocab, token, big, len(big), 0, False)
+        return big.raw[:n]
+    return buf.raw[:n]
+
+
+def make_sampler(lib: Any, n_vocab: int, p: SamplingParams, seed: int | None) -> Any:
+    """A llama.cpp sampler chain for p: penalties, then greedy, or top-k, top-p, min-p,
+    temperature and a seeded draw (seed None: llama.cpp picks one)."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if p.repeat_penalty != 1.0:
+        lib.llama_sampler_chain_add(
+            chain, lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
+        )
+    if p.greedy:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        return chain
+    if p.top_k > 0:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(p.top_k))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
+    if p.min_p > 0:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
+    s = seed if seed is not None else lib.LLAMA_DEFAULT_SEED
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(s & 0xFFFFFFFF))
+    return chain
+
+
+def tokenize(lib: Any, vocab: Any, text: str) -> list[int]:
+    """Tokens of a rendered prompt: no BOS added (the template has it), specials parsed."""
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    buf = (lib.llama_token * cap)()
+    n = lib.llama_tokenize(vocab, data, len(data), buf, cap, False, True)
+    if n < 0:
+        cap = -n
+        buf = (lib.llama_token * cap)()
+        n = lib.llama_tokenize(vocab, data, len(data), buf, cap, False, True)
+    return list(buf[:n])
+
+
+def load_model(lib: Any, path: Path, options: LoadOptions, sink: io.StringIO) -> Any:
+    """llama_model_load_from_file with the options' GPU layers (-1: all); None on failure
+    (llama.cpp's reason is in its log). Python-level prints go to `sink`."""
+    with redirect_stderr(sink), redirect_stdout(sink):
+        lib.llama_backend_init()
+        mp = lib.llama_model_default_params()
+        mp.n_gpu_layers = 0x7FFFFFFF if options.gpu_layers == -1 else options.gpu_layers
+        return lib.llama_model_load_from_file(str(path).encode(), mp)
+
+
+def create_context(
+    lib: Any,
+    model: Any,
+    options: LoadOptions,
+    n_ctx: int,
+    parallel: int,
+    kv_unified: bool,
+    sink: io.StringIO,
+) -> Any:
+    """A context of n_ctx cells for `parallel` sequences; None on failure."""
+    quantized_v = options.kv_type not in ("f16", "f32", "bf16")
+    cp = lib.llama_context_default_params()
+    cp.n_ctx = n_ctx
+    cp.n_batch = cp.n_ubatch = options.batch
+    cp.n_seq_max = parallel
+    cp.n_threads = cp.n_threads_batch = options.threads
+    cp.flash_attn_type = (
+        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        if options.flash_attn or quantized_v
+        else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
+    cp.type_k = cp.type_v = KV_TYPE_IDS[options.kv_type]
+    cp.kv_unified = kv_unified
+    with redirect_stderr(sink), redirect_stdout(sink):
+        return lib.llama_init_from_model(model, cp)
+
+
+@dataclass
+class SeqSlot:
+    """One llama.cpp sequence of a batched decoder: what it still has to decode, where."""
+
+    seq: int
+    pending: list[int] = field(default_factory=list)  # tokens still to decode
+    pos: int = 0  # position of pending[0] = cells the sequence holds
+    cached: list[int] = field(default_factory=list)  # the tokens it holds, in order
+    logits_at: int = -1  # index in this step's batch whose logits to sample, or -1
+
+
+def fill_batch(batch: Any, active: list[Any], cap: int) -> int:
+    """Fill `batch` (llama_batch_init'ed for cap tokens) from the slots' pending tokens:
+    generating slots' one token each first, then prompt tokens while room remains. A slot
+    whose pending tokens all went in asks for logits at its last one (`logits_at`)."""
+    n = 0
+    order = sorted(active, key=lambda s: len(s.pending) > 1) if len(active) > 1 else active
+    for slot in order:
+        slot.logits_at = -1
+        room = cap - n
+        if room <= 0 or not slot.pending:
+            continue
+        take = slot.pending[:room]
+        seq = slot.seq
+        pos = slot.pos
+        for j, tok in enumerate(take):
+            batch.token[n] = tok
+            batch.pos[n] = pos + j
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq
+            batch.logits[n] = 0
+            n += 1
+        slot.pos += len(take)
+        slot.cached.extend(take)
+        slot.pending = slot.pending[len(take) :]
+        if not slot.pending:
+            batch.logits[n - 1] = 1
+            slot.logits_at = n - 1
+    batch.n_tokens = n
+    return n
+
+
+# ----- the llama.cpp thread's queue ---------------------------------------------------------
+# The driver needs two things llama_thread.py has no public call for: to queue a job
+# without waiting for it, and to see whether another job waits for the thread.
+
+
+def _post(job: Callable[[], Any]) -> None:
+    llama_thread._ensure_started()
+    llama_thread._jobs.put((job, [], threading.Event()))
+
+
+def _others_waiting() -> bool:
+    return not llama_thread._jobs.empty()
+
+
+# ----- requests and their streams -----------------------------------------------------------
+
+_END = None  # the end of a stream's chunks
+
+
+class SchedulerStream:
+    """A request's reply: iterate for TokenChunks; `stats` is set once the request ends
+    (stop, length, cancelled or error), before iteration stops."""
+
+    def __init__(self, scheduler: Scheduler, cancel: threading.Event) -> None:
+        self.stats: GenerationStats | None = None
+        self.cancel = cancel
+        self._sched = scheduler
+        self._out: queue.SimpleQueue[TokenChunk | None] = queue.SimpleQueue()
+        self._ended = False
+
+    def __iter__(self) -> Iterator[TokenChunk]:
+        if self._ended:
+            return iter(())
+        if is_llama_thread():
+            return self._inline()
+        return self._wait()
+
+    def text(self) -> str:
+        return "".join(c.text for c in self)
+
+    def _inline(self) -> Iterator[TokenChunk]:
+        """On the llama.cpp thread: run the scheduler's steps between our chunks."""
+        out = self._out
+        sched = self._sched
+        try:
+            while True:
+                while not out.empty():
+                    item = out.get_nowait()
+                    if item is _END:
+                        self._ended = True
+                        return
+                    yield item
+                if not sched._step() and out.empty():
+                    # nothing could run: only once the scheduler is closed
+                    sched._drain_closed()
+                    if out.empty():
+                        self._ended = True
+                        return
+        finally:
+            if not self._ended:
+                self.cancel.set()
+                sched._step(decode=False)  # ends this request now, stats set
+                self._ended = True
+            sched._kick()  # whoever else is waiting gets a background driver
+
+    def _wait(self) -> Iterator[TokenChunk]:
+        """Another thread: read what the driver on the llama.cpp thread decodes."""
+        out = self._out
+        try:
+            while True:
+                item = out.get()
+                if item is _END:
+                    self._ended = True
+                    return
+                yield item
+        finally:
+            if not self._ended:
+                self.cancel.set()
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    sampling: SamplingParams
+    seed: int | None
+    cancel: threading.Event
+    stream: SchedulerStream
+    t_submit: float
+    t_admit: float = 0.0
+    t_prompt: float = 0.0  # when its prompt was evaluated (0: not yet)
+    t_first: float = 0.0
+    t_last: float = 0.0
+    ttft: float = 0.0
+    evaluated: int = 0  # prompt tokens decoded for it
+    n_gen: int = 0
+    decoder: Any = None
+
+
+@dataclass
+class _Slot(SeqSlot):
+    req: _Request | None = None
+    sampler: Any = None
+    last_used: float = 0.0
+    forget: bool = False  # reset() while it was busy: drop its cache when the request ends
+
+
+class Scheduler:
+    """Continuous batching of live requests over one context. See the module docstring.
+
+    `lib`, `model` and `ctx` are llama.cpp's; the context must have been created with
+    n_seq_max = parallel. The scheduler does not free them (its owner does, after close()).
+    """
+
+    def __init__(
+        self,
+        lib: Any,
+        model: Any,
+        ctx: Any,
+        parallel: int,
+        bytes_per_token: float,
+        cache_type: str,
+        reported_bytes: int | None = None,
+        max_queued: int = 256,
+    ) -> None:
+        if parallel < 1:
+            raise GenerationError(f"parallel must be at least 1, got {parallel}")
+        self._lib = lib
+        self._ctx = ctx
+        self._vocab = lib.llama_model_get_vocab(model)
+        self._mem = lib.llama_get_memory(ctx)
+        self._n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.parallel = parallel
+        self.n_ctx_seq = int(lib.llama_n_ctx_seq(ctx))  # the window of one request
+        self.n_batch = int(lib.llama_n_batch(ctx))
+        self.max_queued = max_queued
+        self._bytes_per_token = bytes_per_token
+        self._cache_type = cache_type
+        self._reported_bytes = reported_bytes
+        self._slots = [_Slot(seq=s) for s in range(parallel)]
+        self._cap = max(self.n_batch, parallel)
+        self._batch = lib.llama_batch_init(self._cap, 0, 1)
+        self._buf = ctypes.create_string_buffer(64)
+        # _lock: the context (a step, a reset, a close); _qlock: the queue and the driver
+        # flag, held only briefly. Order: _lock, then _qlock.
+        self._lock = threading.RLock()
+        self._qlock = threading.Lock()
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._n_active = 0
+        self._driver_posted = False
+        self._closed = False
+        self._last_seq = 0
+        self._abort_events: list[threading.Event] = []
+        self._abort_cb = lib.ggml_abort_callback(lambda _data: self._should_abort())
+        self._no_abort = lib.ggml_abort_callback()
+
+    # ----- submitting --------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: list[int],
+        sampling: SamplingParams,
+        seed: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> SchedulerStream:
+        """Queue a request (from any thread) and return its stream.
+
+        `seed` None: the sampling's own (a negative one lets llama.cpp pick). Raises
+        ContextOverflowError before anything runs when the prompt does not fit one
+        sequence's window, SchedulerBusyError when max_queued requests already wait.
+        """
+        if not prompt:
+            raise GenerationError("the prompt is empty")
+        if len(prompt) >= self.n_ctx_seq:
+            raise ContextOverflowError(
+                f"the prompt takes {len(prompt)} tokens, the context window holds "
+                f"{self.n_ctx_seq}",
+                prompt_tokens=len(prompt),
+                n_ctx=self.n_ctx_seq,
+            )
+        if seed is None and sampling.seed >= 0:
+            seed = sampling.seed
+        cancel = cancel or threading.Event()
+        stream = SchedulerStream(self, cancel)
+        req = _Request(list(prompt), sampling, seed, cancel, stream, time.perf_counter())
+        with self._qlock:
+            if self._closed:
+                raise GenerationError("the model was unloaded")
+            if len(self._queue) >= self.max_queued:
+                raise SchedulerBusyError(
+                    f"{len(self._queue)} requests are already waiting for the model; "
+                    "try again later"
+                )
+            self._queue.append(req)
+            self._kick_locked()
+        return stream
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is running or waiting."""
+        return bool(self._n_active or self._queue)
+
+    # ----- the driver --------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        with self._qlock:
+            if self._queue or self._n_active:
+                self._kick_locked()
+
+    def _kick_locked(self) -> None:
+        if not self._driver_posted and not self._closed:
+            self._driver_posted = True
+            _post(self._drive)
+
+    def _drive(self) -> None:
+        """The background driver: steps while there is work and nobody else waits for
+        the llama.cpp thread; then it queues itself again behind whoever waits."""
+        while True:
+            with self._qlock:
+                if self._closed or not (self._queue or self._n_active):
+                    self._driver_posted = False
+                    return
+            if _others_waiting():
+                with self._qlock:
+                    self._driver_posted = False
+                    self._kick_locked()
+                return
+            self._step()
+
+    def _step(self, decode: bool = True) -> bool:
+        """One step on the llama.cpp thread; False when nothing ran. A failure inside it
+        ends every request with finish_reason 'error' instead of escaping."""
+        with self._lock:
+            try:
+                return self._step_locked(decode)
+            except Exception as exc:  # a bug or a llama.cpp failure: nobody may hang
+                self._fail_all(f"{type(exc).__name__}: {exc}")
+                return False
+
+    def _step_locked(self, decode: bool) -> bool:
+        if self._closed:
+            return False
+        lib = self._lib
+        slots = self._slots
+        for slot in slots:
+            if slot.req is not None and slot.req.cancel.is_set():
+                self._finish(slot, "cancelled")
+        if self._queue:
+            self._admit_waiting()
+        if not decode:
+            return False
+        active = [s for s in slots if s.req is not None]
+        if not active:
+            return False
+        prompt_cancels = [s.req.cancel for s in active if s.req and not s.req.t_prompt]
+        n = fill_batch(self._batch, active, self._cap)
+        abortable = n > len(active)  # prompt tokens in it: worth the per-node callback
+        if abortable:
+            self._abort_events = prompt_cancels
+            lib.llama_set_abort_callback(self._ctx, self._abort_cb, None)
+        try:
+            rc = int(lib.llama_decode(self._ctx, self._batch))
+        finally:
+            if abortable:
+                lib.llama_set_abort_callback(self._ctx, self._no_abort, None)
+                self._abort_events = []
+        if rc != 0:
+            self._rollback(active)
+            if rc != 2:  # 2: aborted for a cancel, reaped at the next step
+                for slot in active:
+                    if slot.req is not None:
+                        self._finish(slot, "error", f"llama_decode returned {rc}")
+            return True
+        now = time.perf_counter()
+        vocab = self._vocab
+        for slot in active:
+            at = slot.logits_at
+            req = slot.req
+            if at < 0 or req is None:
+                continue
+            if not req.t_prompt:
+                req.t_prompt = now
+            if req.cancel.is_set():
+                self._finish(slot, "cancelled")
+                continue
+            tok = int(lib.llama_sampler_sample(slot.sampler, self._ctx, at))
+            if lib.llama_vocab_is_eog(vocab, tok):
+                self._finish(slot, "stop")
+                continue
+            req.n_gen += 1
+            if req.n_gen == 1:
+                req.t_first = now
+                req.ttft = now - req.t_submit
+            req.t_last = now
+            text = req.decoder.decode(token_piece(lib, vocab, tok, self._buf))
+            req.stream._out.put(
+                TokenChunk(
+                    text,
+                    req.n_gen,
+                    now - req.t_submit,
+                    req.ttft,
+                    slot.pos + 1,
+                    req.t_prompt - req.t_admit,
+                    req.evaluated,
+                )
+            )
+            if req.n_gen >= req.sampling.max_tokens or slot.pos + 1 >= self.n_ctx_seq:
+                self._finish(slot, "length")
+            else:
+                slot.pending = [tok]
+        return True
+
+    def _should_abort(self) -> bool:
+        return self._closed or any(e.is_set() for e in self._abort_events)
+
+    def _rollback(self, active: list[_Slot]) -> None:
+        """After a failed decode: what each sequence really holds, the rest to do again."""
+        lib = self._lib
+        for slot in active:
+            real = max(0, int(lib.llama_memory_seq_pos_max(self._mem, slot.seq)) + 1)
+            if real < slot.pos:
+                lib.llama_memory_seq_rm(self._mem, slot.seq, real, -1)
+                lost = slot.cached[real:]
+                del slot.cached[real:]
+                slot.pending = lost + slot.pending
+                slot.pos = real
+                if slot.req is not None and not slot.req.t_prompt:
+                    slot.req.evaluated += len(lost)  # evaluated again
+
+    # ----- slots -------------------------------------------------------------------------
+
+    def _admit_waiting(self) -> None:
+        while True:
+            free = [s for s in self._slots if s.req is None]
+            with self._qlock:
+                # requests cancelled while they waited end without a slot
+                for req in [r for r in self._queue if r.cancel.is_set()]:
+                    self._queue.remove(req)
+                    self._end_unslotted(req, "cancelled")
+                if not free or not self._queue:
+                    return
+                req = self._queue.popleft()
+                self._n_active += 1
+            self._admit(self._pick(req.prompt, free), req)
+
+    @staticmethod
+    def _common(a: list[int], b: list[int]) -> int:
+        n = min(len(a), len(b))
+        if a[:n] == b[:n]:
+            return n
+        lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if a[:mid] == b[:mid]:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _pick(self, prompt: list[int], free: list[_Slot]) -> _Slot:
+        """The free slot holding the longest prefix of the prompt, else the least recently
+        used (an empty one first)."""
+        best = max(free, key=lambda s: (self._common(s.cached, prompt), -s.last_used))
+        if self._common(best.cached, prompt) == 0:
+            best = min(free, key=lambda s: (bool(s.cached), s.last_used))
+        return best
+
+    def _admit(self, slot: _Slot, req: _Request) -> None:
+        lib = self._lib
+        # keep at least one token to evaluate, so that there are logits to sample from
+        keep = min(self._common(slot.cached, req.prompt), len(req.prompt) - 1)
+        if keep < len(slot.cached) or slot.pos != len(slot.cached):
+            lib.llama_memory_seq_rm(self._mem, slot.seq, keep, -1)
+            del slot.cached[keep:]
+        slot.pos = keep
+        slot.pending = req.prompt[keep:]
+        slot.forget = False
+        if slot.sampler is not None:
+            lib.llama_sampler_free(slot.sampler)
+        slot.sampler = make_sampler(lib, self._n_vocab, req.sampling, req.seed)
+        req.t_admit = time.perf_counter()
+        req.evaluated = len(slot.pending)
+        req.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.req = req
+        self._last_seq = slot.seq
+
+    def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
+        req = slot.req
+        assert req is not None
+        now = time.perf_counter()
+        if reason == "stop" and req.cancel.is_set():
+            reason = "cancelled"
+        tail = req.decoder.decode(b"", final=True) if req.decoder is not None else ""
+        prompt_s = (req.t_prompt or now) - req.t_admit
+        if tail:
+            req.stream._out.put(
+                TokenChunk(
+                    tail, req.n_gen, now - req.t_submit, req.ttft, slot.pos, prompt_s,
+                    req.evaluated,
+                )
+            )  # fmt: skip
+        if slot.sampler is not None:
+            self._lib.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+        slot.req = None
+        slot.pending = []
+        slot.logits_at = -1
+        slot.last_used = now
+        self._last_seq = slot.seq
+        if slot.forget:
+            self._lib.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
+            slot.cached = []
+            slot.pos = 0
+            slot.forget = False
+        with self._qlock:
+            self._n_active -= 1
+        req.stream.stats = GenerationStats(
+            prompt_tokens=len(req.prompt),
+            prompt_tokens_evaluated=req.evaluated,
+            prompt_s=prompt_s,
+            generated_tokens=req.n_gen,
+            generation_s=max(0.0, req.t_last - req.t_first),
+            ttft_s=req.ttft,
+            total_s=now - req.t_submit,
+            finish_reason=reason,
+            kv=self._usage(len(slot.cached)),
+            error=error,
+        )
+        req.stream._out.put(_END)
+
+    def _end_unslotted(self, req: _Request, reason: str, error: str | None = None) -> None:
+        """End a request that never had a slot (cancelled while waiting, or closed)."""
+        total = time.perf_counter() - req.t_submit
+        req.stream.stats = GenerationStats(
+            prompt_tokens=len(req.prompt), prompt_tokens_evaluated=0, prompt_s=0.0,
+            generated_tokens=0, generation_s=0.0, ttft_s=0.0, total_s=total,
+            finish_reason=reason, kv=self._usage(0), error=error,
+        )  # fmt: skip
+        req.stream._out.put(_END)
+
+    def _fail_all(self, error: str) -> None:
+        for slot in self._slots:
+            if slot.req is not None:
+                try:
+                    self._finish(slot, "error", error)
+                except Exception:
+                    slot.req = None
+            self._lib.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
+            slot.cached, slot.pos, slot.pending = [], 0, []
+        with self._qlock:
+            self._n_active = 0
+            waiting = list(self._queue)
+            self._queue.clear()
+        for req in waiting:
+            self._end_unslotted(req, "error", error)
+
+    def _drain_closed(self) -> None:
+        """An inline consumer found nothing to run: end what is left (closed scheduler)."""
+        with self._lock:
+            with self._qlock:
+                waiting = list(self._queue)
+                self._queue.clear()
+            for req in waiting:
+                self._end_unslotted(req, "error", "the model was unloaded")
+
+    # ----- figures and housekeeping --------------------------------------------------------
+
+    def _usage(self, tokens: int) -> KvCacheUsage:
+        total = sum(len(s.cached) for s in self._slots)
+        return KvCacheUsage(
+            tokens=tokens,
+            n_ctx=self.n_ctx_seq,
+            cache_type=self._cache_type,
+            bytes_per_token=self._bytes_per_token,
+            allocated_bytes=int(self._bytes_per_token * self.n_ctx_seq * self.parallel),
+            reported_bytes=self._reported_bytes,
+            n_seq=self.parallel,
+            total_tokens=total,
+        )
+
+    def kv_usage(self) -> KvCacheUsage:
+        """The cache: `tokens` of the sequence used last (a chat's conversation), and in
+        `total_tokens` the cells every sequence holds."""
+        with self._lock:
+            tokens = 0
+            if not self._closed:
+                tokens = int(self._lib.llama_memory_seq_pos_max(self._mem, self._last_seq)) + 1
+            return self._usage(max(0, tokens))
+
+    def seq_tokens(self) -> list[int]:
+        """Cells each sequence holds, as llama.cpp counts them."""
+        with self._lock:
+            if self._closed:
+                return [0] * self.parallel
+            return [
+                max(0, int(self._lib.llama_memory_seq_pos_max(self._mem, s.seq)) + 1)
+                for s in self._slots
+            ]
+
+    def reset(self) -> None:
+        """Forget every cached prefix (a busy slot forgets its own when its request ends)."""
+        with self._lock:
+            if self._closed:
+                return
+            for slot in self._slots:
+                if slot.req is None:
+                    self._lib.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
+                    slot.cached, slot.pos = [], 0
+                else:
+                    slot.forget = True
+
+    def decode_raw(self, tokens: list[int]) -> None:
+        """Evaluate tokens after what sequence 0 holds, in n_batch chunks, no sampling (the
+        bench's pp and tg). Sequence 0 must be free."""
+        # All of it on the llama.cpp thread: holding the lock elsewhere while waiting for
+        # that thread would deadlock with a step waiting there for the lock.
+        llama_thread.on_llama_thread(lambda: self._decode_raw(tokens))
+
+    def _decode_raw(self, tokens: list[int]) -> None:
+        with self._lock:
+            slot = self._slots[0]
+            if self._closed:
+                raise GenerationError("the model was unloaded")
+            if slot.req is not None:
+                raise GenerationError("sequence 0 is busy with a request")
+            lib = self._lib
+            step = max(1, self.n_batch)
+            for i in range(0, len(tokens), step):
+                chunk = tokens[i : i + step]
+                arr = (lib.llama_token * len(chunk))(*chunk)
+                rc = int(lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, len(chunk))))
+                if rc != 0:
+                    lib.llama_memory_seq_rm(self._mem, 0, len(slot.cached), -1)
+                    raise GenerationError(f"llama_decode returned {rc}")
+                slot.cached.extend(chunk)
+                slot.pos = len(slot.cached)
+            self._last_seq = 0
+
+    def close(self) -> None:
+        """End every request (finish_reason 'error': the model was unloaded) and free the
+        scheduler's own llama.cpp objects; the owner frees the context after this."""
+        with self._lock:
+            with self._qlock:
+                if self._closed:
+                    return
+                self._closed = True  # from here on submit() refuses
+            self._fail_all("the model was unloaded")
+            self._lib.llama_batch_free(self._batch)
