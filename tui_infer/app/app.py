@@ -1,6 +1,7 @@
 """The Textual app: bindings, the command palette's actions, worker failures.
 
-Behaviour lives in the screens (screens/chat.py); this file stays small.
+Behaviour lives in the screens (screens/chat.py); the chat's palette commands are in
+chat_commands.py. This file stays small.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from tui_infer.app.chat_commands import chat_commands
 from tui_infer.app.messages import WorkerFailed
 from tui_infer.app.screens.chat import ChatScreen
 from tui_infer.core.config import Settings
@@ -152,40 +154,7 @@ class TuiInferApp(App[None]):
                             self.action_models)  # fmt: skip
         yield SystemCommand("Bench", "Measure pp/tg tokens/s of this model (F7)",
                             self.action_bench)  # fmt: skip
-        yield SystemCommand("New chat", "Clear the conversation (Ctrl+N)", chat.action_new_chat)
-        yield SystemCommand("Stop generation", "Stop the reply now (Esc)", chat.action_stop)
-        yield SystemCommand(
-            "Focus input", "Move the cursor to the message box", chat.action_focus_input
-        )
-        yield SystemCommand(
-            "Load model…", "Load a .gguf file by path (Ctrl+O)", chat.action_load_model
-        )
-        yield SystemCommand(
-            "Reload model", "Load the current model again", chat.action_reload_model
-        )
-        commands = [
-            ("Show or hide chats", "The saved chats (Ctrl+B)", chat.action_toggle_sidebar),
-            ("Search chats", "By title and text (Ctrl+F)", chat.action_search_chats),
-            ("Rename chat", "Give this chat another title (F2)", chat.action_rename_chat),
-            ("Delete chat", "Delete this chat, after asking (F8)", chat.action_delete_chat),
-            ("Regenerate reply", "Generate the last reply again (Ctrl+R)", chat.action_regenerate),
-            ("Edit a message", "Edit one of your messages and resend: the chat forks (Ctrl+G)",
-             chat.action_edit_message),
-            ("Copy last reply", "To the clipboard, OSC 52 (F5)", chat.action_copy_reply),
-            ("Copy last code block", "The last code block of the last reply",
-             chat.action_copy_code),
-            ("Settings…", "Sampling, system prompt, context, GPU layers (Ctrl+S)",
-             chat.action_settings),
-            ("Chat template", "The template and the prompt it renders (Ctrl+T)",
-             chat.action_show_template),
-            ("Export chat as Markdown", "Into the data directory's exports/",
-             lambda: chat.export_chat("md")),
-            ("Export chat as JSON", "Into the data directory's exports/ (importable)",
-             lambda: chat.export_chat("json")),
-            ("Help: keys", "Every key of the chat screen (F1)", chat.action_help),
-        ]  # fmt: skip
-        for title, help_text, action in commands:
-            yield SystemCommand(title, help_text, action)
+        yield from chat_commands(chat)
         yield from super().get_system_commands(screen)
 
     @on(WorkerFailed)
