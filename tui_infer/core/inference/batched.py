@@ -18,6 +18,10 @@ each item from the run seed and the item's id, so a rerun gives the same text.
 With kv_unified=False (the default) each slot owns n_ctx / parallel cells and
 attention looks only at them; kv_unified=True shares one buffer (prefix copies
 are then free, but attention spans every sequence's cells).
+
+Loading, the batch filling, the slot's decoding state and the sampler come from
+scheduler.py, which serves live requests (the chat, `run`, the server) the same way;
+this runner is the offline one: a whole input file, results as items finish.
 """
 
 from __future__ import annotations
@@ -28,15 +32,22 @@ import io
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tui_infer.core.errors import ModelFileError, TuiInferError
 from tui_infer.core.inference import llama_log
-from tui_infer.core.inference.engine import make_sampler, token_piece
 from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.scheduler import (
+    SeqSlot,
+    create_context,
+    fill_batch,
+    load_model,
+    make_sampler,
+    token_piece,
+    tokenize,
+)
 from tui_infer.core.inference.template import ChatTemplate
 from tui_infer.core.inference.types import (
     KV_TYPE_IDS,
@@ -83,13 +94,10 @@ def item_seed(run_seed: int, item_id: str) -> int:
 
 
 @dataclass
-class _Slot:
-    seq: int
+class _Slot(SeqSlot):
     has_prefix: bool = False
     item: BatchItem | None = None
     tokens: list[int] = field(default_factory=list)  # the item's whole prompt
-    pending: list[int] = field(default_factory=list)  # still to decode
-    pos: int = 0  # position of pending[0]
     kept: int = 0  # prompt tokens reused from the cache
     uses_prefix: bool = False
     max_tokens: int = 0
@@ -99,7 +107,6 @@ class _Slot:
     n_gen: int = 0
     t_start: float = 0.0
     t_first: float = 0.0
-    logits_at: int = -1  # index in this step's batch whose logits to sample, or -1
 
 
 @dataclass
@@ -166,29 +173,11 @@ class BatchRunner:
         llama_log.install()
         mark = llama_log.mark()
         sink = io.StringIO()
-        with redirect_stderr(sink), redirect_stdout(sink):
-            lib.llama_backend_init()
-            mp = lib.llama_model_default_params()
-            mp.n_gpu_layers = options.gpu_layers
-            model = lib.llama_model_load_from_file(str(header.path).encode(), mp)
+        model = load_model(lib, header.path, options, sink)
         if not model:
             reason = llama_log.last_error(llama_log.lines_since(mark)) or "unknown reason"
             raise ModelFileError(f"{header.path}: llama.cpp could not load it: {reason}")
-        quantized_v = options.kv_type not in ("f16", "f32", "bf16")
-        cp = lib.llama_context_default_params()
-        cp.n_ctx = options.ctx
-        cp.n_batch = cp.n_ubatch = options.batch
-        cp.n_seq_max = parallel
-        cp.n_threads = cp.n_threads_batch = options.threads
-        cp.flash_attn_type = (
-            lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if options.flash_attn or quantized_v
-            else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
-        cp.type_k = cp.type_v = KV_TYPE_IDS[options.kv_type]
-        cp.kv_unified = kv_unified
-        with redirect_stderr(sink), redirect_stdout(sink):
-            ctx = lib.llama_init_from_model(model, cp)
+        ctx = create_context(lib, model, options, options.ctx, parallel, kv_unified, sink)
         if not ctx:
             lib.llama_model_free(model)
             reason = llama_log.last_error(llama_log.lines_since(mark)) or "unknown reason"
@@ -219,15 +208,7 @@ class BatchRunner:
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt: no BOS added (the template has it), specials parsed."""
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (self._lib.llama_token * cap)()
-        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, False, True)
-        if n < 0:
-            cap = -n
-            buf = (self._lib.llama_token * cap)()
-            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, cap, False, True)
-        return list(buf[:n])
+        return tokenize(self._lib, self._vocab, text)
 
     def render(self, messages: Iterable[Message]) -> str:
         return self.template.render(list(messages))
@@ -410,28 +391,7 @@ class BatchRunner:
 
     def _fill(self, batch: Any, active: list[_Slot], cap: int) -> int:
         """Generating slots' one token each first, then prompt tokens while room remains."""
-        n = 0
-        order = sorted(active, key=lambda s: len(s.pending) > 1)
-        for slot in order:
-            slot.logits_at = -1
-            room = cap - n
-            if room <= 0:
-                continue
-            take = slot.pending[:room]
-            for j, tok in enumerate(take):
-                batch.token[n] = tok
-                batch.pos[n] = slot.pos + j
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = slot.seq
-                batch.logits[n] = 0
-                n += 1
-            slot.pos += len(take)
-            slot.pending = slot.pending[len(take) :]
-            if not slot.pending:
-                batch.logits[n - 1] = 1
-                slot.logits_at = n - 1
-        batch.n_tokens = n
-        return n
+        return fill_batch(batch, active, cap)
 
     def _finish(self, slot: _Slot, reason: str, prefix: list[int], now: float) -> BatchResult:
         item = slot.item
@@ -456,6 +416,7 @@ class BatchRunner:
         )
         slot.item = None
         slot.pending = []
+        slot.cached = []  # fill_batch's record of the tokens; the runner does not read it
         slot.pieces = []
         return result
 
