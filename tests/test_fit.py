@@ -44,6 +44,14 @@ def test_kv_and_compute_from_known_dimensions() -> None:
     assert est.verdict == FITS and est.gpu_layers is None
 
 
+def test_parallel_sequences_multiply_the_kv_cache() -> None:
+    one = estimate_fit(model(), n_vocab=32000, ctx=4096, ram_available=64 * GIB)
+    four = estimate_fit(model(), n_vocab=32000, ctx=4096, ram_available=64 * GIB, parallel=4)
+    assert four.kv_bytes == 4 * one.kv_bytes == 4 * 512 * MIB
+    assert four.compute_bytes == one.compute_bytes
+    assert four.total_bytes - one.total_bytes == 3 * 512 * MIB
+
+
 def test_quantized_cache_is_smaller() -> None:
     f16 = estimate_fit(model(), n_vocab=32000, ctx=8192, ram_available=64 * GIB)
     q8 = estimate_fit(model(), n_vocab=32000, ctx=8192, ram_available=64 * GIB, kv_type="q8_0")
@@ -114,6 +122,16 @@ def test_estimate_matches_llama_cpp_load(model_path: Path) -> None:
     assert est.kv_bytes == reported_kv
     assert reported_compute <= est.compute_bytes <= reported_compute * 1.2
     model_buf = [ln for ln in lines if "model buffer size" in ln]
+    # ctx x parallel: what llama.cpp allocates for the scheduler's sequences
+    mark = llama_log.mark()
+    eng = Engine.load(model_path, LoadOptions(ctx=1024, threads=1, parallel=3))
+    try:
+        reported_par = llama_log.kv_bytes_reported(llama_log.lines_since(mark))
+        assert eng.kv_usage().allocated_bytes == reported_par
+    finally:
+        eng.close()
+    par = estimate_fit(info, n_vocab=n_vocab, ctx=1024, ram_available=64 * GIB, parallel=3)
+    assert par.kv_bytes == reported_par
     assert (
         model_buf
         and abs(est.weights_bytes / MIB - float(model_buf[0].split("=")[1].split()[0])) < 8

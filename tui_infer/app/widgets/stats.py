@@ -279,8 +279,9 @@ class StatsPanel(VerticalScroll):
             used = self.kv_tokens * kv.bytes_per_token
             self._set(
                 "kv-figures",
-                f"{self.kv_tokens} / {kv.n_ctx} tokens\n"
-                f"{human_size(used)} / {human_size(kv.allocated_bytes)} · {kv.cache_type}",
+                f"{self.kv_tokens} / {kv.n_ctx} tokens"
+                + (f" · ctx {kv.n_ctx} x {kv.n_seq}" if kv.n_seq > 1 else "")
+                + f"\n{human_size(used)} / {human_size(kv.allocated_bytes)} · {kv.cache_type}",
             )
         mem = self.memory
         if mem is None:

@@ -88,13 +88,18 @@ def estimate_fit(
     flash_attn: bool = True,
     gpu_free: int | None = None,
     gpu_build: bool = False,
+    parallel: int = 1,
 ) -> FitEstimate:
-    """The verdict, and for a GPU build with a known free VRAM a suggested layer count."""
+    """The verdict, and for a GPU build with a known free VRAM a suggested layer count.
+
+    `parallel` sequences each keep `ctx` cells (the scheduler's context): the KV cache
+    is ctx x parallel cells."""
     if kv_type not in KV_TYPE_IDS:
         raise ValueError(f"unknown KV cache type {kv_type!r}")
     ctx = max(int(ctx), 1)
+    parallel = max(int(parallel), 1)
     weights = int(info.file_size)
-    kv = int(kv_bytes_per_token(info, kv_type) * ctx)
+    kv = int(kv_bytes_per_token(info, kv_type) * ctx * parallel)
     compute = compute_buffer_bytes(info, n_vocab, ctx, n_ubatch, flash_attn)
     n_layer = max(info.n_layer, 1)
     gpu_layers: int | None = None
