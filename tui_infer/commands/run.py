@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.inference.template import TemplateError
 from tui_infer.core.inference.types import Message, SamplingParams
 from tui_infer.core.paths import Paths
 
@@ -55,7 +56,11 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
                 return served
     engine = Engine.load(path, target.load_options(settings))
     cancel = threading.Event()
-    stream = engine.chat(list(rp.model_messages(messages, system)), sampling, cancel)
+    try:
+        stream = engine.chat(list(rp.model_messages(messages, system)), sampling, cancel)
+    except TemplateError as exc:
+        engine.close()
+        raise TemplateError(f"{path.name}: {exc}") from None
     pieces: list[str] = []
     interrupted = False
 
