@@ -11,16 +11,18 @@ import pytest
 from tui_infer.core.models.bundled import find_bundled_models
 
 REPO = Path(__file__).resolve().parent.parent
+ISOLATED = ("TUI_INFER_CONFIG", "TUI_INFER_DATA_DIR", "TUI_INFER_STATE_DIR")
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TUI_INFER_CONFIG", str(tmp_path / "config" / "config.toml"))
     monkeypatch.setenv("TUI_INFER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TUI_INFER_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for key in list(os.environ):
-        if key.startswith("TUI_INFER_") and key not in ("TUI_INFER_CONFIG", "TUI_INFER_DATA_DIR"):
+        if key.startswith("TUI_INFER_") and key not in ISOLATED:
             monkeypatch.delenv(key)
     return tmp_path
 

@@ -173,7 +173,7 @@ def test_run_bad_model_files(case: str, tmp_path: Path, model_path: Path) -> Non
 
 def test_run_unknown_model_name() -> None:
     r = tui_infer("run", "-m", "no-such-model", "hi")
-    assert r.returncode == 2 and "no model named 'no-such-model'" in r.stderr
+    assert r.returncode == 4 and "no model named 'no-such-model'" in r.stderr
 
 
 def test_run_empty_prompt() -> None:
@@ -218,7 +218,7 @@ def test_doctor(model_path: Path) -> None:
 
 def test_flags_before_the_command_are_kept() -> None:
     r = tui_infer("-m", "no-such-model", "run", "hi")
-    assert r.returncode == 2 and "no model named 'no-such-model'" in r.stderr
+    assert r.returncode == 4 and "no model named 'no-such-model'" in r.stderr
     r = tui_infer("--ctx", "512", "run", "--json", "--max-tokens", "2", "hi")
     assert json.loads(r.stdout)["stats"]["n_ctx"] == 512
 

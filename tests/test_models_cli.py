@@ -26,8 +26,8 @@ def tui(
     )  # fmt: skip
 
 
-def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert r.returncode == 2, (r.stdout, r.stderr)
+def one_line_error(r: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> None:
+    assert r.returncode == code, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tui-infer: error: "), r.stderr
     for n in needles:
@@ -98,9 +98,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path) -> None:
     hostile = tmp_path / "hostile.gguf"
     hostile.write_bytes(b"GGUF\x03\x00\x00\x00" + (10**15).to_bytes(8, "little") * 2)
     one_line_error(tui("import", "--copy", str(hostile)), "claims")
-    one_line_error(tui("info", "no-such-model"), "no model named 'no-such-model'")
-    one_line_error(tui("rm", "no-such-model"), "no model named")
-    one_line_error(tui("verify", "no-such-model"), "no model named")
+    one_line_error(tui("info", "no-such-model"), "no model named 'no-such-model'", code=4)
+    one_line_error(tui("rm", "no-such-model"), "no model named", code=4)
+    one_line_error(tui("verify", "no-such-model"), "no model named", code=4)
     one_line_error(tui("rm", "SmolLM2-135M-Instruct.Q4_1"), "installed Python package")
     assert not (tmp_path / "data" / "models").exists()
 

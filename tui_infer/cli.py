@@ -58,9 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run quantized GGUF language models locally. With no command, "
         "opens the chat TUI.",
         epilog="Config: TOML at TUI_INFER_CONFIG or the platform config dir; data in "
-        "TUI_INFER_DATA_DIR or the platform data dir. 'tui-infer doctor' shows both.",
+        "TUI_INFER_DATA_DIR or the platform data dir; the log of internal errors in "
+        "TUI_INFER_STATE_DIR or the platform state dir. 'tui-infer doctor' shows them. "
+        "Exit codes: 0 ok, 1 failed while running, 2 usage or bad input, 3 not "
+        "precomputed, 4 model or run not found, 5 batch finished with rejected lines, "
+        "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"tui-infer {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of an internal error instead of logging it",
+    )
     _model_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -68,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="answer one prompt headless, streaming to stdout",
         description="Answer PROMPT (or stdin) with the model, streaming "
-        "the reply to stdout. Exit codes: 0 ok, 2 bad input, 3 not precomputed (--serve store), "
-        "130 interrupted.",
+        "the reply to stdout. Exit codes: 0 ok, 1 failed while running, 2 bad input, "
+        "3 not precomputed (--serve store), 4 model not found, 130 interrupted.",
     )
     _model_flags(run)
     run.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
@@ -80,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--serve",
         choices=("store-then-live", "live", "store"),
-        default="store-then-live",
         help="answer from the prediction store when a published prediction matches "
-        "(store-then-live, the default), never (live), or only (store: a miss exits 3)",
+        "(store-then-live, the default; or the 'serve' setting), never (live), or only "
+        "(store: a miss exits 3)",
     )
 
     doctor = sub.add_parser("doctor", help="versions, backend, devices, paths, default model")
@@ -99,11 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings_from(args: argparse.Namespace) -> tuple[Settings, Paths]:
+def _settings_from(args: argparse.Namespace, paths: Paths) -> Settings:
     from tui_infer.core.config import load_settings
-    from tui_infer.core.paths import default_paths
 
-    paths = default_paths()
     flags = (
         "model",
         "ctx",
@@ -118,11 +125,11 @@ def _settings_from(args: argparse.Namespace) -> tuple[Settings, Paths]:
         "repeat_penalty",
         "seed",
         "max_tokens",
+        "serve",
     )
-    settings = load_settings(paths.config_file).with_overrides(
+    return load_settings(paths.config_file).with_overrides(
         **{name: getattr(args, name, None) for name in flags}
     )
-    return settings, paths
 
 
 def _error(message: str) -> int:
@@ -131,30 +138,70 @@ def _error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, run, and turn every failure into one line and a documented exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from tui_infer.core.errors import TuiInferError
+    from tui_infer.core.errors import ExitCode, TuiInferError
+    from tui_infer.core.paths import default_paths
+
+    paths = default_paths()
+    try:
+        code = _dispatch(args, paths)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return code
+    except TuiInferError as exc:
+        print(f"tui-infer: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # `tui-infer store runs | head -1`: the reader has what it wanted; stop quietly.
+        _stdout_to_devnull()
+        return int(ExitCode.OK)
+    except Exception as exc:  # a bug of ours: one line here, the traceback in the log
+        if args.debug:
+            raise
+        from tui_infer.core.crashlog import one_line, record
+
+        where = record(exc, paths.log_file, f"tui-infer {' '.join(argv or sys.argv[1:])}")
+        details = f"the traceback is in {where}" if where else "the traceback could not be saved"
+        print(
+            f"tui-infer: error: internal error ({one_line(exc)}); {details}; "
+            "--debug prints it here",
+            file=sys.stderr,
+        )
+        return int(ExitCode.FAILURE)
+
+
+def _stdout_to_devnull() -> None:
+    """Python flushes stdout again at exit: point it at /dev/null so that no second
+    BrokenPipeError is printed (the recipe in Python's signal documentation)."""
+    import os
 
     try:
-        settings, paths = _settings_from(args)
-        if args.command == "run":
-            from tui_infer.commands.run import run_command
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
-            return run_command(args, settings, paths)
-        if args.command == "doctor":
-            from tui_infer.commands.doctor import doctor_command
 
-            return doctor_command(args, settings, paths)
-        if args.command in PLUGGABLE_COMMANDS:
-            return int(_command_module(args.command).execute(args, settings, paths))
-    except TuiInferError as exc:
-        return _error(str(exc))
-    except KeyboardInterrupt:
-        return 130
+def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
+    settings = _settings_from(args, paths)
+    if args.command == "run":
+        from tui_infer.commands.run import run_command
+
+        return run_command(args, settings, paths)
+    if args.command == "doctor":
+        from tui_infer.commands.doctor import doctor_command
+
+        return doctor_command(args, settings, paths)
+    if args.command in PLUGGABLE_COMMANDS:
+        return int(_command_module(args.command).execute(args, settings, paths))
     if not sys.stdout.isatty():
         return _error("the TUI needs a terminal; use 'tui-infer run PROMPT' for headless use")
     # A model that cannot be found is shown in the TUI, which stays open so that
     # the user can pick another one.
+    from tui_infer.core.errors import TuiInferError
     from tui_infer.core.models.resolve import resolve_model
 
     model, problem = None, None

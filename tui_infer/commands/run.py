@@ -44,7 +44,7 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
     from tui_infer.core.inference.llama_thread import on_llama_thread
     from tui_infer.core.static.store import PredictionStore
 
-    mode = getattr(args, "serve", "store-then-live")
+    mode = settings.serve  # the flag, else TUI_INFER_SERVE, else the config's `serve`
     sampling = SamplingParams.from_settings(settings)
     messages = [Message("user", prompt)]
     system = settings.system or None

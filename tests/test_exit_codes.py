@@ -1,0 +1,83 @@
+"""Every failure is one line and a documented exit code; tracebacks go to the log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tui_infer.cli import main
+from tui_infer.commands import run as run_cmd
+from tui_infer.core.errors import ExitCode
+
+
+def test_an_internal_error_is_one_line_and_logged(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def broken(*_: object) -> int:
+        return {}["a bug of ours"]  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(run_cmd, "run_command", broken)
+    assert main(["run", "hi"]) == ExitCode.FAILURE
+    err = capsys.readouterr().err
+    log = tmp_path / "state" / "tui-infer.log"
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "internal error (KeyError: 'a bug of ours')" in err and str(log) in err
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "a bug of ours" in text
+    # --debug: the traceback itself, for whoever debugs it
+    with pytest.raises(KeyError):
+        main(["--debug", "run", "hi"])
+
+
+def test_a_log_that_cannot_be_written_still_gives_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "blocked").write_text("a file where the state directory should be")
+    monkeypatch.setenv("TUI_INFER_STATE_DIR", str(tmp_path / "blocked" / "state"))
+    monkeypatch.setattr(run_cmd, "run_command", lambda *_: 1 / 0)
+    assert main(["run", "hi"]) == ExitCode.FAILURE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be saved" in err and "ZeroDivisionError" in err
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    """`tui-infer doctor | head -0`: no BrokenPipeError traceback, exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tui_infer", "doctor", "--no-network"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything was written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+@pytest.mark.parametrize("where", ["config", "environment"])
+def test_serve_store_from_config_or_environment_is_honoured_by_run(
+    where: str,
+    model_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if where == "config":
+        config = Path(os.environ["TUI_INFER_CONFIG"])
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text('serve = "store"\n')
+    else:
+        monkeypatch.setenv("TUI_INFER_SERVE", "store")
+    assert main(["run", "-m", str(model_path), "Never precomputed."]) == ExitCode.NOT_PRECOMPUTED
+    assert "not precomputed" in capsys.readouterr().err
+    # the flag still wins over both
+    assert main(["run", "-m", str(model_path), "--serve", "live", "--max-tokens", "2", "x"]) == 0
+
+
+def test_not_found_is_4(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "-m", "no-such-model", "hi"]) == ExitCode.NOT_FOUND
+    assert "no model named 'no-such-model'" in capsys.readouterr().err
