@@ -359,3 +359,54 @@ def test_cli_pull_errors(server: HubServer) -> None:
     assert rc == 2 and "offline" in err
     rc, out, err = run_cli("pull", REAL, env={"HF_HUB_OFFLINE": "1"})
     assert rc == 2 and "offline" in err and "models import" in err
+
+
+def test_one_http_client_for_every_hub_call(
+    server: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http_client is the only place a client is built: the project's timeouts, user agent,
+    endpoint and live offline check, and nobody else opens HTTP by hand."""
+    import re
+
+    from tui_infer import __version__
+    from tui_infer.commands.doctor import hub_status
+
+    with hub_mod.http_client() as c:
+        assert str(c.base_url).rstrip("/") == server.url
+        assert f"tui-infer/{__version__}" in c.headers["user-agent"]
+        assert (c.timeout.connect, c.timeout.read) == (hub_mod.CONNECT_TIMEOUT_S,
+                                                       hub_mod.API_TIMEOUT_S)  # fmt: skip
+        assert c.get("/api/models", params={"search": "gguf"}).status_code == 200
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at each request, not at import
+        with pytest.raises(HubOfflineError, match="HF_HUB_OFFLINE"):
+            c.get("/api/models")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert hub_status(no_network=False) == f"reachable ({server.url}, HTTP 200)"
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_status(no_network=False).startswith(f"unreachable (http://127.0.0.1:{port}: ")
+    root = Path(hub_mod.__file__).parents[2]
+    built = {
+        str(p.relative_to(root)): len(re.findall(r"httpx2?\.(?:Async)?Client\(|urlopen\(|"
+                                                 r"requests\.(?:get|Session)\(", p.read_text()))
+        for p in root.rglob("*.py")
+    }  # fmt: skip
+    assert {k: v for k, v in built.items() if v} == {"core/models/hub.py": 1}  # tui_infer/
+
+
+def test_a_download_in_progress_elsewhere_is_refused(server: HubServer) -> None:
+    from tui_infer.core.files import file_lock
+
+    hub = fast_hub()
+    m = hub.select(REAL, "Q4_1")
+    lock_path = hub.part_path(m, m.files[0]).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True)
+    with file_lock(lock_path, timeout=0), pytest.raises(
+        hub_mod.HubError, match="another tui-infer is downloading it"
+    ):
+        hub.download(m)
+    res = hub.download(m)  # released: this one goes ahead, and leaves no lock behind
+    assert res.bytes_transferred == m.size and not lock_path.exists()

@@ -22,22 +22,19 @@ def _version(dist: str) -> str:
 
 def hub_status(no_network: bool, timeout: float = 3.0) -> str:
     """Offline is a state to report, never a wait: short timeout, one request."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    from tui_infer.core.models.hub import HubOfflineError, endpoint, offline_by_env, ping
+
+    if offline_by_env():
         return "offline (HF_HUB_OFFLINE is set)"
     if no_network:
         return "not checked (--no-network)"
-    import urllib.error
-    import urllib.request
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
-        with urllib.request.urlopen(f"{endpoint}/api/models?limit=1", timeout=timeout) as r:
-            return f"reachable ({endpoint}, HTTP {r.status})"
-    except urllib.error.HTTPError as exc:
-        return f"reachable but answered HTTP {exc.code} ({endpoint})"
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"unreachable ({endpoint}: {reason}); everything but search and download works"
+        status = ping(timeout)
+    except HubOfflineError as exc:
+        return f"unreachable ({endpoint()}: {exc}); everything but search and download works"
+    if status >= 400:
+        return f"reachable but answered HTTP {status} ({endpoint()})"
+    return f"reachable ({endpoint()}, HTTP {status})"
 
 
 def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:

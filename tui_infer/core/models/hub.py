@@ -203,51 +203,98 @@ class DownloadResult:
 
 # ----- the HTTP client ---------------------------------------------------------------------
 
+
+def http_client(
+    *, read_timeout_s: float = API_TIMEOUT_S, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    fail_fast: bool = False,
+) -> Any:  # fmt: skip
+    """The one way tui-infer talks HTTP to the hub: an httpx2.Client with short timeouts,
+    tui-infer's user agent, the endpoint (HF_ENDPOINT, read now) as base URL, redirects
+    followed, and HF_HUB_OFFLINE checked at each request (huggingface_hub freezes it at
+    import). The token is not baked in: callers add `auth_headers()` per request.
+
+    fail_fast: a refused or timed-out connection raises HubOfflineError at once, which
+    huggingface_hub's http_backoff does not retry (it would for ~20 s); our own download
+    loop wants the plain httpx2 errors, to retry them with its backoff.
+    """
+    import platform
+
+    import httpx2
+
+    from tui_infer import __version__
+
+    def refuse_offline(request: Any) -> None:
+        if offline_by_env():
+            raise HubOfflineError("offline (HF_HUB_OFFLINE is set): search and download are off")
+
+    # not build_hf_headers: it may fetch (through get_session, so through this factory)
+    # and would deadlock huggingface_hub's session lock
+    agent = f"tui-infer/{__version__}; python/{platform.python_version()}"
+    return httpx2.Client(
+        base_url=endpoint(),
+        headers={"user-agent": agent},
+        transport=_fail_fast_transport() if fail_fast else httpx2.HTTPTransport(),
+        event_hooks={"request": [refuse_offline]},
+        follow_redirects=True,
+        timeout=httpx2.Timeout(read_timeout_s, connect=connect_timeout_s),
+    )
+
+
+def _fail_fast_transport() -> Any:
+    import httpx2
+
+    class FailFast(httpx2.HTTPTransport):
+        def handle_request(self, request: Any) -> Any:
+            try:
+                return super().handle_request(request)
+            except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ReadTimeout) as exc:
+                raise HubOfflineError(
+                    f"offline: cannot reach {request.url.scheme}://{request.url.host}"
+                    f"{':' + str(request.url.port) if request.url.port else ''} "
+                    f"({type(exc).__name__}); search and download need the network, "
+                    "everything else works"
+                ) from None
+
+    return FailFast()
+
+
+def auth_headers() -> dict[str, str]:
+    """huggingface_hub's headers for a request, with HF_TOKEN as it is now."""
+    from huggingface_hub.utils import build_hf_headers
+
+    from tui_infer import __version__
+
+    return dict(build_hf_headers(token=_token(), library_name="tui-infer",
+                                 library_version=__version__))  # fmt: skip
+
+
 _configured = threading.Lock()
 _factory_set = False
 
 
 def _configure_hf_session() -> None:
     """huggingface_hub's shared client has no timeout (a dead hub hangs list_models), and
-    its offline check is frozen at import: give it short timeouts and a live check."""
+    its offline check is frozen at import: it gets ours (fail-fast) instead."""
     global _factory_set
     with _configured:
         if _factory_set:
             return
-        import httpx2
         from huggingface_hub import set_client_factory
 
-        def hook(request: Any) -> None:
-            if offline_by_env():
-                raise HubOfflineError(
-                    "offline (HF_HUB_OFFLINE is set): search and download are off"
-                )
-
-        class FailFast(httpx2.HTTPTransport):
-            """huggingface_hub's http_backoff retries a refused connection for ~20 s:
-            raise our own error (not retried) so that "unreachable" is said at once."""
-
-            def handle_request(self, request: Any) -> Any:
-                try:
-                    return super().handle_request(request)
-                except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ReadTimeout) as exc:
-                    raise HubOfflineError(
-                        f"offline: cannot reach {request.url.scheme}://{request.url.host}"
-                        f"{':' + str(request.url.port) if request.url.port else ''} "
-                        f"({type(exc).__name__}); search and download need the network, "
-                        "everything else works"
-                    ) from None
-
-        def factory() -> Any:
-            return httpx2.Client(
-                transport=FailFast(),
-                event_hooks={"request": [hook]},
-                follow_redirects=True,
-                timeout=httpx2.Timeout(API_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            )
-
-        set_client_factory(factory)
+        set_client_factory(lambda: http_client(fail_fast=True))
         _factory_set = True
+
+
+def ping(timeout_s: float = 3.0) -> int:
+    """The HTTP status of one small API request; HubOfflineError (with the reason) when
+    the hub cannot be reached within timeout_s."""
+    import httpx2
+
+    try:
+        with http_client(read_timeout_s=timeout_s, connect_timeout_s=timeout_s) as client:
+            return int(client.get("/api/models", params={"limit": 1}).status_code)
+    except (httpx2.TransportError, OSError) as exc:
+        raise HubOfflineError(str(exc) or type(exc).__name__) from None
 
 
 def _translate(exc: BaseException, what: str) -> HubError:
@@ -395,11 +442,6 @@ class Hub:
         rev = quote(model.commit or model.revision, safe="")
         return f"{self.endpoint}/{model.repo}/resolve/{rev}/{quote(filename)}"
 
-    def _headers(self) -> dict[str, str]:
-        from huggingface_hub.utils import build_hf_headers
-
-        return dict(build_hf_headers(token=_token(), library_name="tui-infer"))
-
     def read_header(self, model: HubModel) -> GgufHeader:
         """The GGUF header of a hub file, from ranged GETs of its first bytes."""
         import httpx2
@@ -409,15 +451,13 @@ class Hub:
         if offline_by_env():
             raise HubOfflineError("offline (HF_HUB_OFFLINE is set)")
         last: Exception | None = None
-        with httpx2.Client(
-            follow_redirects=True, timeout=httpx2.Timeout(API_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-        ) as c:
+        with http_client() as c:
             for n in HEADER_PROBE_SIZES:
                 n = min(n, f.size) if f.size else n
                 try:
                     r = c.get(
                         self._url(model, f.filename),
-                        headers={**self._headers(), "Range": f"bytes=0-{n - 1}"},
+                        headers={**auth_headers(), "Range": f"bytes=0-{n - 1}"},
                     )
                 except httpx2.TransportError as exc:
                     raise _translate(exc, f.filename) from None
@@ -488,7 +528,9 @@ class Hub:
         self, model: HubModel, f: HubFile, progress: ProgressCallback | None,
         cancel: threading.Event, index: int, count: int,
     ) -> tuple[Path, int, int]:  # fmt: skip
-        import fcntl
+        from filelock import Timeout
+
+        from tui_infer.core.files import file_lock
 
         assert f.sha256
         target = self.snapshot_path(model, f.filename)
@@ -499,19 +541,24 @@ class Hub:
         blob.parent.mkdir(parents=True, exist_ok=True)
         part = self.part_path(model, f)
         lock_path = part.with_suffix(".lock")
-        with lock_path.open("a") as lock:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise HubError(
-                    f"{f.filename}: another tui-infer is downloading it; wait for it to finish"
-                ) from None
-            try:
+        lock = file_lock(lock_path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise HubError(
+                f"{f.filename}: another tui-infer is downloading it; wait for it to finish"
+            ) from None
+        try:
+            if blob.is_file() and blob.stat().st_size == f.size:  # finished while we waited
+                sent = resumed = 0
+            else:
                 sent, resumed = self._fetch(model, f, part, progress, cancel, index, count)
-            finally:
-                lock_path.unlink(missing_ok=True)
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-        os.replace(part, blob)
+                os.replace(part, blob)  # under the lock: the next holder sees the blob
+        finally:
+            # no .lock left in the cache; one who opened it before the unlink finds the
+            # blob above once it gets the lock
+            lock_path.unlink(missing_ok=True)
+            lock.release()
         self._link(blob, target)
         if model.revision and model.commit != model.revision and "/" not in model.revision:
             # refs/<branch> names the commit, as huggingface_hub writes it
@@ -563,12 +610,11 @@ class Hub:
         )  # fmt: skip
         if progress:
             progress(report)
-        timeout = httpx2.Timeout(self.stall_s, connect=CONNECT_TIMEOUT_S)
-        with httpx2.Client(follow_redirects=True, timeout=timeout) as client:
+        with http_client(read_timeout_s=self.stall_s) as client:
             while have < f.size:
                 if cancel.is_set():
                     raise DownloadCancelled(f"{f.filename}: cancelled; the same command resumes it")
-                headers = self._headers()
+                headers = auth_headers()
                 if have:
                     headers["Range"] = f"bytes={have}-"
                 try:
