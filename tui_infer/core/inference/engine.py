@@ -195,6 +195,8 @@ class Engine:
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt (the template adds BOS itself; specials parsed)."""
+        if self._closed:  # the vocabulary is freed with the model
+            raise GenerationError("the model was unloaded")
         return tokenize(self._lib, self._vocab, text)
 
     def render(self, messages: list[Message]) -> str:
@@ -246,8 +248,6 @@ class Engine:
                 prompt_tokens=len(prompt),
                 n_ctx=self.n_ctx,
             )
-        if self._closed:
-            raise GenerationError("the model was unloaded")
         return self.scheduler.submit(prompt, sampling, cancel=cancel)
 
     def complete_tokens(

@@ -15,10 +15,13 @@ its text decoded incrementally and handed to its stream. A slot whose request en
 at once for the next one.
 
 Prefix reuse per slot: a slot remembers the tokens its sequence holds when its request ends
-(prompt and decoded reply). A new request goes to the free slot whose remembered tokens
-share the longest prefix with its prompt (else the least recently used one); the rest is
-cut with llama_memory_seq_rm and only the new suffix is evaluated, so the next turn of a
-chat re-evaluates nothing it already has. `prompt_tokens_evaluated` counts what really ran.
+(prompt and decoded reply). A new request goes to the free slot where it costs least: the
+prompt tokens not already there, plus the cached tokens it would overwrite (so the next
+turn of a chat finds its own slot, whose tokens share the longest prefix with its prompt,
+and a new conversation takes an empty or stale slot instead of another conversation's).
+The rest of the slot is cut with llama_memory_seq_rm and only the new suffix is
+evaluated: the next turn of a chat re-evaluates nothing it already has.
+`prompt_tokens_evaluated` counts what really ran.
 
 Which thread decodes: every decode runs on the llama.cpp thread (llama_thread.py: one
 OpenMP team for the process). Two ways to drive the loop, both on that thread:
@@ -565,12 +568,17 @@ class Scheduler:
         return lo
 
     def _pick(self, prompt: list[int], free: list[_Slot]) -> _Slot:
-        """The free slot holding the longest prefix of the prompt, else the least recently
-        used (an empty one first)."""
-        best = max(free, key=lambda s: (self._common(s.cached, prompt), -s.last_used))
-        if self._common(best.cached, prompt) == 0:
-            best = min(free, key=lambda s: (bool(s.cached), s.last_used))
-        return best
+        """The free slot where the request costs least: the prompt tokens it must evaluate
+        there plus the cached tokens it would throw away (another conversation's next
+        turn would need them). So a chat's next turn goes back to its own slot, and a new
+        conversation, which shares only the template's head with the others, takes an
+        empty slot rather than one holding a conversation. Ties: least recently used."""
+
+        def cost(s: _Slot) -> tuple[int, float]:
+            lcp = self._common(s.cached, prompt)
+            return (len(prompt) - lcp) + (len(s.cached) - lcp), s.last_used
+
+        return min(free, key=cost)
 
     def _admit(self, slot: _Slot, req: _Request) -> None:
         lib = self._lib

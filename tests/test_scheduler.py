@@ -1,0 +1,243 @@
+"""The scheduler on the real model: concurrent requests, prefix reuse per slot, cancel,
+queueing, refusals; its replies against the one-sequence engine's."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tui_infer.core.errors import ContextOverflowError
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.scheduler import GenerationError, SchedulerBusyError
+from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=24)
+PROMPTS = [
+    "What is the capital of France?",
+    "Hi",
+    "Write a haiku about rain.",
+    "Summarise: " + "The river flows through the old town and past the mill. " * 12,
+    "List three colors.",
+    "Count from 1 to 20.",
+]
+
+
+@pytest.fixture(scope="module")
+def par(model_path: Path) -> Iterator[Engine]:
+    """An engine whose scheduler decodes 4 sequences of 1024 cells each."""
+    eng = Engine.load(model_path, LoadOptions(ctx=1024, threads=2, parallel=4))
+    yield eng
+    eng.close()
+
+
+def alone(engine: Engine, messages: list[Message], p: SamplingParams = GREEDY) -> str:
+    engine.reset()
+    return engine.chat(messages, p).text()
+
+
+def together(engine: Engine, convs: list[list[Message]], p: SamplingParams) -> list[str]:
+    """Each conversation submitted and read from its own thread, all started at once."""
+    out: list[str] = [""] * len(convs)
+    errors: list[BaseException] = []
+    gate = threading.Barrier(len(convs))
+
+    def one(i: int) -> None:
+        try:
+            gate.wait()
+            out[i] = engine.chat(convs[i], p).text()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(convs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return out
+
+
+def test_context_is_ctx_times_parallel(par: Engine) -> None:
+    kv = par.kv_usage()
+    assert par.n_ctx == kv.n_ctx == 1024 and kv.n_seq == 4
+    assert kv.allocated_bytes == kv.reported_bytes == 4 * 1024 * kv.bytes_per_token
+
+
+def test_concurrent_greedy_equals_each_alone(par: Engine, engine: Engine) -> None:
+    convs = [[Message("user", p)] for p in PROMPTS]
+    want = [alone(engine, c) for c in convs]  # the one-sequence engine, one at a time
+    par.reset()
+    got = together(par, convs, GREEDY)  # 6 requests through 4 slots: 2 of them wait
+    assert got == want
+    assert all(got)
+
+
+def test_more_requests_than_slots_queue_and_all_finish(par: Engine) -> None:
+    par.reset()
+    streams = [par.chat([Message("user", p)], GREEDY) for p in PROMPTS * 2]  # 12 for 4 slots
+    texts = [s.text() for s in streams]
+    assert all(s.stats and s.stats.finish_reason in ("stop", "length") for s in streams)
+    assert texts[: len(PROMPTS)] == texts[len(PROMPTS) :]
+    assert not par.scheduler.busy
+
+
+def test_second_turn_evaluates_only_its_new_suffix(par: Engine) -> None:
+    par.reset()
+    q = [Message("user", "What is the capital of France?")]
+    s1 = par.chat(q, GREEDY)
+    reply = s1.text()
+    # another conversation in between takes another slot and leaves this one's cache
+    par.chat([Message("user", "Write a haiku about rain.")], GREEDY).text()
+    follow = [*q, Message("assistant", reply), Message("user", "And of Italy?")]
+    s2 = par.chat(follow, GREEDY)
+    assert s2.text()
+    assert s1.stats and s2.stats
+    assert s1.stats.prompt_tokens_evaluated == s1.stats.prompt_tokens
+    new = s2.stats.prompt_tokens - s1.stats.prompt_tokens - s1.stats.generated_tokens
+    # only what the cache does not hold: the end of the reply's turn and the new question
+    assert 0 < s2.stats.prompt_tokens_evaluated <= new + 2
+    assert s2.stats.prompt_tokens_evaluated < 20
+    # (not compared with a fresh evaluation: the reply's cells were decoded one token at a
+    # time, which llama.cpp computes in another order than a prompt batch, as the engine's
+    # own reuse always did; greedy text may then part after some tokens)
+
+
+def test_cancel_stops_one_request_the_others_finish(par: Engine, engine: Engine) -> None:
+    par.reset()
+    long = SamplingParams(temperature=0, max_tokens=40)
+    convs = [[Message("user", p)] for p in ("Count from 1 to 100.", "List three colors.")]
+    want = [alone(engine, c, long) for c in convs]
+    cancel = threading.Event()
+    victim = par.chat([Message("user", "Write a long story about a dragon.")], long, cancel)
+    others = [par.chat(c, long) for c in convs]
+    seen = 0
+    for chunk in victim:
+        seen = chunk.n_generated
+        if seen == 3:
+            cancel.set()
+    assert victim.stats and victim.stats.finish_reason == "cancelled"
+    assert victim.stats.generated_tokens == seen <= 4
+    assert [s.text() for s in others] == want
+    assert all(s.stats and s.stats.finish_reason in ("stop", "length") for s in others)
+
+
+def test_cancel_while_waiting_in_the_queue(par: Engine) -> None:
+    par.reset()
+    hold = threading.Event()
+    busy = [
+        par.chat([Message("user", "Write a long story.")], SamplingParams(temperature=0), hold)
+        for _ in range(4)
+    ]
+    cancel = threading.Event()
+    waiting = par.chat([Message("user", "Hi")], GREEDY, cancel)
+    cancel.set()
+    assert waiting.text() == ""
+    assert waiting.stats and waiting.stats.finish_reason == "cancelled"
+    assert waiting.stats.generated_tokens == 0
+    hold.set()
+    for s in busy:
+        s.text()
+        assert s.stats and s.stats.finish_reason == "cancelled"
+
+
+def test_max_tokens_gives_length(par: Engine) -> None:
+    s = par.chat(
+        [Message("user", "Count from 1 to 100.")], SamplingParams(temperature=0, max_tokens=5)
+    )
+    s.text()
+    assert s.stats and s.stats.generated_tokens == 5 and s.stats.finish_reason == "length"
+
+
+def test_a_prompt_over_one_sequence_is_refused_before_running(par: Engine) -> None:
+    huge = [Message("user", "word " * 1500)]  # over 1024, under 4 x 1024
+    with pytest.raises(ContextOverflowError, match="context window holds 1024"):
+        par.chat(huge, GREEDY)
+    with pytest.raises(ContextOverflowError):
+        par.complete_tokens(list(range(100, 1200)), GREEDY)
+    assert not par.scheduler.busy
+
+
+def test_a_full_queue_refuses(par: Engine) -> None:
+    par.reset()
+    hold = threading.Event()
+    sched = par.scheduler
+    old = sched.max_queued
+    streams = []
+    try:
+        for _ in range(4):  # one per slot
+            streams.append(
+                par.chat([Message("user", "Tell a story.")], SamplingParams(temperature=0), hold)
+            )
+        deadline = time.monotonic() + 30
+        while sched._queue and time.monotonic() < deadline:  # the slots take them
+            time.sleep(0.01)
+        sched.max_queued = 1
+        streams.append(par.chat([Message("user", "Hi")], GREEDY, hold))
+        with pytest.raises(SchedulerBusyError):
+            par.chat([Message("user", "Hi")], GREEDY)
+    finally:
+        sched.max_queued = old
+        hold.set()
+        for s in streams:
+            s.text()
+
+
+def test_inline_consumer_on_the_llama_thread(par: Engine, engine: Engine) -> None:
+    """run and the TUI iterate on the llama.cpp thread: that consumer drives the steps,
+    and requests read from other threads meanwhile still get theirs."""
+    convs = [[Message("user", p)] for p in PROMPTS[:3]]
+    want = [alone(engine, c) for c in convs]
+    par.reset()
+    others = [par.chat(c, GREEDY) for c in convs[1:]]
+    box: list[str] = []
+    texts: list[str] = [""] * len(others)
+
+    def read(i: int) -> None:
+        texts[i] = others[i].text()
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(len(others))]
+    for t in readers:
+        t.start()
+    mine = par.chat(convs[0], GREEDY)
+    on_llama_thread(lambda: box.append("".join(c.text for c in mine)))
+    for t in readers:
+        t.join(60)
+    assert [box[0], *texts] == want
+
+
+def test_kv_figures_per_sequence(par: Engine) -> None:
+    par.reset()
+    assert par.scheduler.seq_tokens() == [0, 0, 0, 0]
+    streams = [par.chat([Message("user", p)], GREEDY) for p in PROMPTS[:3]]
+    for s in streams:
+        s.text()
+    held = sorted(par.scheduler.seq_tokens())
+    want = sorted(
+        s.stats.prompt_tokens + s.stats.generated_tokens - (s.stats.finish_reason != "stop")
+        for s in streams
+        if s.stats
+    )
+    assert held == [0, *want]
+    assert sorted(s.stats.kv.tokens for s in streams if s.stats) == want
+    assert par.kv_usage().total_tokens == sum(want)
+
+
+def test_close_ends_running_requests(model_path: Path) -> None:
+    eng = Engine.load(model_path, LoadOptions(ctx=256, threads=2, parallel=2))
+    streams = [
+        eng.chat([Message("user", "Write a long story.")], SamplingParams(temperature=0))
+        for _ in range(3)
+    ]
+    it = iter(streams[0])
+    next(it)
+    eng.close()
+    for s in streams:
+        s.text()
+        assert s.stats and s.stats.finish_reason in ("error", "cancelled")
+    with pytest.raises(GenerationError):
+        eng.chat([Message("user", "Hi")], GREEDY)
