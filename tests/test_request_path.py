@@ -61,6 +61,12 @@ def test_batch_run_and_chat_share_one_key(
     assert main([*ask, "--serve", "store", PROMPT]) == 0
     served = json.loads(capsys.readouterr().out)
     assert served["source"] == "store" and served["reply"] == row["output"]
+    # other parameters: not served, and the miss says why in one line
+    hot = ["run", "-m", str(model_path), "--temperature", "0.7", "--max-tokens", "8"]
+    assert main([*hot, "--serve", "store", PROMPT]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "temperature 0.0" in err and "this request asks" in err and "temperature 0.7" in err
     # ... and live, through the override, it gives the very text the batch stored
     assert main([*ask, "--serve", "live", PROMPT]) == 0
     assert json.loads(capsys.readouterr().out)["reply"] == row["output"]

@@ -15,12 +15,8 @@ import pytest
 from tui_infer.core.db import StoreError
 from tui_infer.core.inference.types import Message, SamplingParams
 from tui_infer.core.request_path import LoadedModel, lookup, prepare
-from tui_infer.core.static.store import (
-    MIGRATIONS,
-    PredictionStore,
-    normalize_params,
-    request_key,
-)
+from tui_infer.core.static.keys import normalize_params, request_key
+from tui_infer.core.static.store import MIGRATIONS, PredictionStore
 
 SHA = "a" * 64
 TPL = "{{ messages }}"

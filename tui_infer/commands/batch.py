@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tui_infer.core.config import Settings
     from tui_infer.core.inference.types import LoadOptions
     from tui_infer.core.paths import Paths
+    from tui_infer.core.request_path import PreparedRequest
 
 EXIT_INTERRUPTED = 130
 
@@ -55,6 +56,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     from tui_infer.core.request_path import prepare, resolve_target
     from tui_infer.core.static import store as st
     from tui_infer.core.static.batch_input import read_input
+    from tui_infer.core.static.keys import normalize_params, params_hash, template_sha256
 
     if args.parallel is not None and args.parallel < 1:
         raise TuiInferError(f"--parallel must be at least 1, got {args.parallel}")
@@ -84,19 +86,19 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     from tui_infer.core.inference.batched import BatchItem
 
     batch_items: list[BatchItem] = []
-    keys: list[str] = []
+    prepared: list[PreparedRequest] = []  # each line's request: its key and parameters
     store = st.PredictionStore.in_data_dir(paths.data_dir)
     try:
         model_sha = store.model_sha256(model_path)
         for it in items:
             req = prepare(store, target, it.messages, sampling, system, it.max_tokens, model_sha)
             batch_items.append(BatchItem(it.id, req.messages, it.max_tokens))
-            keys.append(req.key)
-        run_params = st.normalize_params(sampling)
+            prepared.append(req)
+        run_params = normalize_params(sampling)
         signature = hashlib.sha256(
             json.dumps(
-                [model_sha, st.template_sha256(template_source), run_params, system,
-                 [[b.id, k] for b, k in zip(batch_items, keys, strict=True)]],
+                [model_sha, template_sha256(template_source), run_params, system,
+                 [[b.id, r.key] for b, r in zip(batch_items, prepared, strict=True)]],
                 sort_keys=True,
             ).encode()
         ).hexdigest()  # fmt: skip
@@ -107,7 +109,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             run_seed = sampling.seed if sampling.seed >= 0 else random.randrange(2**31)
             run_id = store.create_run(
                 signature=signature, model_sha256=model_sha, model_path=str(model_path),
-                template_sha256=st.template_sha256(template_source),
+                template_sha256=template_sha256(template_source),
                 params={**run_params, "run_seed": run_seed, "system": system},
                 n_items=len(batch_items), input_path=str(args.input.resolve()),
                 llama_cpp_version=getattr(llama_cpp, "__version__", ""),
@@ -128,7 +130,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             store.set_run_status(run_id, "running")
             try:
                 generated = _run_todo(
-                    store, run_id, todo, keys, model_sha, model_path,
+                    store, run_id, todo, prepared, model_sha, model_path,
                     target.load_options(settings), args, sampling, run_seed, system,
                     len(batch_items), len(batch_items) - len(todo),
                 )  # fmt: skip
@@ -140,16 +142,16 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         store.set_run_status(run_id, "done")
         elapsed = time.perf_counter() - t0
         preds = {p.item_id: p for p in store.predictions(run_id)}
-        ph = st.params_hash(run_params)
+        ph = params_hash(run_params)
         lines = []
-        for b, it, key in zip(batch_items, items, keys, strict=True):
+        for b, it, req in zip(batch_items, items, prepared, strict=True):
             p = preds[b.id]
             lines.append(json.dumps({
                 "id": b.id, "line": it.line, "output": p.output,
                 "finish_reason": p.finish_reason, "prompt_tokens": p.prompt_tokens,
                 "generated_tokens": p.generated_tokens, "ttft_s": round(p.ttft_s, 6),
                 "total_s": round(p.total_s, 6), "model_sha256": model_sha, "params_hash": ph,
-                "key": key, "run": run_id, "status": p.status,
+                "key": req.key, "run": run_id, "status": p.status,
             }, ensure_ascii=False))  # fmt: skip
         atomic_write(args.output, lines)
         published = store.publish(run_id) if args.publish else None
@@ -177,7 +179,8 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
 
 def _run_todo(
-    store: Any, run_id: int, todo: list[tuple[int, Any]], keys: list[str], model_sha: str,
+    store: Any, run_id: int, todo: list[tuple[int, Any]], prepared: list[PreparedRequest],
+    model_sha: str,
     model_path: Path, opts: LoadOptions, args: argparse.Namespace, sampling: Any,
     run_seed: int, system: str | None, total: int, already: int,
 ) -> int:  # fmt: skip
@@ -199,10 +202,11 @@ def _run_todo(
         for res in runner.run([b for _, b in todo], sampling, run_seed, system, None, progress):
             pos, item = by_id[res.id]
             store.add_prediction(
-                run_id, item_id=res.id, position=pos, key=keys[pos], model_sha256=model_sha,
-                messages=item.messages, output=res.text, finish_reason=res.finish_reason,
-                prompt_tokens=res.prompt_tokens, generated_tokens=res.generated_tokens,
-                ttft_s=res.ttft_s, total_s=res.total_s, seed=res.seed,
+                run_id, item_id=res.id, position=pos, key=prepared[pos].key,
+                model_sha256=model_sha, messages=item.messages, output=res.text,
+                finish_reason=res.finish_reason, prompt_tokens=res.prompt_tokens,
+                generated_tokens=res.generated_tokens, ttft_s=res.ttft_s, total_s=res.total_s,
+                seed=res.seed, params=prepared[pos].params,
             )  # fmt: skip
             if bar:
                 bar.update()

@@ -124,15 +124,18 @@ def _from_store(
     mode: str,
 ) -> int | None:
     """--serve: answer from a published prediction (exit code), or None to go live."""
-    from tui_infer.core.request_path import lookup
+    from tui_infer.core.request_path import explain_miss, lookup
 
     hit = lookup(store, request)
     if hit is None:
+        why = explain_miss(store, request)
         if mode == "store":
-            print("tui-infer: not precomputed: the prediction store holds no published answer "
-                  "for this model, prompt and parameters; use --serve store-then-live to ask "
-                  "the model", file=sys.stderr)  # fmt: skip
+            print("tui-infer: not precomputed: " + (why or "the prediction store holds no "
+                  "published answer for this model, prompt and parameters") + "; use --serve "
+                  "store-then-live to ask the model", file=sys.stderr)  # fmt: skip
             return EXIT_NOT_PRECOMPUTED
+        if why:
+            print(f"tui-infer: not from the store: {why}", file=sys.stderr)
         return None
     if args.json:
         print(json.dumps({

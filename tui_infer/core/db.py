@@ -4,7 +4,7 @@ transactions, and the schema version in PRAGMA user_version with ordered migrati
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,11 +17,16 @@ class StoreError(TuiInferError):
     pass
 
 
-def connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
+def connect(
+    path: Path,
+    migrations: Sequence[str],
+    setup: Callable[[sqlite3.Connection], None] | None = None,
+) -> sqlite3.Connection:
     """Open (creating the folder and file if needed) and migrate to len(migrations).
 
     migrations[i] is the SQL script that takes the schema from version i to i + 1.
     A file written by a newer tui-infer (a higher version) is refused, not altered.
+    `setup` runs first (to register SQL functions a migration calls).
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +35,8 @@ def connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"{path}: cannot open the database ({exc})") from None
     try:
+        if setup is not None:
+            setup(conn)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")

@@ -15,7 +15,8 @@ straight line:
    parameters, normalized messages).
 3. **look the store up** (`lookup`): a published prediction answers at once; a miss is
    recorded (the long tail, exported as the next batch's input) unless the caller only
-   peeks.
+   peeks, and `explain_miss` says when the same conversation was precomputed under other
+   parameters or another template (never served: the key is what was rendered).
 4. **otherwise schedule it** on the loaded model (`core.inference`: the engine for one
    sequence, the batched decoder for many) and stream chunks and figures back.
 
@@ -35,13 +36,14 @@ from tui_infer.core.inference.template import CHATML_FALLBACK
 from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
 from tui_infer.core.models.gguf import GgufHeader, read_header
 from tui_infer.core.models.resolve import NO_MODEL_HELP, resolve_model
-from tui_infer.core.static.store import (
-    Prediction,
-    PredictionStore,
+from tui_infer.core.static.keys import (
+    describe_difference,
     normalize_params,
     normalized_messages,
     request_key,
+    template_sha256,
 )
+from tui_infer.core.static.store import Prediction, PredictionStore
 
 if TYPE_CHECKING:
     from tui_infer.core.paths import Paths
@@ -154,3 +156,16 @@ def lookup(
 
 
 SERVE_MODES = ("store-then-live", "live", "store")
+
+
+def explain_miss(store: PredictionStore, request: PreparedRequest) -> str | None:
+    """Why a request missed when the store holds its very messages under other parameters
+    or another template: one line, e.g. "precomputed with temperature 0.0; this request asks
+    temperature 0.7". None when the store has nothing for these messages. Never served."""
+    found = store.near_miss(request.model_sha256, request.messages)
+    if found is None:
+        return None
+    params, template_sha = found
+    return describe_difference(
+        params, template_sha, request.params, template_sha256(request.template_source)
+    )

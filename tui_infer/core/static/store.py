@@ -8,12 +8,12 @@ each (a kill -9 loses at most the one being written) and stay *staged* until
 the run is published. The newest published prediction for a key answers it;
 rolling back the latest published run makes the previous one answer again.
 
-Normalization (what two requests must share to hit the same entry):
-- messages: role lower-cased and stripped; content with CRLF/CR turned into LF
-  and leading/trailing whitespace removed. Whitespace inside the text counts.
-- parameters: greedy requests (temperature <= 0) keep only temperature 0,
-  repeat_penalty and max_tokens (the rest does not change greedy output);
-  sampled ones keep them all, with seed None when it is random (-1).
+How keys are made (normalization, the recipe and its version) is in `keys.py`. Every
+prediction records the recipe version it was keyed with and the parameters it was made
+with; opening the store re-keys predictions of an older recipe where `keys.REKEYERS`
+knows how, and `stale_runs()` (shown by `store stats`) names the runs it could not, with
+the reason: nothing stops matching silently. A miss can be explained: `near_miss()` finds
+the same conversation precomputed under other parameters or another template.
 
 Hit and miss counts are kept in memory and written on flush_counters()/close()
 so that a lookup is a single indexed read (product budget: 20,000/s).
@@ -21,9 +21,9 @@ so that a lookup is a single indexed read (product budget: 20,000/s).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from tui_infer.core.db import StoreError, connect, transaction
-from tui_infer.core.inference.types import Message, SamplingParams
+from tui_infer.core.inference.types import Message
 from tui_infer.core.models.digest import HASHES_FILE, DigestCache
+from tui_infer.core.static import keys
+from tui_infer.core.static.keys import messages_json, messages_key, params_hash
 
 STORE_FILE = "store.sqlite3"
 
@@ -95,65 +97,21 @@ MIGRATIONS = [
         misses INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 2: the key recipe's version, the parameters and a messages-only key per prediction
+    # (parameters back-filled from the run: per-item max_tokens were not kept before)
+    """
+    ALTER TABLE predictions ADD COLUMN key_version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE predictions ADD COLUMN params_json TEXT NOT NULL DEFAULT '';
+    ALTER TABLE predictions ADD COLUMN messages_key TEXT NOT NULL DEFAULT '';
+    UPDATE predictions SET
+        params_json = (SELECT params_json FROM runs WHERE runs.id = predictions.run_id),
+        messages_key = tui_infer_messages_key(model_sha256, messages_json);
+    CREATE INDEX predictions_messages ON predictions(messages_key, status);
+    """,
 ]
 
 # What the store serves: a finished answer, not an error or a prompt that did not fit.
 SERVABLE = ("stop", "length")
-
-
-# ----- keys ---------------------------------------------------------------------------------
-
-
-def normalize_messages(messages: Iterable[Message]) -> list[dict[str, str]]:
-    out = []
-    for m in messages:
-        content = m.content.replace("\r\n", "\n").replace("\r", "\n").strip()
-        out.append({"role": m.role.strip().lower(), "content": content})
-    return out
-
-
-def normalized_messages(messages: Iterable[Message]) -> tuple[Message, ...]:
-    """The messages the model should see for a request stored under its normalized key."""
-    return tuple(Message(d["role"], d["content"]) for d in normalize_messages(messages))
-
-
-def normalize_params(p: SamplingParams, max_tokens: int | None = None) -> dict[str, Any]:
-    mt = p.max_tokens if max_tokens is None else max_tokens
-    if p.greedy:
-        return {"temperature": 0.0, "repeat_penalty": round(p.repeat_penalty, 6), "max_tokens": mt}
-    return {
-        "temperature": round(p.temperature, 6),
-        "top_p": round(p.top_p, 6),
-        "top_k": p.top_k,
-        "min_p": round(p.min_p, 6),
-        "repeat_penalty": round(p.repeat_penalty, 6),
-        "max_tokens": mt,
-        "seed": p.seed if p.seed >= 0 else None,
-    }
-
-
-def _sha(obj: Any) -> str:
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
-
-
-def template_sha256(template_source: str) -> str:
-    return hashlib.sha256(template_source.encode("utf-8")).hexdigest()
-
-
-def params_hash(params: dict[str, Any]) -> str:
-    return _sha(params)
-
-
-def request_key(
-    model_sha256: str,
-    template_source: str,
-    params: dict[str, Any],
-    messages: Iterable[Message],
-) -> str:
-    """sha256 of (model sha256, chat template, normalized parameters, normalized messages)."""
-    return _sha([model_sha256, template_sha256(template_source), params,
-                 normalize_messages(messages)])  # fmt: skip
 
 
 # ----- records ------------------------------------------------------------------------------
@@ -208,6 +166,11 @@ _PRED_COLS = (
 )
 
 
+def _register_functions(conn: sqlite3.Connection) -> None:
+    """SQL functions the migrations call."""
+    conn.create_function("tui_infer_messages_key", 2, messages_key, deterministic=True)
+
+
 def _prediction(row: Sequence[Any]) -> Prediction:
     return Prediction(
         run_id=row[0], item_id=row[1], position=row[2], key=row[3], model_sha256=row[4],
@@ -236,16 +199,83 @@ class PredictionStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn = connect(path, MIGRATIONS)
+        self._conn = connect(path, MIGRATIONS, _register_functions)
         self._lock = threading.RLock()
         self._counts: dict[str, list[int]] = {}  # model sha256 -> [hits, misses], unflushed
         self._digests = DigestCache(path.parent / HASHES_FILE)  # opened on first use
         self.session_hits = 0
         self.session_misses = 0
 
+        self._rekey()
+
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> PredictionStore:
         return cls(data_dir / STORE_FILE)
+
+    # ----- the key recipe's version ---------------------------------------------------------
+
+    def _rekey(self) -> None:
+        """Bring predictions keyed with an older recipe to keys.KEY_VERSION where a
+        re-keyer knows how; the others keep their version (and stale_runs() names them)."""
+        current = keys.KEY_VERSION
+        with self._lock:
+            old = self._conn.execute(
+                "SELECT 1 FROM predictions WHERE key_version < ? LIMIT 1", (current,)
+            ).fetchone()
+            if old is None:
+                return
+            rows = self._conn.execute(
+                "SELECT p.run_id, p.item_id, p.key_version, p.model_sha256, r.template_sha256, "
+                "p.params_json, p.messages_json FROM predictions p JOIN runs r ON r.id = p.run_id "
+                "WHERE p.key_version < ?",
+                (current,),
+            ).fetchall()
+            with self._write():
+                for run_id, item_id, version, sha, tsha, params, msgs in rows:
+                    try:
+                        key = None
+                        for v in range(version, current):
+                            rekeyer = keys.REKEYERS.get(v)
+                            if rekeyer is None:
+                                raise ValueError(f"no way to re-key recipe v{v}")
+                            key = rekeyer(sha, tsha, json.loads(params or "{}"), json.loads(msgs))
+                    except ValueError:
+                        continue
+                    self._conn.execute(
+                        "UPDATE predictions SET key = ?, key_version = ? "
+                        "WHERE run_id = ? AND item_id = ?",
+                        (key, current, run_id, item_id),
+                    )
+
+    def stale_runs(self) -> list[tuple[int, int, str]]:
+        """(run id, predictions, reason) for runs whose predictions could not be re-keyed
+        to the current recipe: they no longer answer any request."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT run_id, key_version, COUNT(*) FROM predictions WHERE key_version < ? "
+                "GROUP BY run_id, key_version ORDER BY run_id",
+                (keys.KEY_VERSION,),
+            ).fetchall()
+        return [
+            (run_id, n, f"keyed with recipe v{v}; this tui-infer keys with "
+                        f"v{keys.KEY_VERSION} and cannot re-key it: rerun its batch")
+            for run_id, v, n in rows
+        ]  # fmt: skip
+
+    def near_miss(
+        self, model_sha256: str, messages: Iterable[Message]
+    ) -> tuple[dict[str, Any], str] | None:
+        """(params, template sha256) of the newest published prediction for the same model
+        and messages under any parameters: what explains a miss."""
+        mkey = messages_key(model_sha256, messages_json(messages))
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT p.params_json, r.template_sha256 FROM predictions p "
+                "JOIN runs r ON r.id = p.run_id WHERE p.messages_key = ? "
+                "AND p.status = 'published' ORDER BY p.published_at DESC LIMIT 1",
+                (mkey,),
+            ).fetchone()
+        return (json.loads(row[0] or "{}"), str(row[1])) if row else None
 
     def close(self) -> None:
         with self._lock:
@@ -334,16 +364,20 @@ class PredictionStore:
         ttft_s: float,
         total_s: float,
         seed: int | None,
+        params: dict[str, Any] | None = None,
     ) -> None:
-        """One committed transaction per prediction: a kill -9 keeps every finished one."""
+        """One committed transaction per prediction: a kill -9 keeps every finished one.
+        `params` are the normalized sampling parameters in its key."""
+        msgs = messages_json(messages)
         with self._lock, self._write():
             self._conn.execute(
-                f"INSERT OR IGNORE INTO predictions ({_PRED_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'staged', NULL)",
-                (run_id, item_id, position, key, model_sha256,
-                 json.dumps(normalize_messages(messages), ensure_ascii=False), output,
+                f"INSERT OR IGNORE INTO predictions ({_PRED_COLS}, key_version, params_json, "
+                "messages_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'staged', "
+                "NULL, ?, ?, ?)",
+                (run_id, item_id, position, key, model_sha256, msgs, output,
                  finish_reason, prompt_tokens, generated_tokens, ttft_s, total_s, seed,
-                 time.time()),
+                 time.time(), keys.KEY_VERSION, json.dumps(params or {}, sort_keys=True),
+                 messages_key(model_sha256, msgs)),
             )  # fmt: skip
 
     def _run_row_to_info(self, row: Sequence[Any]) -> RunInfo:
@@ -492,7 +526,7 @@ class PredictionStore:
                 "first_at, last_at) VALUES (?, ?, ?, ?, 1, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
                 (key, model_sha256, json.dumps(params, sort_keys=True),
-                 json.dumps(normalize_messages(messages), ensure_ascii=False), now, now),
+                 messages_json(messages), now, now),
             )  # fmt: skip
 
     def misses(self, model_sha256: str | None = None) -> list[dict[str, Any]]:
@@ -554,6 +588,4 @@ class PredictionStore:
 
 __all__ = [
     "MIGRATIONS", "ModelStats", "Prediction", "PredictionStore", "RunInfo", "StoreError",
-    "normalize_messages", "normalize_params", "normalized_messages",
-    "params_hash", "request_key", "template_sha256",
 ]  # fmt: skip
