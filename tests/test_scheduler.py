@@ -82,8 +82,11 @@ def test_more_requests_than_slots_queue_and_all_finish(par: Engine) -> None:
     streams = [par.chat([Message("user", p)], GREEDY) for p in PROMPTS * 2]  # 12 for 4 slots
     texts = [s.text() for s in streams]
     assert all(s.stats and s.stats.finish_reason in ("stop", "length") for s in streams)
-    assert texts[: len(PROMPTS)] == texts[len(PROMPTS) :]
-    assert not par.scheduler.busy
+    assert all(texts) and not par.scheduler.busy
+    # (Texts are not compared between the two rounds: the second round reuses template
+    # heads cached by other conversations, computed in other batch shapes; llama.cpp's
+    # sums then differ in the last bits and a near tie may tip, as with the engine's own
+    # prefix reuse. test_concurrent_greedy_equals_each_alone compares from empty caches.)
 
 
 def test_second_turn_evaluates_only_its_new_suffix(par: Engine) -> None:
