@@ -40,8 +40,10 @@ def test_list_export_import_round_trip(tmp_path: Path) -> None:
     cid = make_chat()
     listed = cli("list")
     assert listed.returncode == 0
-    assert f"{cid:>4}" in listed.stdout and "Rivers of Europe" in listed.stdout
-    assert "SmolLM2-135M" in listed.stdout
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["id", "updated", "messages", "model", "title"]
+    assert row.split()[0] == str(cid) and row.endswith("Rivers of Europe")
+    assert "SmolLM2-135M" in row
     assert "Rivers" in cli("list", "--search", "vienna").stdout
     assert "no chats match" in cli("list", "--search", "tokyo").stdout
 

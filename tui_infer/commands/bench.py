@@ -256,33 +256,26 @@ def _print_results(
         for row in rows:
             print("| " + " | ".join(str(row[c]) for c in cols) + " |")
         return
-    from rich.console import Console
-    from rich.table import Table
+    from tui_infer.commands.tables import Table
 
-    console = Console()
-    console.print(heading, soft_wrap=True)
-    table = Table(title=f"bench run {run_id}")
-    for col in cols:
-        right = col in ("t/s", "threads", "ngl", "ctx", "of ceiling")
-        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    print(heading)
+    right = [c for c in cols if c in ("t/s", "threads", "ngl", "ctx", "of ceiling")]
+    table = Table(*cols, right=right, title=f"bench run {run_id}")
     for row in rows:
-        table.add_row(*(str(row[c]) for c in cols))
-    console.print(table)
+        table.add_row(*(row[c] for c in cols))
+    table.print()
 
 
 def _history(history: Any) -> int:
     from datetime import datetime
 
-    from rich.console import Console
-    from rich.table import Table
+    from tui_infer.commands.tables import Table
 
     runs = history.runs()
     if not runs:
         print("no bench runs yet: 'tui-infer bench' makes one")
         return 0
-    table = Table(title="bench history")
-    for c in ("run", "when", "model", "sha256", "backend", "results"):
-        table.add_column(c)
+    table = Table("run", "when", "model", "sha256", "backend", "results", right=("run",))
     for run in runs:
         summary = ", ".join(f"{r.test} {r.mean:.1f}" for r in run.results)
         table.add_row(
@@ -293,7 +286,7 @@ def _history(history: Any) -> int:
             _short_backend(run.environment.get("backend", "?")),
             summary,
         )
-    Console().print(table)
+    table.print()
     return 0
 
 
@@ -304,23 +297,17 @@ def _short_backend(summary: str) -> str:
 
 
 def _compare(history: Any, a_id: int, b_id: int) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+    from tui_infer.commands.tables import Table
     from tui_infer.core.bench.measure import compare_results
 
     a, b = history.get(a_id), history.get(b_id)
-    console = Console()
     if a.model_sha256 != b.model_sha256:
-        console.print(f"note: different models ({a.model_sha256[:12]} vs {b.model_sha256[:12]})")
+        print(f"note: different models ({a.model_sha256[:12]} vs {b.model_sha256[:12]})")
     for key in ("backend", "cpu", "llama_cpp_python"):
         if a.environment.get(key) != b.environment.get(key):
-            console.print(
-                f"note: {key} differs: {a.environment.get(key)} vs {b.environment.get(key)}"
-            )
-    table = Table(title=f"bench run {a_id} vs {b_id}")
-    for col in ("test", f"run {a_id} t/s", f"run {b_id} t/s", "ratio", "verdict"):
-        table.add_column(col)
+            print(f"note: {key} differs: {a.environment.get(key)} vs {b.environment.get(key)}")
+    columns = ("test", f"run {a_id} t/s", f"run {b_id} t/s", "ratio", "verdict")
+    table = Table(*columns, right=columns[1:4], title=f"bench run {a_id} vs {b_id}")
     matched = 0
     for ra in a.results:
         rb = next((r for r in b.results if r.test == ra.test and r.config == ra.config), None)
@@ -344,5 +331,5 @@ def _compare(history: Any, a_id: int, b_id: int) -> int:
         from tui_infer.core.errors import TuiInferError
 
         raise TuiInferError(f"runs {a_id} and {b_id} share no test with the same configuration")
-    console.print(table)
+    table.print()
     return 0

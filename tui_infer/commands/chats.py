@@ -54,11 +54,13 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             if not chats:
                 print("no chats match" if args.search else "no chats yet")
                 return 0
-            print(f"{'ID':>4}  {'UPDATED':16}  {'MSGS':>4}  {'MODEL':24}  TITLE")
+            from tui_infer.commands.tables import Table
+
+            t = Table("id", "updated", "messages", "model", "title", right=("id", "messages"))
             for c in chats:
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
-                model = (c.model_name or "-")[:24]
-                print(f"{c.id:>4}  {when:16}  {c.messages:>4}  {model:24}  {c.title}")
+                t.add_row(c.id, when, c.messages, c.model_name or "-", c.title)
+            t.print()
             return 0
         if command == "export":
             text = (

@@ -9,6 +9,7 @@ import platform
 import sys
 
 from tui_infer import __version__
+from tui_infer.commands.tables import Table
 from tui_infer.core.config import Settings
 from tui_infer.core.paths import Paths
 
@@ -41,7 +42,7 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     from tui_infer.core.models.bundled import find_bundled_models
     from tui_infer.core.models.resolve import resolve_model
 
-    t = _Rows()
+    t = Table("name", "value", header=False)
     t.add_row("tui-infer", __version__)
     t.add_row("python", f"{platform.python_version()} ({sys.executable})")
     for dist in ("llama-cpp-python", "textual", "huggingface-hub", "nvidia-ml-py"):
@@ -105,17 +106,3 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     t.print()
     return 0
 
-
-class _Rows:
-    """Plain 'name  value' lines: paths stay whole and greppable, at any width."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str]] = []
-
-    def add_row(self, name: str, value: str) -> None:
-        self.rows.append((name, value))
-
-    def print(self) -> None:
-        width = max(len(n) for n, _ in self.rows) + 2
-        for name, value in self.rows:
-            print(f"{name:<{width}}{value}")

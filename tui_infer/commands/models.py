@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tui_infer.commands.tables import Table
 from tui_infer.core.units import human_size
 
 if TYPE_CHECKING:
@@ -84,18 +85,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         return handler(args, lib, settings)
 
 
-def _console() -> Any:
-    import sys
-
-    from rich.console import Console
-
-    # Piped output is for reading by scripts: never truncate it to 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-
-
 def _list(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
-    from rich.table import Table
-
     entries = lib.entries()
     if not entries:
         print(
@@ -103,14 +93,7 @@ def _list(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
             "or 'tui-infer models pull REPO'."
         )
         return 0
-    t = Table(box=None, pad_edge=False)
-    for col in ("name", "quant", "size", "context", "source", "status"):
-        t.add_column(
-            col,
-            justify="right" if col in ("size", "context") else "left",
-            no_wrap=True,
-            min_width=max(len(e.name) for e in entries) if col == "name" else None,
-        )
+    t = Table("name", "quant", "size", "context", "source", "status", right=("size", "context"))
     for e in entries:
         t.add_row(
             e.name,
@@ -120,7 +103,7 @@ def _list(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
             e.source + (f" ({e.repo})" if e.repo else ""),
             e.status,
         )
-    _console().print(t)
+    t.print()
     return 0
 
 
@@ -214,12 +197,10 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
         rows.append((f"fit (ctx {settings.ctx}, {settings.kv_type})", est.summary()))
     else:
         rows.append(("sha256", e.sha256 or "unknown"))
-    width = max(len(k) for k, _ in rows)
+    t = Table("name", "value", header=False)
     for k, v in rows:
-        lines = v.splitlines() or [""]
-        print(f"{k:<{width}}  {lines[0]}")
-        for more in lines[1:]:
-            print(f"{'':<{width}}  {more}")
+        t.add_row(k, v)
+    t.print()
     template = md.get("chat_template")
     print()
     if template:
@@ -324,47 +305,35 @@ def _verify(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> 
 
 
 def _search(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from tui_infer.core.models.hub import Hub
 
     found = Hub().search(args.query, limit=args.limit)
     if not found:
         print(f"No GGUF repositories match '{args.query}'.")
         return 0
-    t = Table(box=None, pad_edge=False)
-    for col in ("repository", "downloads", "likes", "updated"):
-        t.add_column(
-            col, justify="right" if col in ("downloads", "likes") else "left", no_wrap=True
-        )
+    t = Table("repository", "downloads", "likes", "updated", right=("downloads", "likes"))
     for r in found:
         t.add_row(
             r.repo + (" (gated)" if r.gated else ""), f"{r.downloads:,}", str(r.likes), r.updated
         )
-    _console().print(t)
+    t.print()
     return 0
 
 
 def _files(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from tui_infer.core.models.hub import Hub
 
     models = Hub().models(args.repo, args.revision, read_headers=args.headers)
     if not models:
         print(f"{args.repo} has no GGUF files.")
         return 0
-    t = Table(box=None, pad_edge=False)
-    for col in ("file", "quant", "size", "parts", "context"):
-        t.add_column(
-            col, justify="right" if col in ("size", "parts", "context") else "left", no_wrap=True
-        )
+    t = Table("file", "quant", "size", "parts", "context", right=("size", "parts", "context"))
     for m in models:
         ctx = (
             str(m.header.n_ctx_train) if m.header else ("?" if not m.header_error else "unreadable")
         )
         t.add_row(m.filename, m.quant or "?", human_size(m.size), str(len(m.files)), ctx)
-    _console().print(t)
+    t.print()
     return 0
 
 

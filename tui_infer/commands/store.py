@@ -71,12 +71,15 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
         if not runs:
             print("no runs yet: 'tui-infer batch INPUT -o OUTPUT' makes one")
             return 0
-        print(f"{'run':>4}  {'status':<12}{'done':>11}  {'rejected':>8}  {'tokens':>8}  "
-              f"{'created':<19}  model")  # fmt: skip
+        from tui_infer.commands.tables import Table
+
+        t = Table("run", "status", "done", "rejected", "tokens", "created", "model",
+                  right=("run", "done", "rejected", "tokens"))  # fmt: skip
         for r in runs:
-            print(f"{r.id:>4}  {r.status:<12}{f'{r.n_done}/{r.n_items}':>11}  {r.n_rejected:>8}  "
-                  f"{r.generated_tokens:>8}  {_when(r.created_at):<19}  "
-                  f"{Path(r.model_path).name} ({r.model_sha256[:12]})")  # fmt: skip
+            t.add_row(r.id, r.status, f"{r.n_done}/{r.n_items}", r.n_rejected,
+                      r.generated_tokens, _when(r.created_at),
+                      f"{Path(r.model_path).name} ({r.model_sha256[:12]})")  # fmt: skip
+        t.print()
         return 0
     if cmd == "show":
         preds = store.predictions(args.run)
