@@ -20,14 +20,6 @@ class Paths:
         """Where tracebacks go (rotated), instead of the user's terminal."""
         return (self.state_dir or self.data_dir / "state") / "tui-infer.log"
 
-    @property
-    def library_db(self) -> Path:
-        return self.data_dir / "library.sqlite3"
-
-    def ensure_data_dir(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        return self.data_dir
-
 
 def default_paths(environ: dict[str, str] | None = None) -> Paths:
     """Platform directories, overridable with TUI_INFER_CONFIG, TUI_INFER_DATA_DIR and

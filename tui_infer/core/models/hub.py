@@ -33,13 +33,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tui_infer.core.errors import ModelFileError, TuiInferError
+from tui_infer.core.files import atomic_write, file_lock
 from tui_infer.core.models.gguf import FILE_TYPES, GGML_TYPES, GgufHeader, parse_header_bytes
 from tui_infer.core.models.library import SPLIT_RE, hf_hub_cache
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONNECT_TIMEOUT_S = 5.0
 API_TIMEOUT_S = 15.0
-CHUNK = 1 << 16
 HEADER_PROBE_SIZES = (1 << 20, 8 << 20, 32 << 20)  # bytes of a ranged GET for a header
 
 
@@ -530,8 +530,6 @@ class Hub:
     ) -> tuple[Path, int, int]:  # fmt: skip
         from filelock import Timeout
 
-        from tui_infer.core.files import file_lock
-
         assert f.sha256
         target = self.snapshot_path(model, f.filename)
         blob = self.repo_dir(model.repo) / "blobs" / f.sha256
@@ -562,9 +560,7 @@ class Hub:
         self._link(blob, target)
         if model.revision and model.commit != model.revision and "/" not in model.revision:
             # refs/<branch> names the commit, as huggingface_hub writes it
-            refs = self.repo_dir(model.repo) / "refs"
-            refs.mkdir(exist_ok=True)
-            (refs / model.revision).write_text(model.commit)
+            atomic_write(self.repo_dir(model.repo) / "refs" / model.revision, model.commit)
         return target, sent, resumed
 
     @staticmethod

@@ -25,7 +25,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ from tui_infer.core.files import atomic_open
 from tui_infer.core.models.digest import HASH_CHUNK, DigestCache, ProgressFn, sha256_file
 from tui_infer.core.models.gguf import ArraySummary, GgufHeader, read_header
 
-SOURCES = ("imported", "copied", "downloaded", "bundled", "hf-cache")
-# Entries the user put there themselves stay (shown as missing) when their file goes;
-# scanned ones are simply re-scanned.
+# An entry's source: imported, copied, downloaded, bundled or hf-cache. Entries the user
+# put there themselves stay (shown as missing) when their file goes; scanned ones are
+# simply re-scanned.
 USER_SOURCES = ("imported", "copied", "downloaded")
 # Files the library itself wrote: `models rm` deletes them (after asking).
 OWNED_SOURCES = ("copied", "downloaded")
@@ -91,7 +91,6 @@ class ModelEntry:
     repo: str | None = None
     added_at: float = 0.0
     id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
