@@ -125,7 +125,7 @@ def test_a_failed_config_write_leaves_the_file(
     cfg = tmp_path / "config.toml"
     cfg.write_text("ctx = 2048\n")
 
-    def full(src: object, dst: object) -> None:
+    def full(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", full)

@@ -49,7 +49,7 @@ def test_a_failing_rename_removes_the_temp_file(
     target = tmp_path / "out.txt"
     target.write_text("old")
 
-    def refuse(src: object, dst: object) -> None:
+    def refuse(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", refuse)
