@@ -259,8 +259,11 @@ def _fail_fast_transport() -> Any:
 
 
 def auth_headers() -> dict[str, str]:
-    """huggingface_hub's headers for a request, with HF_TOKEN as it is now."""
+    """huggingface_hub's headers for a request, with HF_TOKEN as it is now. (Building them
+    may fetch the hub's agent registry once: through our client, like every other call.)"""
     from huggingface_hub.utils import build_hf_headers
+
+    _configure_hf_session()
 
     from tui_infer import __version__
 
