@@ -141,7 +141,8 @@ def test_missing_input_and_bad_parallel(tmp_path: Path, capsys: pytest.CaptureFi
     assert "--parallel" in capsys.readouterr().err
 
 
-def test_killed_batch_resumes_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_killed_batch_resumes_exactly_once(tmp_path: Path, sig: signal.Signals) -> None:
     prompts = [f"Write one sentence about the number {i}." for i in range(14)]
     src = tmp_path / "in.txt"
     src.write_text("\n".join(prompts) + "\n")
@@ -165,9 +166,14 @@ def test_killed_batch_resumes_exactly_once(tmp_path: Path) -> None:
         if done >= 3:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:  # Ctrl+C: the run keeps what finished, says so, exits 130
+        assert proc.returncode == 130, err
+        assert b"interrupted; run 1 keeps what finished" in err
+        assert b"Traceback" not in err
     assert 3 <= done < len(prompts), done
     assert not out.exists()
 
@@ -179,6 +185,14 @@ def test_killed_batch_resumes_exactly_once(tmp_path: Path) -> None:
     assert all(g["output"] and g["run"] == 1 for g in got)
     decoded_now = int(r.stdout.split("(")[1].split(" decoded now")[0])
     assert decoded_now <= len(prompts) - done
+    # the store, not the CLI's count: one run, each id once, the output file's text its own
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    stored = dict(conn.execute("SELECT item_id, output FROM predictions WHERE run_id = 1"))
+    per_id = conn.execute("SELECT item_id, COUNT(*) FROM predictions GROUP BY item_id").fetchall()
+    conn.close()
+    assert sorted(per_id) == sorted((f"line-{i + 1}", 1) for i in range(len(prompts)))
+    assert {g["id"]: g["output"] for g in got} == stored
 
     # a second rerun decodes nothing and writes the same file
     before = out.read_text()
