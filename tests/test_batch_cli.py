@@ -41,7 +41,7 @@ def test_jsonl_batch_with_malformed_lines_publish_and_serve(
     )
     out = tmp_path / "out.jsonl"
     argv = ["batch", str(src), "-o", str(out), "--max-tokens", "12", "--parallel", "2"]
-    assert main(argv) == 0
+    assert main(argv) == 5  # finished, with some lines rejected
     captured = capsys.readouterr()
     assert "line 2 skipped: not valid JSON" in captured.err
     got = rows(out)
@@ -99,7 +99,7 @@ def test_jsonl_batch_with_malformed_lines_publish_and_serve(
     assert main(["store", "runs"]) == 0
     listing = capsys.readouterr().out
     assert "rolled-back" in listing and "published" in listing
-    assert main(["store", "show", "999"]) == 2
+    assert main(["store", "show", "999"]) == 4  # no such run
 
 
 def test_text_and_csv_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,10 +111,28 @@ def test_text_and_csv_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     csv = tmp_path / "p.csv"
     csv.write_text('id,question\nq1,"Say yes, please."\nq2,\nq3,Say no.,extra\n')
     assert main(["batch", str(csv), "-o", str(out), "--column", "question",
-                 "--max-tokens", "4"]) == 0  # fmt: skip
+                 "--max-tokens", "4"]) == 5  # fmt: skip
     assert [r["id"] for r in rows(out)] == ["q1"]
     assert main(["batch", str(csv), "-o", str(out)]) == 2
     assert "no 'prompt' column" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_the_context_is_rejected_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("Say yes.\n" + "word " * 400 + "\nSay no.\n")
+    out = tmp_path / "o.jsonl"
+    argv = ["batch", str(src), "-o", str(out), "--max-tokens", "4", "--ctx", "256"]
+    assert main([*argv, "--parallel", "1"]) == 5
+    err = capsys.readouterr().err
+    assert "line 2 rejected: the prompt takes" in err and "raise --ctx" in err
+    assert [r["id"] for r in rows(out)] == ["line-1", "line-3"]
+    [rejected] = rows(tmp_path / "o.jsonl.rejects.jsonl")
+    assert rejected["line"] == 2 and "more than a sequence's context holds" in rejected["error"]
+    # a rerun decodes nothing and says the same
+    assert main([*argv, "--parallel", "1"]) == 5
+    assert "(0 decoded now" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tui_infer.core.errors import ExitCode
+
 if TYPE_CHECKING:
     from tui_infer.core.config import Settings
     from tui_infer.core.inference.types import LoadOptions
     from tui_infer.core.paths import Paths
     from tui_infer.core.request_path import PreparedRequest
+    from tui_infer.core.static.batch_input import Reject
 
-EXIT_INTERRUPTED = 130
 
 
 def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -55,7 +57,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     from tui_infer.core.inference.types import SamplingParams
     from tui_infer.core.request_path import prepare, resolve_target
     from tui_infer.core.static import store as st
-    from tui_infer.core.static.batch_input import read_input
+    from tui_infer.core.static.batch_input import Reject, read_input  # noqa: F811
     from tui_infer.core.static.keys import normalize_params, params_hash, template_sha256
 
     if args.parallel is not None and args.parallel < 1:
@@ -65,7 +67,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     items, rejects = read_input(args.input, args.format, args.column)
     rejects_path = args.rejects or args.output.with_name(args.output.name + ".rejects.jsonl")
     if rejects:
-        atomic_write(rejects_path, [json.dumps(r.as_dict(), ensure_ascii=False) for r in rejects])
+        _write_rejects(rejects_path, rejects)
         for r in rejects[:10]:
             print(f"tui-infer: line {r.line} skipped: {r.reason}", file=sys.stderr)
         if len(rejects) > 10:
@@ -138,14 +140,22 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                 store.set_run_status(run_id, "interrupted")
                 print(f"tui-infer: interrupted; run {run_id} keeps what finished: rerun the "
                       "same command to resume", file=sys.stderr)  # fmt: skip
-                return EXIT_INTERRUPTED
+                return int(ExitCode.INTERRUPTED)
         store.set_run_status(run_id, "done")
         elapsed = time.perf_counter() - t0
         preds = {p.item_id: p for p in store.predictions(run_id)}
         ph = params_hash(run_params)
         lines = []
+        too_long = []  # prompts longer than a sequence's context: rejected, line by line
         for b, it, req in zip(batch_items, items, prepared, strict=True):
             p = preds[b.id]
+            if p.finish_reason == "overflow":
+                too_long.append(Reject(
+                    it.line, f"the prompt takes {p.prompt_tokens} tokens, more than a "
+                    "sequence's context holds; raise --ctx or lower --parallel",
+                    it.messages[-1].content,
+                ))  # fmt: skip
+                continue
             lines.append(json.dumps({
                 "id": b.id, "line": it.line, "output": p.output,
                 "finish_reason": p.finish_reason, "prompt_tokens": p.prompt_tokens,
@@ -154,10 +164,14 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                 "key": req.key, "run": run_id, "status": p.status,
             }, ensure_ascii=False))  # fmt: skip
         atomic_write(args.output, lines)
+        if too_long:
+            rejects = sorted(rejects + too_long, key=lambda r: r.line)
+            _write_rejects(rejects_path, rejects)
+            for r in too_long[:10]:
+                print(f"tui-infer: line {r.line} rejected: {r.reason}", file=sys.stderr)
         published = store.publish(run_id) if args.publish else None
     finally:
         store.close()
-    overflow = sum(1 for p in preds.values() if p.finish_reason == "overflow")
     summary = (
         f"run {run_id}: {len(batch_items)} prompts ({len(todo)} decoded now, "
         f"{len(batch_items) - len(todo)} from the store), {generated} tokens generated in "
@@ -168,14 +182,20 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     summary += f"; output: {args.output}"
     if rejects:
         summary += f"; {len(rejects)} rejected lines: {rejects_path}"
-    if overflow:
-        summary += f"; {overflow} prompts did not fit a sequence's context (raise --ctx)"
+    if too_long:
+        summary += f" ({len(too_long)} did not fit a sequence's context: raise --ctx)"
     summary += (
         f"; published {published} predictions" if published is not None
         else f"; staged: 'tui-infer store publish {run_id}' serves them"
     )  # fmt: skip
     print(summary)
-    return 0
+    return int(ExitCode.REJECTED_LINES) if rejects else int(ExitCode.OK)
+
+
+def _write_rejects(path: Path, rejects: list[Reject]) -> None:
+    from tui_infer.core.files import atomic_write
+
+    atomic_write(path, [json.dumps(r.as_dict(), ensure_ascii=False) for r in rejects])
 
 
 def _run_todo(

@@ -399,6 +399,10 @@ class BatchScreen(Screen[None]):
         if event.returncode == 0:
             self.notify(f"batch done; output: {event.output}. Review it and publish (p)",
                         title="Batch")  # fmt: skip
+        elif event.returncode == 5:  # finished, some input lines rejected
+            self.notify(f"batch done, some lines rejected (listed in {event.output}"
+                        ".rejects.jsonl); output: {event.output}. Review it and publish (p)",
+                        title="Batch", severity="warning", timeout=15)  # fmt: skip
         else:
             self.notify(event.error or f"the batch exited with {event.returncode}",
                         title="Batch failed", severity="error", timeout=15)  # fmt: skip

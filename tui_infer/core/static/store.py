@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_infer.core.db import StoreError, connect, transaction
+from tui_infer.core.errors import NotFoundError
 from tui_infer.core.inference.types import Message
 from tui_infer.core.models.digest import HASHES_FILE, DigestCache
 from tui_infer.core.static import keys
@@ -164,6 +165,10 @@ _PRED_COLS = (
     "run_id, item_id, position, key, model_sha256, messages_json, output, finish_reason, "
     "prompt_tokens, generated_tokens, ttft_s, total_s, seed, created_at, status, published_at"
 )
+
+
+class RunNotFoundError(StoreError, NotFoundError):
+    """A run id the store does not have (exit code 4)."""
 
 
 def _register_functions(conn: sqlite3.Connection) -> None:
@@ -404,7 +409,9 @@ class PredictionStore:
                 f"SELECT {self._RUN_COLS} FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
             if row is None:
-                raise StoreError(f"no run {run_id} in the store; 'tui-infer store runs' lists them")
+                raise RunNotFoundError(
+                    f"no run {run_id} in the store; 'tui-infer store runs' lists them"
+                )
             return self._run_row_to_info(row)
 
     def runs(self) -> list[RunInfo]:
