@@ -81,3 +81,14 @@ def test_serve_store_from_config_or_environment_is_honoured_by_run(
 def test_not_found_is_4(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "-m", "no-such-model", "hi"]) == ExitCode.NOT_FOUND
     assert "no model named 'no-such-model'" in capsys.readouterr().err
+
+
+def test_what_llama_cpp_changes_is_said(
+    model_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["run", "-m", str(model_path), "--serve", "live", "--max-tokens", "2"]
+    assert main([*base, "--ctx", "128", "hi"]) == 0
+    assert "llama.cpp made the context 256 tokens (asked: 128)" in capsys.readouterr().err
+    monkeypatch.setenv("TUI_INFER_FLASH_ATTN", "false")
+    assert main([*base, "--kv-type", "q8_0", "hi"]) == 0
+    assert "q8_0 KV cache needs flash attention" in capsys.readouterr().err

@@ -55,6 +55,8 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
             if served is not None:
                 return served
     engine = Engine.load(path, target.load_options(settings))
+    for note in load_notes(settings, engine.n_ctx):
+        print(f"tui-infer: note: {note}", file=sys.stderr)
     cancel = threading.Event()
     try:
         stream = engine.chat(list(rp.model_messages(messages, system)), sampling, cancel)
@@ -114,6 +116,19 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
 
 
 EXIT_NOT_PRECOMPUTED = 3
+
+
+def load_notes(settings: Settings, n_ctx: int) -> list[str]:
+    """What llama.cpp changed of what was asked, said rather than done silently."""
+    notes = []
+    if n_ctx != settings.ctx:
+        notes.append(f"llama.cpp made the context {n_ctx} tokens (asked: {settings.ctx})")
+    if not settings.flash_attn and settings.kv_type not in ("f16", "f32", "bf16"):
+        notes.append(
+            f"a {settings.kv_type} KV cache needs flash attention: it is on despite "
+            "flash_attn = false"
+        )
+    return notes
 
 
 def _from_store(
