@@ -57,6 +57,8 @@ CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 
 
 class ChatScreen(SavedChats, StoreServing):
+    """The whole chat screen: its parts (base classes) plus sending, streaming, editing."""
+
     AUTO_FOCUS = "PromptInput"
     BINDINGS = [
         Binding("escape", "stop", "Stop", priority=True),

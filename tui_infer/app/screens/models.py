@@ -28,6 +28,8 @@ from tui_infer.core.config import Settings
 
 
 class ModelsScreen(LibraryTab, HubTab):
+    """Both tabs (base classes), the keys that reach them, and their workers' failures."""
+
     BINDINGS = [
         Binding("escape", "close", "Back"),
         Binding("f3", "switch_tab", "Library/Hub"),
