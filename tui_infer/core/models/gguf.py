@@ -21,6 +21,10 @@ GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4
 # Arrays longer than this are summarised (tokenizer vocabularies have ~100k entries).
 KEEP_ARRAY_MAX = 64
+# Keys and tensor names: GGUF allows 65,535 bytes. String values: chat templates run to
+# tens of KiB; 16 MiB keeps a corrupt length from reading (and quoting) a whole model.
+MAX_KEY = 65_535
+MAX_STRING = 16 << 20
 # Bounds on hyperparameters: far above any real model, far below what would
 # make llama.cpp allocate absurd buffers.
 HPARAM_BOUNDS = {
@@ -179,6 +183,14 @@ def _first_int(value: Any) -> int:
     return int(value or 0)
 
 
+def _printable(text: str, limit: int = 400) -> str:
+    """One line, whatever a corrupt file put in the names quoted: control characters
+    escaped, and long enough to read, no longer."""
+    cut = text[:limit]
+    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in cut)
+    return out if len(text) <= limit else out + "…"
+
+
 class _Reader:
     def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
         self.buf = buf
@@ -187,7 +199,7 @@ class _Reader:
         self.path = path
 
     def fail(self, what: str) -> ModelFileError:
-        return ModelFileError(f"{self.path}: {what}")
+        return ModelFileError(f"{self.path}: {_printable(what)}")
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -208,8 +220,13 @@ class _Reader:
     def u64(self, what: str) -> int:
         return int(self.scalar("<Q", 8, what))
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, limit: int = MAX_STRING) -> str:
         n = self.u64(f"{what} length")
+        if n > limit:
+            raise self.fail(
+                f"truncated or corrupt GGUF header: {_printable(what, 80)} claims a string "
+                f"of {n:,} bytes (at most {limit:,}); re-download or re-export the model"
+            )
         self.need(n, what)
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
@@ -304,13 +321,13 @@ def _parse(buf: mmap.mmap | bytes, path: Path, size: int) -> GgufHeader:
 
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
-        key = r.string("metadata key")
+        key = r.string("metadata key", MAX_KEY)
         vtype = r.u32(f"{key} type")
         metadata[key] = r.value(vtype, key)
 
     tensors: list[TensorInfo] = []
     for i in range(n_tensors):
-        name = r.string(f"tensor {i} name")
+        name = r.string(f"tensor {i} name", MAX_KEY)
         n_dims = r.u32(f"tensor {name} dims")
         if not 1 <= n_dims <= MAX_DIMS:
             raise r.fail(f"corrupt tensor '{name}': {n_dims} dimensions (at most {MAX_DIMS})")
