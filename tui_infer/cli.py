@@ -158,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         # `tui-infer store runs | head -1`: the reader has what it wanted; stop quietly.
         _stdout_to_devnull()
         return int(ExitCode.OK)
-    except Exception as exc:  # a bug of ours: one line here, the traceback in the log
+    except Exception as exc:  # a full disk, or a bug of ours: one line, the traceback logged
+        from tui_infer.core.disk import explain
+
+        storage = explain(exc)
+        if storage is not None and not args.debug:
+            print(f"tui-infer: error: {storage}", file=sys.stderr)
+            return int(storage.exit_code)
         if args.debug:
             raise
         from tui_infer.core.crashlog import one_line, record

@@ -75,7 +75,11 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                     # a folder that is not there is a typo to report, not one to create
                     atomic_write(Path(args.output).expanduser(), text, parents=False)
                 except OSError as exc:
-                    raise HistoryError(f"{args.output}: cannot write ({exc})") from None
+                    from tui_infer.core.disk import explain
+
+                    raise explain(exc) or HistoryError(
+                        f"{args.output}: cannot write ({exc})"
+                    ) from None
                 print(f"exported chat {args.id} to {args.output}", file=sys.stderr)
             else:
                 sys.stdout.write(text)

@@ -236,7 +236,11 @@ def _write(config_file: Path, new: str) -> None:
     try:
         atomic_write(config_file, new)
     except OSError as exc:
-        raise ConfigError(f"{config_file}: cannot write ({exc})") from None
+        from tui_infer.core.disk import explain
+
+        raise explain(exc, config_file) or ConfigError(
+            f"{config_file}: cannot write ({exc})"
+        ) from None
 
 
 def _from_mapping(base: Settings, values: dict[str, Any], source: str) -> Settings:

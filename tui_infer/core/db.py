@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tui_infer.core.errors import TuiInferError
@@ -33,7 +33,11 @@ def connect(
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
-        raise StoreError(f"{path}: cannot open the database ({exc})") from None
+        from tui_infer.core.disk import explain
+
+        raise explain(exc, path) or StoreError(
+            f"{path}: cannot open the database ({exc})"
+        ) from None
     try:
         if setup is not None:
             setup(conn)
@@ -50,6 +54,12 @@ def connect(
             )
     except sqlite3.DatabaseError as exc:
         conn.close()
+        from tui_infer.core.disk import explain, unwritable
+
+        # a full or read-only disk is not a broken file: never advise moving it aside then
+        storage = explain(exc, path) or unwritable(path.parent)
+        if storage is not None:
+            raise storage from None
         raise StoreError(
             f"{path}: not a usable database ({exc}); move it aside and tui-infer starts a new one"
         ) from None
@@ -65,6 +75,9 @@ def connect(
                 f"{path}: upgrading the schema to version {target} failed ({exc}); "
                 "the file is unchanged"
             ) from None
+        except TuiInferError:  # a full or read-only disk, said by transaction()
+            conn.close()
+            raise
     return conn
 
 
@@ -84,12 +97,37 @@ def _statements(script: str) -> list[str]:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT (with isolation_level=None, `with conn:` is not one)."""
-    conn.execute("BEGIN IMMEDIATE")
+    """BEGIN IMMEDIATE ... COMMIT (with isolation_level=None, `with conn:` is not one).
+
+    A full or read-only disk rolls the transaction back (what was committed before stays)
+    and becomes one line naming the database's folder (disk.StorageError)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        _raise_storage(conn, exc)
+        raise
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
+    except BaseException as exc:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            _raise_storage(conn, exc)
         raise
-    else:
+    try:
         conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        _raise_storage(conn, exc)
+        raise
+
+
+def _raise_storage(conn: sqlite3.Connection, exc: sqlite3.Error) -> None:
+    from tui_infer.core.disk import database_path, explain
+
+    storage = explain(exc, database_path(conn))
+    if storage is not None:
+        raise storage from exc

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_infer.core.db import connect, transaction
+from tui_infer.core.disk import StorageError
 from tui_infer.core.errors import ModelFileError, ModelNotFoundError, TuiInferError
 from tui_infer.core.files import atomic_open
 from tui_infer.core.models.digest import HASH_CHUNK, DigestCache, ProgressFn, sha256_file
@@ -483,7 +484,7 @@ class ModelLibrary:
             dest_dir.mkdir(parents=True)
         free = shutil.disk_usage(dest_dir).free
         if free < total:
-            raise LibraryError(
+            raise StorageError(
                 f"not enough disk space in {dest_dir} ({free} bytes free, {total} needed); "
                 "free some space or import in place without --copy"
             )
