@@ -92,3 +92,28 @@ def test_what_llama_cpp_changes_is_said(
     monkeypatch.setenv("TUI_INFER_FLASH_ATTN", "false")
     assert main([*base, "--kv-type", "q8_0", "hi"]) == 0
     assert "q8_0 KV cache needs flash attention" in capsys.readouterr().err
+
+
+def test_reading_commands_create_no_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    assert main(["store", "runs"]) == 0
+    assert main(["store", "stats"]) == 0
+    assert "none yet" in capsys.readouterr().out
+    assert main(["store", "show", "3"]) == ExitCode.NOT_FOUND
+    assert main(["bench", "history"]) == 0
+    assert main(["bench", "compare", "1", "2"]) == ExitCode.NOT_FOUND
+    assert main(["chats", "list"]) == 0
+    assert not data.exists() or not any(data.iterdir())
+
+
+def test_doctor_reports_a_broken_model_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a model at all" * 10)
+    assert main(["doctor", "--no-network", "-m", str(broken)]) == ExitCode.USAGE
+    out, err = capsys.readouterr()
+    assert "problem:" in out and "not a GGUF file" in err
+    assert str(tmp_path / "state" / "tui-infer.log") in out  # where tracebacks go

@@ -97,7 +97,10 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     from tui_infer.core.bench.history import BenchHistory
 
-    history = BenchHistory(paths.data_dir / "bench.sqlite3")
+    path = paths.data_dir / "bench.sqlite3"
+    if args.bench_command in ("history", "compare") and not path.exists():
+        path = Path(":memory:")  # reading must not create the file
+    history = BenchHistory(path)
     try:
         if args.bench_command == "history":
             return _history(history)

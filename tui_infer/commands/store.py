@@ -53,10 +53,17 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, [json.dumps(r, ensure_ascii=False) for r in rows])
 
 
-def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from tui_infer.core.static.store import PredictionStore
+READ_ONLY = ("runs", "show", "stats", "export", "misses")
 
-    store = PredictionStore.in_data_dir(paths.data_dir)
+
+def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    from tui_infer.core.static.store import STORE_FILE, PredictionStore
+
+    path = paths.data_dir / STORE_FILE
+    if args.store_command in READ_ONLY and not path.exists():
+        # reading must not create the file: an empty store, in memory, answers instead
+        path = Path(":memory:")
+    store = PredictionStore(path)
     try:
         return _dispatch(store, args)
     finally:
@@ -109,7 +116,10 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
         return 0
     if cmd == "stats":
         stats, size = store.stats()
-        print(f"store: {store.path} ({size / 1024:.1f} KiB)")
+        if str(store.path) == ":memory:":
+            print("store: none yet ('tui-infer batch' makes one)")
+        else:
+            print(f"store: {store.path} ({size / 1024:.1f} KiB)")
         if not stats:
             print("empty")
         for s in stats:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tui_infer.core.bench.measure import BenchConfig, BenchResult
 from tui_infer.core.db import connect, transaction
-from tui_infer.core.errors import TuiInferError
+from tui_infer.core.errors import NotFoundError
 
 MIGRATIONS = [
     """
@@ -94,7 +94,7 @@ class BenchHistory:
             (run_id,),
         ).fetchone()
         if row is None:
-            raise TuiInferError(f"no bench run {run_id}; 'tui-infer bench history' lists them")
+            raise NotFoundError(f"no bench run {run_id}; 'tui-infer bench history' lists them")
         results = tuple(
             BenchResult(
                 test,
