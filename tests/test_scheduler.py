@@ -179,10 +179,12 @@ def test_a_full_queue_refuses(par: Engine) -> None:
         deadline = time.monotonic() + 30
         while sched._queue and time.monotonic() < deadline:  # the slots take them
             time.sleep(0.01)
-        sched.max_queued = 1
-        streams.append(par.chat([Message("user", "Hi")], GREEDY, hold))
+        sched.max_queued = 2
+        waiting = [par.chat([Message("user", w)], GREEDY, hold) for w in ("Hi", "Hello")]
+        streams += waiting
         with pytest.raises(SchedulerBusyError):
             par.chat([Message("user", "Hi")], GREEDY)
+        assert [r.stream for r in sched._queue] == waiting  # first come, first served
     finally:
         sched.max_queued = old
         hold.set()
