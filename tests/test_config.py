@@ -125,11 +125,11 @@ def test_a_failed_config_write_leaves_the_file(
     cfg = tmp_path / "config.toml"
     cfg.write_text("ctx = 2048\n")
 
-    def full(*_: object) -> None:
-        raise OSError(28, "No space left on device")
+    def broken(*_: object) -> None:
+        raise OSError(5, "Input/output error")  # (a full disk has its own message: disk.py)
 
-    monkeypatch.setattr(os, "replace", full)
-    with pytest.raises(ConfigError, match="cannot write .*No space left"):
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(ConfigError, match="cannot write .*Input/output error"):
         write_config_key(cfg, "ctx", 4096)
     assert cfg.read_text() == "ctx = 2048\n" and [p.name for p in tmp_path.iterdir()] == [
         "config.toml"

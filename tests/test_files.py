@@ -83,3 +83,13 @@ def test_locks_exclude_each_other(tmp_path: Path) -> None:
     with lock_for(target, timeout=0), pytest.raises(Timeout):
         lock_for(target, timeout=0).acquire()
     assert not list(tmp_path.glob("*config*"))  # no lock file beside the user's file
+
+
+def test_a_symlinked_file_is_replaced_behind_its_link(tmp_path: Path) -> None:
+    real = tmp_path / "dotfiles" / "config.toml"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    atomic_write(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"

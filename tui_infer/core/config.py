@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -167,10 +169,22 @@ def write_config_key(config_file: Path, key: str, value: str | int | float | boo
         _write(config_file, new)
 
 
-def _config_lock(config_file: Path) -> Any:
+@contextmanager
+def _config_lock(config_file: Path, timeout_s: float = 10.0) -> Iterator[None]:
+    """Held around read-change-write, so that two tui-infer processes never lose each
+    other's change; a writer that never lets go is an error after timeout_s, not a hang."""
+    from filelock import Timeout
+
     from tui_infer.core.files import lock_for
 
-    return lock_for(config_file)
+    try:
+        with lock_for(config_file, timeout_s):
+            yield
+    except Timeout:
+        raise ConfigError(
+            f"{config_file}: another tui-infer has been writing it for {timeout_s:.0f} s; "
+            "try again"
+        ) from None
 
 
 def _read_for_edit(config_file: Path) -> tuple[dict[str, Any], Any]:

@@ -46,6 +46,8 @@ def atomic_open(path: Path, parents: bool = True) -> Iterator[BinaryIO]:
     `parents` is false (then a missing folder is FileNotFoundError, as for `open()`).
     """
     path = Path(path)
+    if path.is_symlink():  # a config linked from a dotfiles repo: replace what it points to
+        path = Path(os.path.realpath(path))
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -95,7 +97,10 @@ def lock_for(target: Path, timeout: float = -1) -> BaseFileLock:
     """A lock that guards `target` without leaving a file beside it.
 
     For files the user owns (the config), where a `.lock` next to them would be litter:
-    the lock file lives in the temporary folder, named after the target's absolute path.
+    the lock file lives in the user's runtime folder (XDG_RUNTIME_DIR, private to the user)
+    or else the temporary folder, named after the user and the target's real path.
     """
-    key = hashlib.sha256(os.path.abspath(target).encode()).hexdigest()[:24]
-    return file_lock(Path(tempfile.gettempdir()) / f"tui-infer-{key}.lock", timeout)
+    key = hashlib.sha256(os.path.realpath(target).encode()).hexdigest()[:24]
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "")
+    folder = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return file_lock(Path(folder) / f"tui-infer-{user}-{key}.lock", timeout)

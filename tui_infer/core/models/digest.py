@@ -4,8 +4,9 @@ One cache for everything that needs a model's identity (the library, the predict
 keys, bench runs), in one small SQLite file in the data directory (``hashes.sqlite3``, the
 discipline of core/db.py). Reading the 94 MiB default model takes 0.07 s from the page
 cache on the 2-core dev box (more from a cold disk, and a 7 GB model ~75 times as long), so
-a file is read again only when its size or mtime changed. Hashes that are known without reading the file (a verified hub download, a copy
-hashed while copying) are remembered as they are written.
+a file is read again only when its size or mtime changed. Hashes that are known without
+reading the file (a verified hub download, a copy hashed while copying) are remembered as
+they are written.
 """
 
 from __future__ import annotations
