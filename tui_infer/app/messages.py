@@ -76,6 +76,15 @@ class ContextCounted(Message):
         self.n_ctx = n_ctx
 
 
+class TemplateFailed(Message):
+    """The model's chat template failed or ran past a bound: nothing was sent."""
+
+    def __init__(self, text: str, error: str) -> None:
+        super().__init__()
+        self.text = text
+        self.error = error
+
+
 class PromptRefused(Message):
     """Nothing was sent: the prompt does not fit (or there is no model)."""
 

@@ -459,3 +459,19 @@ def write_preset(config_file: Path, name: str, values: dict[str, Any]) -> None:
                 f"(inline or dotted keys); edit the file by hand"
             )
         _write(config_file, new)
+
+
+def write_template_override(config_file: Path, model_file: str, source: str) -> None:
+    """Set [templates] "<model file name>" = source, keeping the rest of the file (the chat
+    offers this with ChatML when a model's own template fails or runs past its bounds)."""
+    import tomlkit
+
+    with _config_lock(config_file):
+        old_data, doc = _read_for_edit(config_file)
+        parse_templates(old_data, config_file)  # a malformed [templates] is fixed by hand
+        table = doc.get("templates")
+        if table is None:
+            table = tomlkit.table()
+            doc["templates"] = table
+        table[model_file] = source
+        _write(config_file, _dumps(doc))

@@ -32,6 +32,7 @@ from tui_infer.app.screens.dialogs import (
     OverflowChoice,
     OverflowScreen,
     PickScreen,
+    TemplateFallbackScreen,
     TemplateScreen,
 )
 from tui_infer.app.screens.load_model import LoadModelScreen
@@ -45,6 +46,7 @@ from tui_infer.core.chat.history import ReplyFigures
 from tui_infer.core.chat.session import MustChoose, Refused
 from tui_infer.core.config import Settings, write_config_key
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.inference.template import CHATML_FALLBACK, TemplateError
 from tui_infer.core.inference.types import Message, SamplingParams
 from tui_infer.core.models.resolve import NO_MODEL_HELP
 
@@ -178,11 +180,48 @@ class ChatScreen(SavedChats, StoreServing):
                     cancel,
                 )
                 reply = stream_paced(stream, self.pacing.text_s, self.post_message, cancel)
+            except TemplateError as exc:  # the template is a stranger's code: offer ChatML
+                self.post_message(msg.TemplateFailed(text, str(exc)))
+                return
             except TuiInferError as exc:
                 self.post_message(msg.GenerationFailed(str(exc)))
                 return
         assert stream.stats is not None
         self.post_message(msg.GenerationFinished(stream.stats, reply))
+
+    @on(msg.TemplateFailed)
+    async def _template_failed(self, event: msg.TemplateFailed) -> None:
+        """Nothing was sent (or the reply stops); the text stays; ChatML is offered."""
+        self.generating = False
+        if self._reply is not None:
+            await self._reply.finish(None, event.error)
+            self._reply = None
+        self._show_notice(event.error, "error")
+        path, config = self.model_path, self.config_file
+        if path is None or config is None:
+            return
+
+        def chosen(use_chatml: bool | None) -> None:
+            if use_chatml:
+                self._use_chatml(Path(path), config)
+
+        self.app.push_screen(TemplateFallbackScreen(event.error, Path(path).name, str(config)),
+                             chosen)  # fmt: skip
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="config", name="use ChatML")
+    def _use_chatml(self, path: Path, config: Path) -> None:
+        from tui_infer.core.config import write_template_override
+
+        try:
+            write_template_override(config, path.name, CHATML_FALLBACK)
+        except TuiInferError as exc:
+            self.app.call_from_thread(self.notify, str(exc), title="Config", severity="error")
+            return
+        self.app.call_from_thread(self._reload_with_chatml, path)
+
+    def _reload_with_chatml(self, path: Path) -> None:
+        self.notify(f"ChatML in use for {path.name}; send your message again", title="Template")
+        self.load_model(path)
 
     @on(msg.PromptRefused)
     def _prompt_refused(self, event: msg.PromptRefused) -> None:

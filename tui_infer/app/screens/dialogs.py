@@ -1,5 +1,5 @@
 """Small modal dialogs: confirm, ask for a line of text, pick one item, the overflow choice,
-the chat template, and the help screen (F1)."""
+the chat template and its ChatML fallback, and the help screen (F1)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,37 @@ class OverflowScreen(ModalScreen[OverflowChoice]):
 
     def action_cancel(self) -> None:
         self.dismiss(OverflowChoice(False, False))
+
+
+class TemplateFallbackScreen(ModalScreen[bool]):
+    """The model's chat template failed or ran past a bound: use ChatML instead, or not."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, error: str, model_file: str, config_file: str) -> None:
+        super().__init__()
+        self._text = (
+            f"{error}\n\nUse the built-in ChatML template for {model_file}? It is written "
+            f"to {config_file} as a [templates] override (remove it there to go back), and "
+            "the model is reloaded. Or cancel and write an override of your own there."
+        )
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self._text, markup=False, classes="dialog-text")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Use ChatML", variant="warning", id="chatml")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#chatml", Button).focus()
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "chatml")
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
 
 
 class TemplateScreen(ModalScreen[None]):
