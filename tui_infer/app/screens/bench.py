@@ -171,7 +171,9 @@ class BenchScreen(Screen[None]):
             probe.close()
             history = BenchHistory(self.data_dir / "bench.sqlite3")
             try:
-                run_id = history.start_run(model, file_sha256(model), header.quantization, env)
+                run_id = history.start_run(
+                    model, file_sha256(model, self.data_dir), header.quantization, env
+                )
 
                 def on_result(r: BenchResult) -> None:
                     history.add_result(run_id, r)

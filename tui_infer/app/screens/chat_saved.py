@@ -173,13 +173,14 @@ class SavedChats(ChatScreenBase):
         if text is None:
             return None
         target = self.exports_dir / f"chat-{cid}.{fmt}"
+        from tui_infer.core.disk import explain
+        from tui_infer.core.files import atomic_write
+
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(target)
+            atomic_write(target, text)
         except OSError as exc:
-            self.notify(f"{target}: cannot write ({exc})", severity="error")
+            self.notify(str(explain(exc, target) or f"{target}: cannot write ({exc})"),
+                        title="Export", severity="error")  # fmt: skip
             return None
         self.notify(f"exported to {target}", title="Export")
         return target

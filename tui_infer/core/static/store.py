@@ -109,6 +109,10 @@ MIGRATIONS = [
         messages_key = tui_infer_messages_key(model_sha256, messages_json);
     CREATE INDEX predictions_messages ON predictions(messages_key, status);
     """,
+    # 3: model hashes live in the one digest cache (hashes.sqlite3) now
+    """
+    DROP TABLE IF EXISTS model_hashes;
+    """,
 ]
 
 # What the store serves: a finished answer, not an error or a prompt that did not fit.
