@@ -227,6 +227,36 @@ async def test_regenerate_edit_fork_and_copy(tmp_path: Path) -> None:
         assert any("copied the last reply" in n.message for n in app._notifications)
 
 
+async def test_regenerate_replaces_the_reply_with_a_new_one(
+    tmp_path: Path, model_path: Path
+) -> None:
+    """The real model, sampled with a seed: regenerating with another seed gives another
+    reply, which replaces the old one on screen, in the turns and in the history file."""
+    from dataclasses import replace
+
+    rec = Recorder()
+    app = make_app(tmp_path, model_path, temperature=1.0, top_p=1.0, min_p=0.0, seed=1,
+                   max_tokens=16)  # fmt: skip
+    async with app.run_test(size=SIZE, message_hook=rec) as pilot:
+        await ready(pilot)
+        await send(pilot, "Tell me a very short story about a cat.")
+        await finish_reply(pilot, rec, 1)
+        first = app.chat.history[-1].content
+        app.chat.settings = replace(app.chat.settings, seed=2)
+        await pilot.press("ctrl+r")
+        await finish_reply(pilot, rec, 2)
+        second = app.chat.history[-1].content
+        assert second.strip() and second != first
+        assert len(app.chat.history) == 2
+        assert shown(app)[-1].strip() == second.strip()
+        cid = app.chat.conversation_id
+        assert cid is not None
+        with History.in_data_dir(tmp_path / "data") as h:
+            stored = h.get(cid)
+        assert [m.content for m in stored.messages][-1] == second
+        assert len(stored.messages) == 2
+
+
 async def test_overflow_asks_then_drops_and_remembers(tmp_path: Path) -> None:
     rec = Recorder()
     app = synthetic_app(tmp_path, ctx=64, max_tokens=2)
@@ -259,9 +289,10 @@ async def test_overflow_asks_then_drops_and_remembers(tmp_path: Path) -> None:
     assert load_settings(tmp_path / "config.toml", {}).overflow == "drop-oldest"
 
 
-async def test_settings_validate_and_reload(tmp_path: Path) -> None:
+async def test_settings_validate_and_reload(tmp_path: Path, model_path: Path) -> None:
+    """The real model: a reload really makes llama.cpp's context the new size."""
     rec = Recorder()
-    app = synthetic_app(tmp_path, max_tokens=3)
+    app = make_app(tmp_path, model_path, max_tokens=3)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         await pilot.press("ctrl+s")
