@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,3 +217,51 @@ def test_injected_enospc_at_the_write_boundary(
     assert main(["store", "misses", "-o", str(target)]) == ExitCode.FAILURE
     one_line(capsys.readouterr().err, str(tmp_path / "sub"), "the disk is full")
     monkeypatch.setattr(files, "atomic_open", real)
+
+
+def test_a_download_that_fills_the_disk_resumes_once_there_is_room(
+    disk: SmallDisk, model_path: Path
+) -> None:
+    """The disk fills while 98 MB come in: one line, nothing in the library; then room,
+    and the same command resumes from the bytes already there and verifies the sha256."""
+    from tests.support.hub_server import HubServer, Repo, ServedFile
+
+    subprocess.run(["mount", "-o", "remount,size=128m", str(disk.path)], check=True)
+    repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+    name = model_path.name
+    served = {repo: Repo({name: ServedFile(model_path.read_bytes())})}
+    served[repo].files[name].rate = 15_000_000  # slow enough to fill the disk mid-file
+    with HubServer(served) as srv:
+        env = {**os.environ, "HF_ENDPOINT": srv.url, "HF_HOME": str(disk.path / "hf")}
+        env.pop("HF_HUB_OFFLINE", None)
+        cmd = [sys.executable, "-m", "tui_infer", "models", "pull", repo, "Q4_1"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)  # fmt: skip
+        deadline = time.monotonic() + 120
+        part: Path | None = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list((disk.path / "hf").rglob("*.part"))
+            if found and found[0].stat().st_size > 20 * MiB:
+                part = found[0]
+                break
+            time.sleep(0.05)
+        assert part is not None, "the download did not start"
+        disk.fill()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == ExitCode.FAILURE, err
+        one_line(err.strip().splitlines()[-1], "the disk is full", "run the same command")
+        kept = part.stat().st_size
+        assert 20 * MiB <= kept < model_path.stat().st_size
+        listing = subprocess.run(
+            [sys.executable, "-m", "tui_infer", "models", "list"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert "downloaded" not in listing.stdout  # a partial file is never in the library
+
+        disk.free()
+        served[repo].files[name].rate = None
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert second.returncode == 0, second.stderr
+        assert "downloaded and verified" in second.stdout
+        ranged = [g for g in srv.state.gets(name) if g.range == f"bytes={kept}-"]
+        assert len(ranged) == 1 and ranged[0].status == 206  # resumed, not started again
