@@ -116,3 +116,25 @@ def test_prepare_applies_the_system_prompt_once_and_normalizes(
         # another max_tokens is another request
         d = rp.prepare(store, target, [Message("user", "Hi")], greedy, "Be brief.", max_tokens=9)
         assert d.sampling.max_tokens == 9 and d.key != a.key
+
+
+def test_run_reads_the_config_once(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One settings read, one template lookup: the file is parsed once per command."""
+    from tui_infer.core import config as config_mod
+
+    paths = default_paths()
+    write_config(paths.config_file, model_path, override=True)
+    parses: list[int] = []
+    real = config_mod.tomllib.loads
+
+    def counted(text: str) -> dict:
+        parses.append(1)
+        return real(text)
+
+    monkeypatch.setattr(config_mod.tomllib, "loads", counted)
+    argv = ["run", "-m", str(model_path), "--serve", "live", "--max-tokens", "2", PROMPT]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert len(parses) == 1

@@ -273,14 +273,7 @@ def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> S
     env = os.environ if environ is None else environ
     settings = Settings()
     if config_file.exists():
-        if config_file.is_dir():
-            raise ConfigError(f"{config_file}: is a directory, expected a TOML file")
-        try:
-            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: invalid TOML ({exc}); fix or remove it") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{config_file}: cannot read ({exc})") from None
+        data = _read_toml(config_file)
         # Sections ([sampling], [model], ...) are only grouping: flatten them; [presets.*]
         # and [templates] are not settings, only checked here (load_presets, template_override).
         parse_presets(data, config_file)
@@ -361,17 +354,30 @@ def parse_templates(data: dict[str, Any], config_file: Path) -> dict[str, str]:
     return dict(raw)
 
 
+# The parsed file, by (inode, size, mtime): the settings, the presets and a model's template
+# override all come from one read and one parse per command, however many ask.
+_parsed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
 def _read_toml(config_file: Path) -> dict[str, Any]:
+    """The config file as parsed TOML ({} when there is none). Callers must not change it."""
     if not config_file.exists():
         return {}
     if config_file.is_dir():
         raise ConfigError(f"{config_file}: is a directory, expected a TOML file")
     try:
-        return tomllib.loads(config_file.read_text(encoding="utf-8"))
+        st = config_file.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = _parsed.get(str(config_file))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        data = tomllib.loads(config_file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{config_file}: invalid TOML ({exc}); fix or remove it") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{config_file}: cannot read ({exc})") from None
+    _parsed[str(config_file)] = (stamp, data)
+    return data
 
 
 def load_presets(config_file: Path) -> dict[str, dict[str, Any]]:
