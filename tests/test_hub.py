@@ -19,12 +19,13 @@ import pytest
 from tests.support.gguf_craft import write_gguf
 from tests.support.hub_server import HubServer, Repo, ServedFile
 from tui_infer.core.errors import ModelFileError
-from tui_infer.core.models import hub as hub_mod
+from tui_infer.core.models import http as http_mod
+from tui_infer.core.models import hub_types as hub_mod
 from tui_infer.core.models.gguf import parse_header_bytes
-from tui_infer.core.models.hub import (
+from tui_infer.core.models.hub import Hub
+from tui_infer.core.models.hub_types import (
     ChecksumMismatchError,
     DownloadCancelled,
-    Hub,
     HubAccessError,
     HubNotFoundError,
     HubOfflineError,
@@ -371,11 +372,11 @@ def test_one_http_client_for_every_hub_call(
     from tui_infer import __version__
     from tui_infer.commands.doctor import hub_status
 
-    with hub_mod.http_client() as c:
+    with http_mod.http_client() as c:
         assert str(c.base_url).rstrip("/") == server.url
         assert f"tui-infer/{__version__}" in c.headers["user-agent"]
-        assert (c.timeout.connect, c.timeout.read) == (hub_mod.CONNECT_TIMEOUT_S,
-                                                       hub_mod.API_TIMEOUT_S)  # fmt: skip
+        assert (c.timeout.connect, c.timeout.read) == (http_mod.CONNECT_TIMEOUT_S,
+                                                       http_mod.API_TIMEOUT_S)  # fmt: skip
         assert c.get("/api/models", params={"search": "gguf"}).status_code == 200
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at each request, not at import
         with pytest.raises(HubOfflineError, match="HF_HUB_OFFLINE"):
@@ -394,7 +395,7 @@ def test_one_http_client_for_every_hub_call(
                                                  r"requests\.(?:get|Session)\(", p.read_text()))
         for p in root.rglob("*.py")
     }  # fmt: skip
-    assert {k: v for k, v in built.items() if v} == {"core/models/hub.py": 1}  # tui_infer/
+    assert {k: v for k, v in built.items() if v} == {"core/models/http.py": 1}  # tui_infer/
 
 
 def test_a_download_in_progress_elsewhere_is_refused(server: HubServer) -> None:

@@ -24,7 +24,8 @@ def _version(dist: str) -> str:
 
 def hub_status(no_network: bool, timeout: float = 3.0) -> str:
     """Offline is a state to report, never a wait: short timeout, one request."""
-    from tui_infer.core.models.hub import HubOfflineError, endpoint, offline_by_env, ping
+    from tui_infer.core.models.http import ping
+    from tui_infer.core.models.hub_types import HubOfflineError, endpoint, offline_by_env
 
     if offline_by_env():
         return "offline (HF_HUB_OFFLINE is set)"

@@ -342,7 +342,8 @@ def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
     import threading
 
     from tui_infer.core.inference import fit
-    from tui_infer.core.models.hub import Hub, HubError, Progress
+    from tui_infer.core.models.hub import Hub
+    from tui_infer.core.models.hub_types import HubError, Progress
 
     hub = Hub()
     model = hub.select(args.repo, args.file, args.revision)

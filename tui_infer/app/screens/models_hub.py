@@ -118,7 +118,7 @@ class HubTab(Screen[None]):
     def _mount_hub(self) -> None:
         self.query_one("#hub-repos", DataTable).add_columns("repository", "downloads", "likes")
         self.query_one("#hub-files", DataTable).add_columns("file", "quant", "size", "parts")
-        from tui_infer.core.models.hub import offline_by_env
+        from tui_infer.core.models.hub_types import offline_by_env
 
         if offline_by_env():
             self._set_offline(
@@ -151,7 +151,8 @@ class HubTab(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="hub", name="hub search")
     def _search(self, query: str) -> None:
-        from tui_infer.core.models.hub import Hub, HubError, HubOfflineError
+        from tui_infer.core.models.hub import Hub
+        from tui_infer.core.models.hub_types import HubError, HubOfflineError
 
         try:
             found = Hub().search(query)
@@ -184,7 +185,8 @@ class HubTab(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="hub", name="hub files")
     def _list_files(self, repo: str) -> None:
-        from tui_infer.core.models.hub import Hub, HubError, HubOfflineError
+        from tui_infer.core.models.hub import Hub
+        from tui_infer.core.models.hub_types import HubError, HubOfflineError
 
         try:
             models = Hub().models(repo)
@@ -259,7 +261,8 @@ class HubTab(Screen[None]):
 
     @work(thread=True, exclusive=False, exit_on_error=False, group="download", name="download")
     def _download(self, model: Any, cancel: threading.Event) -> None:
-        from tui_infer.core.models.hub import DownloadCancelled, Hub, HubError, Progress
+        from tui_infer.core.models.hub import Hub
+        from tui_infer.core.models.hub_types import DownloadCancelled, HubError, Progress
         from tui_infer.core.models.library import ModelLibrary
 
         before = {i: sum(f.size for f in model.files[: i - 1]) for i in

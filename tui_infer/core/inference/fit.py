@@ -207,7 +207,7 @@ def info_from_metadata(path: str, size: int, md: dict[str, object]) -> ModelInfo
 def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
     """The fit line shown before a download starts (CLI and TUI): the header is read with
     a ranged request, so nothing large is fetched; an unreachable header says so."""
-    from tui_infer.core.models.hub import HubError
+    from tui_infer.core.models.hub_types import HubError
     from tui_infer.core.models.library import header_metadata
 
     try:
