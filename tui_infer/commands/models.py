@@ -343,7 +343,7 @@ def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
 
     from tui_infer.core.inference import fit
     from tui_infer.core.models.hub import Hub
-    from tui_infer.core.models.hub_types import HubError, Progress
+    from tui_infer.core.models.hub_types import Progress
 
     hub = Hub()
     model = hub.select(args.repo, args.file, args.revision)
@@ -362,7 +362,9 @@ def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
     )
     free = shutil.disk_usage(hub.cache).free
     if free < model.size - have:
-        raise HubError(
+        from tui_infer.core.disk import StorageError
+
+        raise StorageError(
             f"not enough disk space in {hub.cache} ({human_size(free)} free, "
             f"{human_size(model.size - have)} needed); free some space or set HF_HOME elsewhere"
         )

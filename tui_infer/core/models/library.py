@@ -35,6 +35,7 @@ from tui_infer.core.errors import ModelFileError, ModelNotFoundError, TuiInferEr
 from tui_infer.core.files import atomic_open
 from tui_infer.core.models.digest import HASH_CHUNK, DigestCache, ProgressFn, sha256_file
 from tui_infer.core.models.gguf import ArraySummary, GgufHeader, read_header
+from tui_infer.core.units import human_size
 
 # An entry's source: imported, copied, downloaded, bundled or hf-cache. Entries the user
 # put there themselves stay (shown as missing) when their file goes; scanned ones are
@@ -485,7 +486,8 @@ class ModelLibrary:
         free = shutil.disk_usage(dest_dir).free
         if free < total:
             raise StorageError(
-                f"not enough disk space in {dest_dir} ({free} bytes free, {total} needed); "
+                f"not enough disk space in {dest_dir} ({human_size(free)} free, "
+                f"{human_size(total)} needed); "
                 "free some space or import in place without --copy"
             )
         done = 0
