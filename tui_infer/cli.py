@@ -217,7 +217,9 @@ def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
         problem = str(exc)
     from tui_infer.app.app import TuiInferApp
 
-    app = TuiInferApp(settings=settings, paths=paths, model_path=model, startup_error=problem)
+    app = TuiInferApp(
+        settings=settings, paths=paths, model_path=model, startup_error=problem, debug=args.debug
+    )
     app.run()
     return app.return_code or 0
 

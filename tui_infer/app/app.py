@@ -46,9 +46,13 @@ class TuiInferApp(App[None]):
         startup_error: str | None = None,
         engine_loader: Callable[[Path, LoadOptions], Any] = Engine.load,
         memory_probe: Any = None,
+        debug: bool = False,
     ) -> None:
-        """engine_loader and memory_probe let benchmarks and tests inject synthetic ones."""
+        """engine_loader and memory_probe let benchmarks and tests inject synthetic ones;
+        debug (--debug) prints an internal error's traceback instead of logging it."""
         super().__init__()
+        self._print_tracebacks = debug
+        self.crash_line: str | None = None
         self.settings = settings
         self.paths = paths
         self._model_path = model_path
@@ -59,6 +63,28 @@ class TuiInferApp(App[None]):
 
             memory_probe = MemoryProbe()
         self._memory_probe = memory_probe
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An error nothing else caught ends the app, as in Textual, but the terminal shows
+        one line: the traceback goes to the log in the state dir (the CLI's rule too)."""
+        super()._handle_exception(error)
+        if self._print_tracebacks:
+            return
+        from rich.text import Text
+
+        from tui_infer.core.crashlog import one_line, record
+        from tui_infer.core.disk import explain
+
+        storage = explain(error)
+        where = record(error, self.paths.log_file, "tui-infer (the TUI)")
+        if storage is not None:
+            line = f"tui-infer: error: {storage}"
+        else:
+            saved = f"the traceback is in {where}" if where else "the traceback could not be saved"
+            line = f"tui-infer: error: internal error ({one_line(error)}); {saved}"
+        self.crash_line = line  # what the terminal shows at exit
+        self._exit_renderables.clear()
+        self._exit_renderables.append(Text(line))
 
     def get_default_screen(self) -> Screen[Any]:
         from tui_infer.core.chat.history import History
