@@ -173,8 +173,11 @@ def main() -> int:
         m = statistics.mean(xs)
         print(f"{who:<16}{fmt(xs):>34}{m / base:>8.3f}{m / bare_mean:>8.3f}", flush=True)
 
+    if a.agg_reps <= 0:
+        new.close()
+        old.close()
+        return 0
     # Aggregate: N requests at once through one context of 8 sequences.
-    on_llama_thread(lambda: None)
     par = Engine.load(path, LoadOptions(ctx=512, threads=a.threads, batch=512, parallel=8))
     p = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=a.agg_tokens)
     prompts = [par.tokenize(s) for s in STARTS]
