@@ -118,12 +118,21 @@ def test_prepare_applies_the_system_prompt_once_and_normalizes(
         assert d.sampling.max_tokens == 9 and d.key != a.key
 
 
-def test_run_reads_the_config_once(
+def test_run_reads_the_config_and_the_header_once(
     model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One settings read, one template lookup: the file is parsed once per command."""
+    """One settings read, one template lookup, one header parse per command."""
     from tui_infer.core import config as config_mod
+    from tui_infer.core.models import gguf
 
+    headers: list[int] = []
+    real_parse = gguf._parse
+
+    def counted_parse(*a: object) -> object:
+        headers.append(1)
+        return real_parse(*a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gguf, "_parse", counted_parse)
     paths = default_paths()
     write_config(paths.config_file, model_path, override=True)
     parses: list[int] = []
@@ -138,3 +147,4 @@ def test_run_reads_the_config_once(
     assert main(argv) == 0
     capsys.readouterr()
     assert len(parses) == 1
+    assert len(headers) == 1

@@ -75,3 +75,14 @@ def test_ctrl_c_mid_reply_exits_130(model_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert b"Traceback" not in err
+
+
+def test_parallel_setting_gives_each_sequence_the_whole_context(
+    model_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = reply(capsys, model_path, "--temperature", "0", "--max-tokens", "2", "--ctx", "1024")
+    monkeypatch.setenv("TUI_INFER_PARALLEL", "3")
+    three = reply(capsys, model_path, "--temperature", "0", "--max-tokens", "2", "--ctx", "1024")
+    assert one["stats"]["n_ctx"] == three["stats"]["n_ctx"] == 1024  # the window of a reply
+    assert three["stats"]["kv_bytes"] == 3 * one["stats"]["kv_bytes"]  # the cache: ctx x 3
+    assert three["reply"] == one["reply"]

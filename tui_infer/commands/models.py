@@ -192,9 +192,10 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
         est = fit.estimate_fit(
             info, n_vocab=int(md.get("n_vocab") or 0), ctx=settings.ctx, kv_type=settings.kv_type,
             n_ubatch=settings.batch, flash_attn=settings.flash_attn, ram_available=ram,
-            gpu_free=vram, gpu_build=gpu,
+            gpu_free=vram, gpu_build=gpu, parallel=settings.parallel,
         )  # fmt: skip
-        rows.append((f"fit (ctx {settings.ctx}, {settings.kv_type})", est.summary()))
+        seqs = f" x {settings.parallel}" if settings.parallel > 1 else ""
+        rows.append((f"fit (ctx {settings.ctx}{seqs}, {settings.kv_type})", est.summary()))
     else:
         rows.append(("sha256", e.sha256 or "unknown"))
     t = Table("name", "value", header=False)

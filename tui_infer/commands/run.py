@@ -54,7 +54,7 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
             served = _from_store(args, store, request, path, mode)
             if served is not None:
                 return served
-    engine = Engine.load(path, target.load_options(settings))
+    engine = Engine.load(path, target.load_options(settings), header=target.header)
     for note in load_notes(settings, engine.n_ctx):
         print(f"tui-infer: note: {note}", file=sys.stderr)
     cancel = threading.Event()

@@ -56,6 +56,7 @@ class Settings:
     overflow: str = "ask"
     serve: str = "store-then-live"  # the chat: answer from the prediction store first
     redraws: float = 0  # text updates a second while a reply streams; 0: chosen (pacing.py)
+    parallel: int = 1  # live requests the loaded model decodes at once, each with all of ctx
 
     @property
     def effective_threads(self) -> int:
@@ -130,6 +131,8 @@ def validate(s: Settings, source: str) -> Settings:
         raise bad(f"'top_k' must be 0 (off) or more, got {s.top_k}")
     if s.max_tokens < 1:
         raise bad(f"'max_tokens' must be at least 1, got {s.max_tokens}")
+    if not 1 <= s.parallel <= 256:
+        raise bad(f"'parallel' must be 1 to 256 sequences, got {s.parallel}")
     if not 0 <= s.redraws <= 60:
         raise bad(f"'redraws' must be 0 (chosen) or up to 60 a second, got {s.redraws}")
     return s

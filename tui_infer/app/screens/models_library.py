@@ -156,6 +156,7 @@ class LibraryTab(Screen[None]):
                     n_vocab=int(e.metadata.get("n_vocab") or 0), ctx=settings.ctx,
                     kv_type=settings.kv_type, n_ubatch=settings.batch,
                     flash_attn=settings.flash_attn, ram_available=ram, gpu_free=vram,
+                    parallel=settings.parallel,
                 )  # fmt: skip
                 verdict = est.verdict
                 summary = f"fit at ctx {settings.ctx}, KV {settings.kv_type}: {est.summary()}"

@@ -38,8 +38,7 @@ from typing import Any
 
 from tui_infer.core.errors import ModelFileError, TuiInferError
 from tui_infer.core.inference import llama_log
-from tui_infer.core.inference.llama_thread import on_llama_thread
-from tui_infer.core.inference.scheduler import (
+from tui_infer.core.inference.decoding import (
     SeqSlot,
     create_context,
     fill_batch,
@@ -48,7 +47,8 @@ from tui_infer.core.inference.scheduler import (
     token_piece,
     tokenize,
 )
-from tui_infer.core.inference.template import ChatTemplate
+from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.template import ChatTemplate, limits_for
 from tui_infer.core.inference.types import (
     KV_TYPE_IDS,
     LoadOptions,
@@ -153,7 +153,10 @@ class BatchRunner:
         eos = self._token_text(lib.llama_vocab_eos(self._vocab))
         # the [templates] override when there is one, as in the engine and the store key
         self.template = ChatTemplate(
-            options.template_override or info.chat_template, bos_token=bos, eos_token=eos
+            options.template_override or info.chat_template,
+            bos_token=bos,
+            eos_token=eos,
+            limits=limits_for(options.ctx),
         )
         self._closed = False
 

@@ -30,18 +30,16 @@ from tui_infer.core.inference.backend import (
     probe_devices,
     probe_system_info,
 )
-from tui_infer.core.inference.llama_thread import iterate_on_llama_thread, on_llama_thread
-from tui_infer.core.inference.scheduler import (
-    GenerationError,
-    Scheduler,
-    SchedulerStream,
+from tui_infer.core.inference.decoding import (
     create_context,
     load_model,
     make_sampler,
     token_piece,
     tokenize,
 )
-from tui_infer.core.inference.template import ChatTemplate, TemplateError
+from tui_infer.core.inference.llama_thread import iterate_on_llama_thread, on_llama_thread
+from tui_infer.core.inference.scheduler import GenerationError, Scheduler, SchedulerStream
+from tui_infer.core.inference.template import ChatTemplate, TemplateError, limits_for
 from tui_infer.core.inference.types import (
     KV_TYPE_IDS,
     GenerationStats,
@@ -53,7 +51,7 @@ from tui_infer.core.inference.types import (
     TokenChunk,
     kv_bytes_per_token,
 )
-from tui_infer.core.models.gguf import read_header
+from tui_infer.core.models.gguf import GgufHeader, read_header
 
 __all__ = ["Engine", "GenerationError", "ReplyStream", "make_sampler", "token_piece"]
 
@@ -103,7 +101,10 @@ class Engine:
         self.template_overridden = options.template_override is not None
         try:
             self.template = ChatTemplate(
-                options.template_override or info.chat_template, bos_token=bos, eos_token=eos
+                options.template_override or info.chat_template,
+                bos_token=bos,
+                eos_token=eos,
+                limits=limits_for(options.ctx),
             )
         except TemplateError as exc:
             lib.llama_free(ctx)
@@ -142,9 +143,13 @@ class Engine:
     # ----- loading -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path, options: LoadOptions) -> Engine:
-        """Check the GGUF header ourselves, then hand the file to llama.cpp."""
-        header = read_header(path)  # raises ModelFileError with the reason
+    def load(
+        cls, path: str | Path, options: LoadOptions, header: GgufHeader | None = None
+    ) -> Engine:
+        """Check the GGUF header ourselves (or take the one the request path read), then
+        hand the file to llama.cpp."""
+        if header is None:
+            header = read_header(path)  # raises ModelFileError with the reason
         info = ModelInfo.from_header(header)
         import llama_cpp as lib
 

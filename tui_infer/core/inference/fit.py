@@ -217,6 +217,7 @@ def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
             info_from_metadata(model.filename, model.size, md), n_vocab=md["n_vocab"],
             ctx=settings.ctx, kv_type=settings.kv_type, n_ubatch=settings.batch,
             flash_attn=settings.flash_attn, ram_available=ram, gpu_free=vram,
+            parallel=settings.parallel,
         )  # fmt: skip
     except HubError as exc:
         return f"fit: unknown ({exc})"

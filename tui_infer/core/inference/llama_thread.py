@@ -112,3 +112,14 @@ def on_llama_thread(job: Callable[[], T], on_interrupt: Callable[[], None] | Non
     if ok:
         return value
     raise value
+
+
+def post(job: Callable[[], Any]) -> None:
+    """Queue a job for the llama.cpp thread without waiting for it (the scheduler's driver)."""
+    _ensure_started()
+    _jobs.put((job, [], threading.Event()))
+
+
+def others_waiting() -> bool:
+    """Whether a job waits for the thread: a long-running job gives it up then."""
+    return not _jobs.empty()

@@ -58,24 +58,25 @@ from __future__ import annotations
 import codecs
 import collections
 import ctypes
-import io
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from tui_infer.core.errors import ContextOverflowError, TuiInferError
 from tui_infer.core.inference import llama_thread
+from tui_infer.core.inference.decoding import (
+    SeqSlot,
+    fill_batch,
+    make_sampler,
+    token_piece,
+)
 from tui_infer.core.inference.llama_thread import is_llama_thread
 from tui_infer.core.inference.types import (
-    KV_TYPE_IDS,
     GenerationStats,
     KvCacheUsage,
-    LoadOptions,
     SamplingParams,
     TokenChunk,
 )
@@ -87,148 +88,6 @@ class GenerationError(TuiInferError):
 
 class SchedulerBusyError(GenerationError):
     """The queue of waiting requests is full: try again later."""
-
-
-# ----- pieces shared with the engine and the batch runner ----------------------------------
-
-
-def token_piece(lib: Any, vocab: Any, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
-    """The bytes of one token (special tokens render as nothing); buf is reused, grown
-    only for a token longer than it."""
-    n = lib.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
-    if n < 0:
-        big = ctypes.create_string_buffer(-n)
-        n = lib.llama_token_to_piece(vocab, token, big, len(big), 0, False)
-        return big.raw[:n]
-    return buf.raw[:n]
-
-
-def make_sampler(lib: Any, n_vocab: int, p: SamplingParams, seed: int | None) -> Any:
-    """A llama.cpp sampler chain for p: penalties, then greedy, or top-k, top-p, min-p,
-    temperature and a seeded draw (seed None: llama.cpp picks one)."""
-    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    if p.repeat_penalty != 1.0:
-        lib.llama_sampler_chain_add(
-            chain, lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
-        )
-    if p.greedy:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        return chain
-    if p.top_k > 0:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(p.top_k))
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
-    if p.min_p > 0:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
-    s = seed if seed is not None else lib.LLAMA_DEFAULT_SEED
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(s & 0xFFFFFFFF))
-    return chain
-
-
-def tokenize(lib: Any, vocab: Any, text: str) -> list[int]:
-    """Tokens of a rendered prompt: no BOS added (the template has it), specials parsed."""
-    data = text.encode("utf-8")
-    cap = len(data) + 8
-    buf = (lib.llama_token * cap)()
-    n = lib.llama_tokenize(vocab, data, len(data), buf, cap, False, True)
-    if n < 0:
-        cap = -n
-        buf = (lib.llama_token * cap)()
-        n = lib.llama_tokenize(vocab, data, len(data), buf, cap, False, True)
-    return list(buf[:n])
-
-
-def load_model(lib: Any, path: Path, options: LoadOptions, sink: io.StringIO) -> Any:
-    """llama_model_load_from_file with the options' GPU layers (-1: all); None on failure
-    (llama.cpp's reason is in its log). Python-level prints go to `sink`."""
-    with redirect_stderr(sink), redirect_stdout(sink):
-        lib.llama_backend_init()
-        mp = lib.llama_model_default_params()
-        mp.n_gpu_layers = 0x7FFFFFFF if options.gpu_layers == -1 else options.gpu_layers
-        return lib.llama_model_load_from_file(str(path).encode(), mp)
-
-
-def create_context(
-    lib: Any,
-    model: Any,
-    options: LoadOptions,
-    n_ctx: int,
-    parallel: int,
-    kv_unified: bool,
-    sink: io.StringIO,
-) -> Any:
-    """A context of n_ctx cells for `parallel` sequences; None on failure."""
-    quantized_v = options.kv_type not in ("f16", "f32", "bf16")
-    cp = lib.llama_context_default_params()
-    cp.n_ctx = n_ctx
-    cp.n_batch = cp.n_ubatch = options.batch
-    cp.n_seq_max = parallel
-    cp.n_threads = cp.n_threads_batch = options.threads
-    cp.flash_attn_type = (
-        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        if options.flash_attn or quantized_v
-        else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    )
-    cp.type_k = cp.type_v = KV_TYPE_IDS[options.kv_type]
-    cp.kv_unified = kv_unified
-    with redirect_stderr(sink), redirect_stdout(sink):
-        return lib.llama_init_from_model(model, cp)
-
-
-@dataclass
-class SeqSlot:
-    """One llama.cpp sequence of a batched decoder: what it still has to decode, where."""
-
-    seq: int
-    pending: list[int] = field(default_factory=list)  # tokens still to decode
-    pos: int = 0  # position of pending[0] = cells the sequence holds
-    cached: list[int] = field(default_factory=list)  # the tokens it holds, in order
-    logits_at: int = -1  # index in this step's batch whose logits to sample, or -1
-
-
-def fill_batch(batch: Any, active: list[Any], cap: int) -> int:
-    """Fill `batch` (llama_batch_init'ed for cap tokens) from the slots' pending tokens:
-    generating slots' one token each first, then prompt tokens while room remains. A slot
-    whose pending tokens all went in asks for logits at its last one (`logits_at`)."""
-    n = 0
-    order = sorted(active, key=lambda s: len(s.pending) > 1) if len(active) > 1 else active
-    for slot in order:
-        slot.logits_at = -1
-        room = cap - n
-        if room <= 0 or not slot.pending:
-            continue
-        take = slot.pending[:room]
-        seq = slot.seq
-        pos = slot.pos
-        for j, tok in enumerate(take):
-            batch.token[n] = tok
-            batch.pos[n] = pos + j
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq
-            batch.logits[n] = 0
-            n += 1
-        slot.pos += len(take)
-        slot.cached.extend(take)
-        slot.pending = slot.pending[len(take) :]
-        if not slot.pending:
-            batch.logits[n - 1] = 1
-            slot.logits_at = n - 1
-    batch.n_tokens = n
-    return n
-
-
-# ----- the llama.cpp thread's queue ---------------------------------------------------------
-# The driver needs two things llama_thread.py has no public call for: to queue a job
-# without waiting for it, and to see whether another job waits for the thread.
-
-
-def _post(job: Callable[[], Any]) -> None:
-    llama_thread._ensure_started()
-    llama_thread._jobs.put((job, [], threading.Event()))
-
-
-def _others_waiting() -> bool:
-    return not llama_thread._jobs.empty()
 
 
 # ----- requests and their streams -----------------------------------------------------------
@@ -428,7 +287,7 @@ class Scheduler:
     def _kick_locked(self) -> None:
         if not self._driver_posted and not self._closed:
             self._driver_posted = True
-            _post(self._drive)
+            llama_thread.post(self._drive)
 
     def _drive(self) -> None:
         """The background driver: steps while there is work and nobody else waits for
@@ -438,7 +297,7 @@ class Scheduler:
                 if self._closed or not (self._queue or self._n_active):
                     self._driver_posted = False
                     return
-            if _others_waiting():
+            if llama_thread.others_waiting():
                 with self._qlock:
                     self._driver_posted = False
                     self._kick_locked()

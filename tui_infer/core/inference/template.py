@@ -60,6 +60,12 @@ class RenderLimits:
 
 
 DEFAULT_LIMITS = RenderLimits()
+
+
+def limits_for(ctx: int) -> RenderLimits:
+    """Bounds for a model with a context of `ctx` tokens: its output may be at most what the
+    context can hold (a token is rarely more than 32 characters)."""
+    return RenderLimits(max_chars=max(32 * ctx, 1 << 16))
 WAY_OUT = "use ChatML for this model with a [templates] override in the config"
 
 

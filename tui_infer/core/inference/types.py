@@ -57,6 +57,7 @@ class LoadOptions:
             flash_attn=s.flash_attn,
             kv_type=s.kv_type,
             template_override=template_override,
+            parallel=s.parallel,
         )
 
 
