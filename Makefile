@@ -24,11 +24,12 @@ run: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The checks that keep the house in order: style, types, and the import contracts
+# The checks that keep the house in order: lint, format, types, and the import contracts
 # (pyproject.toml: the core is headless, the app and the commands stay apart, the
 # core's rooms are layered).
 lint: $(STAMP)
 	$(BIN)/ruff check tui_infer tests benchmarks
+	$(BIN)/ruff format --check tui_infer tests benchmarks
 	$(BIN)/mypy tui_infer
 	$(BIN)/lint-imports
 

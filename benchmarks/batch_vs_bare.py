@@ -39,8 +39,24 @@ from tui_infer.core.inference.types import KV_TYPE_IDS, LoadOptions, SamplingPar
 from tui_infer.core.models.bundled import find_bundled_models  # noqa: E402
 from tui_infer.core.inference.types import Message  # noqa: E402
 
-TOPICS = ["rivers", "bread", "the moon", "chess", "volcanoes", "trains", "bees", "glass",
-          "music", "winter", "maps", "copper", "owls", "tea", "bridges", "clocks"]  # fmt: skip
+TOPICS = [
+    "rivers",
+    "bread",
+    "the moon",
+    "chess",
+    "volcanoes",
+    "trains",
+    "bees",
+    "glass",
+    "music",
+    "winter",
+    "maps",
+    "copper",
+    "owls",
+    "tea",
+    "bridges",
+    "clocks",
+]
 
 
 class BareBatch:
@@ -127,8 +143,22 @@ def store_benchmarks(n_lookups: int, n_prompts: int) -> tuple[float, float]:
         env = {**os.environ, "TUI_INFER_DATA_DIR": tmp, "TUI_INFER_CONFIG": f"{tmp}/c.toml"}
         src = Path(tmp) / "in.txt"
         src.write_text("".join(f"Say the number {i}.\n" for i in range(n_prompts)))
-        cmd = [sys.executable, "-m", "tui_infer", "batch", str(src), "-o", f"{tmp}/o.jsonl",
-               "--max-tokens", "1", "--parallel", "8", "--ctx", "2048", "--publish"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tui_infer",
+            "batch",
+            str(src),
+            "-o",
+            f"{tmp}/o.jsonl",
+            "--max-tokens",
+            "1",
+            "--parallel",
+            "8",
+            "--ctx",
+            "2048",
+            "--publish",
+        ]
         subprocess.run(cmd, check=True, env=env, capture_output=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, capture_output=True)
@@ -160,8 +190,10 @@ def main() -> int:
         BatchItem(str(i), (Message("user", f"Write a short paragraph about {TOPICS[i % 16]}."),))
         for i in range(a.prompts)
     ]
-    print(f"model: {path.name}  threads: {a.threads}  prompts: {a.prompts}  "
-          f"max tokens: {a.tokens}  reps: {a.reps}")  # fmt: skip
+    print(
+        f"model: {path.name}  threads: {a.threads}  prompts: {a.prompts}  "
+        f"max tokens: {a.tokens}  reps: {a.reps}"
+    )
 
     # One-sequence engine over the same prompts.
     engine = Engine.load(path, LoadOptions(ctx=2048, threads=a.threads))
@@ -192,8 +224,9 @@ def main() -> int:
             t0 = time.perf_counter()
             res = {r.id: r for r in runner.run(items, sampling)}
             wall = time.perf_counter() - t0
-            n_gen = [res[it.id].generated_tokens + (res[it.id].finish_reason == "stop")
-                     for it in items]  # fmt: skip
+            n_gen = [
+                res[it.id].generated_tokens + (res[it.id].finish_reason == "stop") for it in items
+            ]
             total = sum(r.generated_tokens for r in res.values())
             t_b0 = time.perf_counter()
             n_b, _ = on_llama_thread(lambda b=bare, p=prompts, g=n_gen: b.run(p, g))
@@ -202,8 +235,9 @@ def main() -> int:
             b_tps.append(n_b / bare_wall)
         r, b = statistics.mean(r_tps), statistics.mean(b_tps)
         sr, sb = statistics.pstdev(r_tps), statistics.pstdev(b_tps)
-        print(f"{par:>8}{r:>11.1f} ± {sr:<5.1f}{b:>11.1f} ± {sb:<5.1f}"
-              f"{r / b:>8.3f}{r / eng:>10.2f}")  # fmt: skip
+        print(
+            f"{par:>8}{r:>11.1f} ± {sr:<5.1f}{b:>11.1f} ± {sb:<5.1f}{r / b:>8.3f}{r / eng:>10.2f}"
+        )
         runner.close()
         bare.close()
 

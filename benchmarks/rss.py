@@ -56,8 +56,9 @@ asyncio.run(main())
 
 
 def rss(code: str) -> int:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -71,8 +72,10 @@ def main() -> int:
         tui.append(rss(TUI))
     mb = 1 / 2**20
     b, t = statistics.mean(bare) * mb, statistics.mean(tui) * mb
-    print(f"bare loop RSS {b:.1f} MiB, TUI RSS {t:.1f} MiB: TUI adds {t - b:.1f} MiB "
-          "(budget <= 80 MB)")
+    print(
+        f"bare loop RSS {b:.1f} MiB, TUI RSS {t:.1f} MiB: TUI adds {t - b:.1f} MiB "
+        "(budget <= 80 MB)"
+    )
     return 0
 
 

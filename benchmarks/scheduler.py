@@ -188,14 +188,18 @@ def main() -> int:
         for n in agg:
             agg[n].append(aggregate(par, prompts[:n], p))
             seq[n].append(sequential(old, prompts[:n], p))
-            print(f"agg rep {rep} n={n}: scheduler {agg[n][-1]:.1f}  old in turn "
-                  f"{seq[n][-1]:.1f}", flush=True)  # fmt: skip
+            print(
+                f"agg rep {rep} n={n}: scheduler {agg[n][-1]:.1f}  old in turn {seq[n][-1]:.1f}",
+                flush=True,
+            )
     print(f"\n{'requests':<10}{'scheduler p=8 tok/s':>34}{'old engine, in turn':>34}{'ratio':>8}")
     for n in agg:
         r = statistics.mean(agg[n]) / statistics.mean(seq[n])
         print(f"{n:<10}{fmt(agg[n]):>34}{fmt(seq[n]):>34}{r:>8.2f}")
-    print(f"(aggregate: generated tokens / wall time from submit to the last token, "
-          f"{a.agg_tokens} tokens each, prompts included; {a.agg_reps} reps)")  # fmt: skip
+    print(
+        f"(aggregate: generated tokens / wall time from submit to the last token, "
+        f"{a.agg_tokens} tokens each, prompts included; {a.agg_reps} reps)"
+    )
     par.close()
     new.close()
     old.close()

@@ -52,14 +52,23 @@ def main() -> int:
     helps = [timed([str(BIN), "--help"]) for _ in range(a.reps)]
     frames = []
     for _ in range(max(3, a.reps // 2)):
-        out = subprocess.run([sys.executable, "-c", FIRST_FRAME, repr(time.time())], check=True,
-                             capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, "-c", FIRST_FRAME, repr(time.time())],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         frames.append(float(out.stdout.strip().splitlines()[-1]))
     print(f"{'measure':<34}{'mean s':>8}{'stdev':>8}{'budget':>8}")
-    print(f"{'tui-infer --help':<34}{statistics.mean(helps):>8.3f}"
-          f"{statistics.stdev(helps):>8.3f}{0.3:>8.1f}")
-    print(f"{'TUI first frame, model loaded':<34}{statistics.mean(frames):>8.3f}"
-          f"{statistics.stdev(frames):>8.3f}{1.5:>8.1f}")
+    print(
+        f"{'tui-infer --help':<34}{statistics.mean(helps):>8.3f}"
+        f"{statistics.stdev(helps):>8.3f}{0.3:>8.1f}"
+    )
+    print(
+        f"{'TUI first frame, model loaded':<34}{statistics.mean(frames):>8.3f}"
+        f"{statistics.stdev(frames):>8.3f}{1.5:>8.1f}"
+    )
     return 0
 
 

@@ -65,9 +65,12 @@ async def synthetic(n: int, rate: float) -> dict[str, float]:
     """Main-thread CPU per token early and late in the message, and the final lag."""
     # one llama.cpp thread of two cores: the pace the TUI gets when llama.cpp leaves a core
     engine = SyntheticEngine(
-        Path("synthetic.gguf"), LoadOptions(ctx=1 << 20), rate, paragraph_words,
+        Path("synthetic.gguf"),
+        LoadOptions(ctx=1 << 20),
+        rate,
+        paragraph_words,
         FakeBackend(threads=1, total_layers=2),
-    )  # fmt: skip
+    )
     app = TuiInferApp(
         settings=Settings(max_tokens=n),
         paths=default_paths(),
@@ -80,11 +83,7 @@ async def synthetic(n: int, rate: float) -> dict[str, float]:
     display = app._display
 
     def timed_display(*args: Any, **kwargs: Any) -> Any:
-        if (
-            engine.t_last_token
-            and not shown_at
-            and reply_holds_all(app, "".join(engine.produced))
-        ):
+        if engine.t_last_token and not shown_at and reply_holds_all(app, "".join(engine.produced)):
             shown_at.append(time.perf_counter())
         return display(*args, **kwargs)
 

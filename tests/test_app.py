@@ -231,9 +231,12 @@ async def test_system_prompt_is_sent_first(tmp_path: Path, model_path: Path) -> 
             return self._engine.chat(messages, *args)
 
     app = make_app(
-        tmp_path, model_path, system="You are terse.", max_tokens=4,
+        tmp_path,
+        model_path,
+        system="You are terse.",
+        max_tokens=4,
         engine_loader=lambda p, o: Spy(Engine.load(p, o)),
-    )  # fmt: skip
+    )
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await send(pilot, "Hi")

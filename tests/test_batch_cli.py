@@ -19,8 +19,11 @@ from tui_infer.cli import main
 def tui_infer(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tui_infer", *args],
-        capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
 
 
 def rows(path: Path) -> list[dict]:
@@ -93,8 +96,10 @@ def test_jsonl_batch_with_malformed_lines_publish_and_serve(
     exported = tmp_path / "export.jsonl"
     assert main(["store", "export", str(run_id), "-o", str(exported)]) == 0
     assert [(r["id"], r["status"]) for r in rows(exported)] == [
-        ("a", "published"), ("b", "rejected"), ("line-6", "published"),
-    ]  # fmt: skip
+        ("a", "published"),
+        ("b", "rejected"),
+        ("line-6", "published"),
+    ]
     assert main(["store", "rollback"]) == 0
     assert main(["store", "runs"]) == 0
     listing = capsys.readouterr().out
@@ -110,8 +115,9 @@ def test_text_and_csv_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert [r["id"] for r in rows(out)] == ["line-1", "line-3"]
     csv = tmp_path / "p.csv"
     csv.write_text('id,question\nq1,"Say yes, please."\nq2,\nq3,Say no.,extra\n')
-    assert main(["batch", str(csv), "-o", str(out), "--column", "question",
-                 "--max-tokens", "4"]) == 5  # fmt: skip
+    assert (
+        main(["batch", str(csv), "-o", str(out), "--column", "question", "--max-tokens", "4"]) == 5
+    )
     assert [r["id"] for r in rows(out)] == ["q1"]
     assert main(["batch", str(csv), "-o", str(out)]) == 2
     assert "no 'prompt' column" in capsys.readouterr().err
@@ -137,9 +143,12 @@ def test_a_prompt_longer_than_the_context_is_rejected_alone(
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("", "the input is empty"), ("\n\n", "the input is empty"),
-     ("{bad\n[1]\n", "none of its 2 lines is a usable prompt")],
-)  # fmt: skip
+    [
+        ("", "the input is empty"),
+        ("\n\n", "the input is empty"),
+        ("{bad\n[1]\n", "none of its 2 lines is a usable prompt"),
+    ],
+)
 def test_unusable_input_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
 ) -> None:
@@ -167,9 +176,11 @@ def test_killed_batch_resumes_exactly_once(tmp_path: Path, sig: signal.Signals) 
     out = tmp_path / "out.jsonl"
     cmd = ["batch", str(src), "-o", str(out), "--max-tokens", "24", "--parallel", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tui_infer", *cmd], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=dict(os.environ),
-    )  # fmt: skip
+        [sys.executable, "-m", "tui_infer", *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
     db = Path(os.environ["TUI_INFER_DATA_DIR"]) / "store.sqlite3"
     done = 0
     deadline = time.monotonic() + 300  # a loaded machine can be very slow

@@ -39,11 +39,29 @@ def publish_batch(tmp_path: Path, model_path: Path) -> None:
     src.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     env = {**os.environ, "TUI_INFER_DATA_DIR": str(tmp_path / "data")}
     done = subprocess.run(
-        [sys.executable, "-m", "tui_infer", "batch", str(src), "-o", str(tmp_path / "out.jsonl"),
-         "-m", str(model_path), "--max-tokens", "8", "--parallel", "2", "--ctx", "512",
-         "--publish"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tui_infer",
+            "batch",
+            str(src),
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "-m",
+            str(model_path),
+            "--max-tokens",
+            "8",
+            "--parallel",
+            "2",
+            "--ctx",
+            "512",
+            "--publish",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
 
 

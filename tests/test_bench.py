@@ -49,8 +49,11 @@ def test_noise_rule() -> None:
 def test_sweep_is_every_combination_in_order() -> None:
     cfgs = expand_sweep([1, 2], [0], [256], 512, ["f16", "q8_0"], [True])
     assert [(c.threads, c.kv_type) for c in cfgs] == [
-        (1, "f16"), (1, "q8_0"), (2, "f16"), (2, "q8_0"),
-    ]  # fmt: skip
+        (1, "f16"),
+        (1, "q8_0"),
+        (2, "f16"),
+        (2, "q8_0"),
+    ]
 
 
 def test_memory_bandwidth_is_measured() -> None:
@@ -91,8 +94,9 @@ def test_bench_markdown_and_depth() -> None:
 
 
 def test_bench_parallel_throughput() -> None:
-    r = tui_infer("bench", "-p", "8", "-n", "8", "-r", "1", "--parallel", "1,2", "--json",
-                  "--no-ceiling")
+    r = tui_infer(
+        "bench", "-p", "8", "-n", "8", "-r", "1", "--parallel", "1,2", "--json", "--no-ceiling"
+    )
     assert r.returncode == 0, r.stderr
     batch = [x for x in json.loads(r.stdout)["results"] if x["kind"] == "batch"]
     assert [x["test"] for x in batch] == ["batch1x8", "batch2x8"]
@@ -134,8 +138,21 @@ def test_bench_does_not_rehash_the_model(
         raise AssertionError("the bench read the model to hash it again")
 
     monkeypatch.setattr(digest, "sha256_file", no_reading)
-    args = ["bench", "-m", str(model_path), "-p", "8", "-n", "2", "-r", "1", "-t", "1",
-            "--no-ceiling", "--json"]  # fmt: skip
+    args = [
+        "bench",
+        "-m",
+        str(model_path),
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "--no-ceiling",
+        "--json",
+    ]
     assert main(args) == 0
     run = json.loads(capsys.readouterr().out)["run"]
     from tui_infer.core.bench.history import BenchHistory

@@ -17,9 +17,11 @@ pytestmark = pytest.mark.anyio
 
 def test_bar_chart_scales_each_kind_to_its_fastest() -> None:
     cfg = BenchConfig(2, -1, 256, 512, "f16", True)
-    rs = [BenchResult("pp64", "pp", 64, 0, cfg, (300.0,)),
-          BenchResult("tg16", "tg", 16, 0, cfg, (100.0,)),
-          BenchResult("tg32", "tg", 32, 0, cfg, (50.0,))]  # fmt: skip
+    rs = [
+        BenchResult("pp64", "pp", 64, 0, cfg, (300.0,)),
+        BenchResult("tg16", "tg", 16, 0, cfg, (100.0,)),
+        BenchResult("tg32", "tg", 32, 0, cfg, (50.0,)),
+    ]
     lines = bar_chart(rs, width=10).splitlines()
     assert [line.count("█") for line in lines] == [10, 10, 5]
     assert "300.0 tok/s" in lines[0]

@@ -54,8 +54,12 @@ def test_drop_oldest_drops_the_oldest_turns_first_and_keeps_the_system_prompt() 
 
 def test_fit_never_starts_the_context_with_a_reply() -> None:
     s = ChatSession()
-    turns = [*conversation((words(5), words(5))), Message("user", "q"), Message("assistant", "a"),
-             Message("user", "now")]  # fmt: skip
+    turns = [
+        *conversation((words(5), words(5))),
+        Message("user", "q"),
+        Message("assistant", "a"),
+        Message("user", "now"),
+    ]
     kept, n, dropped = s.fit(turns, count, 10)
     assert kept[0].role == "user" and dropped == 2 and n == count(kept) < 10
 

@@ -16,8 +16,12 @@ FIG = ReplyFigures(0.05, 20, 400.0, 7, 88.0, 0.13, "stop")
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tui_infer", "chats", *args],
-        capture_output=True, text=True, input=stdin, env=os.environ.copy(), timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=os.environ.copy(),
+        timeout=60,
+    )
 
 
 def data_dir() -> Path:
@@ -68,8 +72,11 @@ def test_list_export_import_round_trip(tmp_path: Path) -> None:
         new = chats[0].id if chats[0].id != cid else chats[1].id
         a, b = h.get(cid), h.get(new)
     assert (a.title, a.system_prompt, a.model_name, a.messages) == (
-        b.title, b.system_prompt, b.model_name, b.messages,
-    )  # fmt: skip
+        b.title,
+        b.system_prompt,
+        b.model_name,
+        b.messages,
+    )
     # exporting the copy gives the same file, but for the times of the import
     again = json.loads(cli("export", str(new), "--format", "json").stdout)
     assert again["messages"] == exported["messages"] and again["title"] == exported["title"]
@@ -104,8 +111,11 @@ def test_errors_are_one_line_and_change_nothing(tmp_path: Path) -> None:
     assert nofile.returncode == 2 and "no such file" in nofile.stderr
 
     broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({"format": "tui-infer.conversation", "version": 1,
-                                  "messages": [{"role": "user"}]}))  # fmt: skip
+    broken.write_text(
+        json.dumps(
+            {"format": "tui-infer.conversation", "version": 1, "messages": [{"role": "user"}]}
+        )
+    )
     assert "message 1 needs a role" in cli("import", str(broken)).stderr
 
     with History.in_data_dir(data_dir()) as h:

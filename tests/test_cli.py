@@ -44,10 +44,21 @@ def test_run_streams_a_reply() -> None:
 def test_run_into_a_reader_that_stops_early() -> None:
     """`tui-infer run ... | head -c 20`: the reply stops quietly when the pipe closes."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tui_infer", "run", "--temperature", "0", "--max-tokens", "400",
-         "Write a long story about a dragon."],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tui_infer",
+            "run",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "400",
+            "Write a long story about a dragon.",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.read(20)
     proc.stdout.close()
@@ -65,9 +76,13 @@ def test_tui_quits_when_its_terminal_goes_away(tmp_path: Path) -> None:
 
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tui_infer"], stdin=slave, stdout=slave, stderr=slave,
-        start_new_session=True, env={**os.environ, "TERM": "xterm-256color"},
-    )  # fmt: skip
+        [sys.executable, "-m", "tui_infer"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        env={**os.environ, "TERM": "xterm-256color"},
+    )
     os.close(slave)
     try:
         deadline = time.monotonic() + 60
@@ -237,12 +252,15 @@ def test_run_uses_the_config_template_override(model_path: Path) -> None:
     # an override that ignores the conversation and always asks the same question (a Jinja
     # expression: Jinja drops a template's own trailing newline, as transformers does)
     nl = "\\n"  # Jinja's escape, kept literal by TOML's ''' strings
-    text = (f"<|im_start|>system{nl}You are a helpful AI assistant named SmolLM, trained by "
-            f"Hugging Face<|im_end|>{nl}<|im_start|>user{nl}{fixed}<|im_end|>{nl}"
-            f"<|im_start|>assistant{nl}")
+    text = (
+        f"<|im_start|>system{nl}You are a helpful AI assistant named SmolLM, trained by "
+        f"Hugging Face<|im_end|>{nl}<|im_start|>user{nl}{fixed}<|im_end|>{nl}"
+        f"<|im_start|>assistant{nl}"
+    )
     cfg.write_text(f"[templates]\n'{model_path.name}' = '''{{{{ \"{text}\" }}}}'''\n")
-    over = tui_infer("run", "--json", "--temperature", "0", "--max-tokens", "12",
-                     "Something else entirely")
+    over = tui_infer(
+        "run", "--json", "--temperature", "0", "--max-tokens", "12", "Something else entirely"
+    )
     assert over.returncode == 0, over.stderr
     assert json.loads(over.stdout)["reply"] == json.loads(plain.stdout)["reply"]
     cfg.write_text(f'[templates]\n"{model_path.name}" = "{{% for m in messages %}}"\n')

@@ -93,9 +93,12 @@ async def test_history_survives_restart_with_figures(tmp_path: Path, model_path:
 
     rec2 = Recorder()
     app2 = make_app(
-        tmp_path, model_path, engine_loader=lambda p, o: Spy(Engine.load(p, o)),
-        temperature=0, max_tokens=6,
-    )  # fmt: skip
+        tmp_path,
+        model_path,
+        engine_loader=lambda p, o: Spy(Engine.load(p, o)),
+        temperature=0,
+        max_tokens=6,
+    )
     async with app2.run_test(size=SIZE, message_hook=rec2) as pilot:
         await ready(pilot)
         assert not app2.chat.conversation.query(Reply)  # starts on a new chat
@@ -195,8 +198,10 @@ async def test_regenerate_edit_fork_and_copy(tmp_path: Path) -> None:
         await finish_reply(pilot, rec, 3)
         assert len(app.chat.history) == 4
         assert [m.content for m in app.chat.history[:3]] == [
-            "first question", "word1 word2 word3 ", "second question",
-        ]  # fmt: skip
+            "first question",
+            "word1 word2 word3 ",
+            "second question",
+        ]
         assert len(app.chat.query(Reply)) == 2 and len(app.chat.query(UserTurn)) == 2
 
         # edit the first message (Ctrl+G): the chat forks there, the old branch is dropped
@@ -235,8 +240,9 @@ async def test_regenerate_replaces_the_reply_with_a_new_one(
     from dataclasses import replace
 
     rec = Recorder()
-    app = make_app(tmp_path, model_path, temperature=1.0, top_p=1.0, min_p=0.0, seed=1,
-                   max_tokens=16)  # fmt: skip
+    app = make_app(
+        tmp_path, model_path, temperature=1.0, top_p=1.0, min_p=0.0, seed=1, max_tokens=16
+    )
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         await send(pilot, "Tell me a very short story about a cat.")

@@ -81,9 +81,7 @@ def test_declared_requirements_are_installed_and_consistent() -> None:
     problems = [
         line
         for line in done.stdout.splitlines()
-        if done.returncode != 0
-        and line.strip()
-        and canonical(line.split()[0]) not in model_wheels
+        if done.returncode != 0 and line.strip() and canonical(line.split()[0]) not in model_wheels
     ]
     assert not problems, done.stdout + done.stderr
 

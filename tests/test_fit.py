@@ -25,11 +25,21 @@ GIB = 1024 * MIB
 
 def model(**kw: object) -> ModelInfo:
     base: dict[str, object] = dict(
-        path=Path("x.gguf"), name="x", architecture="llama", quantization="Q4_K_M",
-        file_size=4 * GIB, parameter_count=7_000_000_000, n_layer=32, n_ctx_train=8192,
-        n_embd=4096, n_head=32, n_head_kv=8, head_dim_k=128, head_dim_v=128,
+        path=Path("x.gguf"),
+        name="x",
+        architecture="llama",
+        quantization="Q4_K_M",
+        file_size=4 * GIB,
+        parameter_count=7_000_000_000,
+        n_layer=32,
+        n_ctx_train=8192,
+        n_embd=4096,
+        n_head=32,
+        n_head_kv=8,
+        head_dim_k=128,
+        head_dim_v=128,
         chat_template=None,
-    )  # fmt: skip
+    )
     base.update(kw)
     return ModelInfo(**base)  # type: ignore[arg-type]
 

@@ -127,8 +127,10 @@ def test_batch_and_store_on_a_full_disk(
     conn.close()
     assert main(argv2) == 0
     assert [json.loads(x)["id"] for x in out2.read_text().splitlines()] == [
-        "line-1", "line-2", "line-3",
-    ]  # fmt: skip
+        "line-1",
+        "line-2",
+        "line-3",
+    ]
     assert main(["store", "runs"]) == 0
     integrity(disk.path / "data" / "store.sqlite3")
 
@@ -138,8 +140,21 @@ def test_exports_on_a_full_disk_leave_no_partial_file(
 ) -> None:
     src = tmp_path / "in.txt"
     src.write_text("Say yes.\n")
-    assert main(["batch", str(src), "-o", str(tmp_path / "o.jsonl"), "-m", str(model_path),
-                 "--max-tokens", "4"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "batch",
+                str(src),
+                "-o",
+                str(tmp_path / "o.jsonl"),
+                "-m",
+                str(model_path),
+                "--max-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     disk.fill()
     target = disk.path / "export.jsonl"
@@ -235,8 +250,9 @@ def test_a_download_that_fills_the_disk_resumes_once_there_is_room(
         env = {**os.environ, "HF_ENDPOINT": srv.url, "HF_HOME": str(disk.path / "hf")}
         env.pop("HF_HUB_OFFLINE", None)
         cmd = [sys.executable, "-m", "tui_infer", "models", "pull", repo, "Q4_1"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         deadline = time.monotonic() + 120
         part: Path | None = None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -254,8 +270,11 @@ def test_a_download_that_fills_the_disk_resumes_once_there_is_room(
         assert 20 * MiB <= kept < model_path.stat().st_size
         listing = subprocess.run(
             [sys.executable, "-m", "tui_infer", "models", "list"],
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert "downloaded" not in listing.stdout  # a partial file is never in the library
 
         disk.free()

@@ -19,18 +19,26 @@ from tui_infer.core.chat.history import (
 from tui_infer.core.db import StoreError
 
 FIG = ReplyFigures(
-    ttft_s=0.042, prompt_tokens=31, prompt_tps=410.0, generated_tokens=12,
-    generation_tps=95.5, total_s=0.21, finish_reason="stop",
-)  # fmt: skip
+    ttft_s=0.042,
+    prompt_tokens=31,
+    prompt_tps=410.0,
+    generated_tokens=12,
+    generation_tps=95.5,
+    total_s=0.21,
+    finish_reason="stop",
+)
 
 
 def test_conversation_round_trips_with_figures(tmp_path: Path) -> None:
     path = tmp_path / "data" / "history.sqlite3"
     with History(path) as h:
         cid = h.create(
-            "Capital of France", model_name="SmolLM2", model_path="/m/smol.gguf",
-            settings={"temperature": 0.0}, system_prompt="Be terse.",
-        )  # fmt: skip
+            "Capital of France",
+            model_name="SmolLM2",
+            model_path="/m/smol.gguf",
+            settings={"temperature": 0.0},
+            system_prompt="Be terse.",
+        )
         assert h.add_message(cid, "user", "What is the capital of France?") == 0
         assert h.add_message(cid, "assistant", "Paris.", FIG) == 1
     # a new connection, as after a restart
@@ -126,8 +134,11 @@ def test_export_json_and_markdown_and_import(tmp_path: Path) -> None:
     assert new != cid
     a, b = h.get(cid), h.get(new)
     assert (a.title, a.system_prompt, a.model_name, a.messages) == (
-        b.title, b.system_prompt, b.model_name, b.messages,
-    )  # fmt: skip
+        b.title,
+        b.system_prompt,
+        b.model_name,
+        b.messages,
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,17 +149,23 @@ def test_export_json_and_markdown_and_import(tmp_path: Path) -> None:
         ({"format": "tui-infer.conversation", "version": 99}, "upgrade tui-infer"),
         ({"format": "tui-infer.conversation", "version": 1, "messages": "hi"}, "must be a list"),
         (
-            {"format": "tui-infer.conversation", "version": 1,
-             "messages": [{"role": "user", "content": "ok"}, {"role": "bot", "content": "x"}]},
+            {
+                "format": "tui-infer.conversation",
+                "version": 1,
+                "messages": [{"role": "user", "content": "ok"}, {"role": "bot", "content": "x"}],
+            },
             "message 2 needs a role",
         ),
         (
-            {"format": "tui-infer.conversation", "version": 1,
-             "messages": [{"role": "assistant", "content": "x", "figures": {"ttft_s": 1}}]},
+            {
+                "format": "tui-infer.conversation",
+                "version": 1,
+                "messages": [{"role": "assistant", "content": "x", "figures": {"ttft_s": 1}}],
+            },
             "message 1: reply figures are incomplete",
         ),
     ],
-)  # fmt: skip
+)
 def test_bad_imports_are_refused_and_leave_nothing(
     tmp_path: Path, data: object, error: str
 ) -> None:

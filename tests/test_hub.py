@@ -37,9 +37,15 @@ from tui_infer.core.models.library import ModelLibrary
 
 REAL = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 REAL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-META = {"general.architecture": "llama", "general.name": "Tiny", "general.file_type": 7,
-        "llama.block_count": 2, "llama.context_length": 256, "llama.embedding_length": 8,
-        "llama.attention.head_count": 2}  # fmt: skip
+META = {
+    "general.architecture": "llama",
+    "general.name": "Tiny",
+    "general.file_type": 7,
+    "llama.block_count": 2,
+    "llama.context_length": 256,
+    "llama.embedding_length": 8,
+    "llama.attention.head_count": 2,
+}
 
 
 def crafted(tmp: Path, name: str, floats: int = 1 << 18, **meta: object) -> bytes:
@@ -54,19 +60,24 @@ def served(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> dict[s
     tmp = tmp_path_factory.mktemp("craft")
     tiny = crafted(tmp, "tiny.gguf")
     return {
-        REAL: Repo({REAL_FILE: ServedFile(model_path.read_bytes()),
-                    "README.md": ServedFile(b"# hi\n")}, downloads=5000, likes=40),
-        "acme/Tiny-GGUF": Repo({"tiny.Q8_0.gguf": ServedFile(tiny),
-                                "tiny.F16.gguf": ServedFile(tiny)},
-                               downloads=10),
-        "acme/Split-GGUF": Repo({
-            "big-00001-of-00002.gguf": ServedFile(crafted(tmp, "a.gguf", **{"split.count": 2})),
-            "big-00002-of-00002.gguf": ServedFile(crafted(tmp, "b.gguf", **{"split.count": 2})),
-        }),
+        REAL: Repo(
+            {REAL_FILE: ServedFile(model_path.read_bytes()), "README.md": ServedFile(b"# hi\n")},
+            downloads=5000,
+            likes=40,
+        ),
+        "acme/Tiny-GGUF": Repo(
+            {"tiny.Q8_0.gguf": ServedFile(tiny), "tiny.F16.gguf": ServedFile(tiny)}, downloads=10
+        ),
+        "acme/Split-GGUF": Repo(
+            {
+                "big-00001-of-00002.gguf": ServedFile(crafted(tmp, "a.gguf", **{"split.count": 2})),
+                "big-00002-of-00002.gguf": ServedFile(crafted(tmp, "b.gguf", **{"split.count": 2})),
+            }
+        ),
         "acme/Gated-GGUF": Repo({"g.Q4_0.gguf": ServedFile(tiny)}, gated=True),
         "acme/Evil-GGUF": Repo({"../../../escape.gguf": ServedFile(tiny)}),
         "acme/Corrupt-GGUF": Repo({"c.Q8_0.gguf": ServedFile(tiny, corrupt=True)}),
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -272,11 +283,16 @@ def test_header_from_a_prefix(model_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name, quant",
-    [("Llama-3-8B-Instruct-Q4_K_M.gguf", "Q4_K_M"), ("model.IQ3_XS.gguf", "IQ3_XS"),
-     ("qwen2-0_5b-instruct-fp16.gguf", None), ("x-f16.gguf", "F16"),
-     ("BF16/x-BF16-00001-of-00002.gguf", "BF16"),
-     ("SmolLM2-135M-Instruct.Q4_1.gguf", "Q4_1"), ("plain.gguf", None)],
-)  # fmt: skip
+    [
+        ("Llama-3-8B-Instruct-Q4_K_M.gguf", "Q4_K_M"),
+        ("model.IQ3_XS.gguf", "IQ3_XS"),
+        ("qwen2-0_5b-instruct-fp16.gguf", None),
+        ("x-f16.gguf", "F16"),
+        ("BF16/x-BF16-00001-of-00002.gguf", "BF16"),
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", "Q4_1"),
+        ("plain.gguf", None),
+    ],
+)
 def test_quant_from_name(name: str, quant: str | None) -> None:
     assert quant_from_name(name) == quant
 
@@ -286,9 +302,12 @@ def test_quant_from_name(name: str, quant: str | None) -> None:
 
 def cli(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tui_infer", "models", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        [sys.executable, "-m", "tui_infer", "models", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -375,8 +394,10 @@ def test_one_http_client_for_every_hub_call(
     with http_mod.http_client() as c:
         assert str(c.base_url).rstrip("/") == server.url
         assert f"tui-infer/{__version__}" in c.headers["user-agent"]
-        assert (c.timeout.connect, c.timeout.read) == (http_mod.CONNECT_TIMEOUT_S,
-                                                       http_mod.API_TIMEOUT_S)  # fmt: skip
+        assert (c.timeout.connect, c.timeout.read) == (
+            http_mod.CONNECT_TIMEOUT_S,
+            http_mod.API_TIMEOUT_S,
+        )
         assert c.get("/api/models", params={"search": "gguf"}).status_code == 200
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at each request, not at import
         with pytest.raises(HubOfflineError, match="HF_HUB_OFFLINE"):
@@ -391,10 +412,15 @@ def test_one_http_client_for_every_hub_call(
     assert hub_status(no_network=False).startswith(f"unreachable (http://127.0.0.1:{port}: ")
     root = Path(hub_mod.__file__).parents[2]
     built = {
-        str(p.relative_to(root)): len(re.findall(r"httpx2?\.(?:Async)?Client\(|urlopen\(|"
-                                                 r"requests\.(?:get|Session)\(", p.read_text()))
+        str(p.relative_to(root)): len(
+            re.findall(
+                r"httpx2?\.(?:Async)?Client\(|urlopen\(|"
+                r"requests\.(?:get|Session)\(",
+                p.read_text(),
+            )
+        )
         for p in root.rglob("*.py")
-    }  # fmt: skip
+    }
     assert {k: v for k, v in built.items() if v} == {"core/models/http.py": 1}  # tui_infer/
 
 
@@ -405,8 +431,9 @@ def test_a_download_in_progress_elsewhere_is_refused(server: HubServer) -> None:
     m = hub.select(REAL, "Q4_1")
     lock_path = hub.part_path(m, m.files[0]).with_suffix(".lock")
     lock_path.parent.mkdir(parents=True)
-    with file_lock(lock_path, timeout=0), pytest.raises(
-        hub_mod.HubError, match="another tui-infer is downloading it"
+    with (
+        file_lock(lock_path, timeout=0),
+        pytest.raises(hub_mod.HubError, match="another tui-infer is downloading it"),
     ):
         hub.download(m)
     res = hub.download(m)  # released: this one goes ahead, and leaves no lock behind

@@ -11,9 +11,14 @@ from pathlib import Path
 
 from tests.support.gguf_craft import write_gguf
 
-META = {"general.architecture": "llama", "general.name": "Tiny", "llama.block_count": 2,
-        "llama.context_length": 256, "llama.embedding_length": 8,
-        "llama.attention.head_count": 2}  # fmt: skip
+META = {
+    "general.architecture": "llama",
+    "general.name": "Tiny",
+    "llama.block_count": 2,
+    "llama.context_length": 256,
+    "llama.embedding_length": 8,
+    "llama.attention.head_count": 2,
+}
 
 
 def tui(
@@ -21,9 +26,12 @@ def tui(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tui_infer", "models", *args],
-        input=stdin, capture_output=True, text=True, timeout=120,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> None:

@@ -129,8 +129,9 @@ async def test_offline_hub_says_so_and_library_works(tmp_path: Path, model_path:
         # searching anyway gives the plain message, not a traceback
         screen.query_one("#hub-search", Input).value = "smol"
         screen._search("smol")
-        await wait_for(pilot, lambda: "HF_HUB_OFFLINE" in str(
-            screen.query_one("#hub-status", Static).render()))  # fmt: skip
+        await wait_for(
+            pilot, lambda: "HF_HUB_OFFLINE" in str(screen.query_one("#hub-status", Static).render())
+        )
         assert any(r.path == model_path for r in screen.rows.values())
 
 
@@ -170,8 +171,9 @@ async def test_search_download_and_find_in_library(
         # the fit estimate was shown before the download, from the header alone
         hub_status = str(screen.query_one("#hub-status", Static).render())
         assert f"{FILE}: fit at ctx" in hub_status and "fits" in hub_status
-        await wait_for(pilot, lambda: any(r.source == "downloaded" for r in screen.rows.values()),
-                       30)  # fmt: skip
+        await wait_for(
+            pilot, lambda: any(r.source == "downloaded" for r in screen.rows.values()), 30
+        )
         (row,) = [r for r in screen.rows.values() if r.source == "downloaded"]
         assert row.repo == REPO and row.path.read_bytes() == model_path.read_bytes()
         assert hub.state.bytes_sent(FILE) >= model_path.stat().st_size
@@ -186,9 +188,15 @@ def slow_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubSer
     """A ~1 MiB crafted GGUF served slowly, so that a download is still running later."""
     from tests.support.gguf_craft import write_gguf
 
-    meta = {"general.architecture": "llama", "general.name": "Tiny", "general.file_type": 7,
-            "llama.block_count": 2, "llama.context_length": 256, "llama.embedding_length": 8,
-            "llama.attention.head_count": 2}  # fmt: skip
+    meta = {
+        "general.architecture": "llama",
+        "general.name": "Tiny",
+        "general.file_type": 7,
+        "llama.block_count": 2,
+        "llama.context_length": 256,
+        "llama.embedding_length": 8,
+        "llama.attention.head_count": 2,
+    }
     floats = 1 << 18
     data = write_gguf(
         tmp_path / "tiny.gguf", meta, [("w", (floats,), 0)], data=bytes(range(256)) * (floats // 64)
@@ -230,8 +238,9 @@ async def test_download_keeps_running_after_leaving_the_screen(
         await pilot.press("f3")
         await wait_for(pilot, lambda: app.screen is screen)  # the same screen, installed
         assert "downloaded and verified" in label(screen)
-        await wait_for(pilot, lambda: any(r.repo == "acme/Slow-GGUF" for r in screen.rows.values()),
-                       30)  # fmt: skip
+        await wait_for(
+            pilot, lambda: any(r.repo == "acme/Slow-GGUF" for r in screen.rows.values()), 30
+        )
         assert screen.query_one("#download-bar", ProgressBar).percentage == 1.0
 
 

@@ -36,12 +36,21 @@ def test_the_redraws_setting_sets_the_text_pace(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text("redraws = 5\n")
     env = {"TUI_INFER_CONFIG": str(config)}
-    r = subprocess.run([sys.executable, "-m", "tui_infer", "doctor"], capture_output=True,
-                       text=True, env={**os.environ, **env}, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "tui_infer", "doctor"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     assert r.returncode == 0 and "text 5/s" in " ".join(r.stdout.split())
-    bad = subprocess.run([sys.executable, "-m", "tui_infer", "doctor"], capture_output=True,
-                         text=True, env={**os.environ, **env, "TUI_INFER_REDRAWS": "500"},
-                         timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "tui_infer", "doctor"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "TUI_INFER_REDRAWS": "500"},
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert "'redraws' must be 0 (chosen) or up to 60 a second, got 500" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

@@ -60,8 +60,12 @@ def test_good_presets_and_templates_parse(tmp_path: Path) -> None:
     assert s.temperature == 0.3 and s.top_k == 20 and s.seed == -1 and s.system == ""
     presets = load_presets(cfg)
     assert list(presets) == ["precise", "wild"]
-    assert presets["precise"] == {"temperature": 0.1, "top_p": 0.5, "seed": 42,
-                                  "system": "Be brief."}  # fmt: skip
+    assert presets["precise"] == {
+        "temperature": 0.1,
+        "top_p": 0.5,
+        "seed": 42,
+        "system": "Be brief.",
+    }
     assert template_override(cfg, Path("/m/model.gguf")) == "{{ messages[0]['content'] }}"
     assert template_override(cfg, Path("/m/unlisted.gguf")) is None
     assert template_override(None, Path("/m/model.gguf")) is None

@@ -100,8 +100,22 @@ toml_values = st.one_of(
     st.text(max_size=20),
     st.lists(st.integers(), max_size=3),
 )
-KEYS = ["ctx", "threads", "temperature", "top_p", "top_k", "max_tokens", "kv_type", "serve",
-        "model", "system", "gpu_layers", "overflow", "redraws", "nonsense"]  # fmt: skip
+KEYS = [
+    "ctx",
+    "threads",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "kv_type",
+    "serve",
+    "model",
+    "system",
+    "gpu_layers",
+    "overflow",
+    "redraws",
+    "nonsense",
+]
 
 
 def _toml(value: object) -> str:

@@ -110,8 +110,13 @@ def test_prepare_applies_the_system_prompt_once_and_normalizes(
         assert a.messages == (Message("system", "Be brief."), Message("user", "Hi"))
         assert a.key == b.key
         # the messages' own system prompt wins over the configured one
-        c = rp.prepare(store, target, [Message("system", "Other."), Message("user", "Hi")],
-                       greedy, system="Be brief.")  # fmt: skip
+        c = rp.prepare(
+            store,
+            target,
+            [Message("system", "Other."), Message("user", "Hi")],
+            greedy,
+            system="Be brief.",
+        )
         assert c.messages[0].content == "Other." and c.key != a.key
         # another max_tokens is another request
         d = rp.prepare(store, target, [Message("user", "Hi")], greedy, "Be brief.", max_tokens=9)

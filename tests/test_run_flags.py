@@ -50,8 +50,7 @@ def test_sampling_flags_change_what_is_generated(
     # --system reaches the prompt (the model's template has a short default of its own)
     plain = greedy["stats"]["prompt_tokens"]
     pirate = "You are a pirate who answers in rhymes. " * 6
-    sys_ = reply(capsys, model_path, "--temperature", "0", "--max-tokens", "2",
-                 "--system", pirate)  # fmt: skip
+    sys_ = reply(capsys, model_path, "--temperature", "0", "--max-tokens", "2", "--system", pirate)
     assert sys_["stats"]["prompt_tokens"] > plain
     # --ctx reaches the context
     assert reply(capsys, model_path, "--max-tokens", "2", "--ctx", "1024")["stats"]["n_ctx"] == 1024
@@ -59,10 +58,25 @@ def test_sampling_flags_change_what_is_generated(
 
 def test_ctrl_c_mid_reply_exits_130(model_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tui_infer", "run", "-m", str(model_path), "--serve", "live",
-         "--temperature", "0", "--max-tokens", "2000", PROMPT],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tui_infer",
+            "run",
+            "-m",
+            str(model_path),
+            "--serve",
+            "live",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "2000",
+            PROMPT,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     got = b""

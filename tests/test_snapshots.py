@@ -48,23 +48,37 @@ def _seed_history(tmp_path: Path) -> None:
 
     fig = ReplyFigures(0.045, 38, 512.0, 24, 96.4, 0.29, "stop")
     with History.in_data_dir(tmp_path / "data") as h:
-        old = h.create("Rivers of Europe", model_name="Synthetic-1M",
-                       model_path="/models/synthetic.gguf", created_at=1.0)  # fmt: skip
+        old = h.create(
+            "Rivers of Europe",
+            model_name="Synthetic-1M",
+            model_path="/models/synthetic.gguf",
+            created_at=1.0,
+        )
         h.add_message(old, "user", "Which river flows through Vienna?", created_at=2.0)
         h.add_message(old, "assistant", "The **Danube**.", fig, created_at=3.0)
-        cid = h.create("A recipe for rye bread", model_name="Synthetic-1M",
-                       model_path="/models/synthetic.gguf", created_at=10.0)  # fmt: skip
+        cid = h.create(
+            "A recipe for rye bread",
+            model_name="Synthetic-1M",
+            model_path="/models/synthetic.gguf",
+            created_at=10.0,
+        )
         h.add_message(cid, "user", "A recipe for rye bread, please.", created_at=11.0)
         h.add_message(
-            cid, "assistant",
+            cid,
+            "assistant",
             "You need:\n\n- 500 g rye flour\n- 10 g salt\n- sourdough starter\n\n"
             "Mix, rest overnight, bake at 230 °C for 45 minutes.",
-            fig, created_at=12.0,
-        )  # fmt: skip
+            fig,
+            created_at=12.0,
+        )
         h.add_message(cid, "user", "How long should it cool?", created_at=13.0)
-        h.add_message(cid, "assistant", "At least *two hours*.",
-                      replace(fig, finish_reason="cancelled", generated_tokens=5),
-                      created_at=14.0)  # fmt: skip
+        h.add_message(
+            cid,
+            "assistant",
+            "At least *two hours*.",
+            replace(fig, finish_reason="cancelled", generated_tokens=5),
+            created_at=14.0,
+        )
 
 
 async def _open_newest_chat(pilot) -> None:  # type: ignore[no-untyped-def]

@@ -34,8 +34,10 @@ def test_key_sensitivity_and_normalization() -> None:
     assert key("What is 2+2?", sha="b" * 64) != base  # another model
     assert key("What is 2+2?", tpl=TPL + " ") != base  # another template
     assert key("What is 2+2?", p=SamplingParams(temperature=0, max_tokens=33)) != base
-    assert key("What is 2+2?", p=SamplingParams(temperature=0, max_tokens=32,
-                                                 repeat_penalty=1.0)) != base  # fmt: skip
+    assert (
+        key("What is 2+2?", p=SamplingParams(temperature=0, max_tokens=32, repeat_penalty=1.0))
+        != base
+    )
     # Normalization: outer whitespace and line endings do not count, inner whitespace does.
     assert key("  What is 2+2?\n") == base
     assert key("a\r\nb") == key("a\nb") == key("a\rb")
@@ -56,15 +58,29 @@ def test_key_sensitivity_and_normalization() -> None:
 
 def _run(store: PredictionStore, outputs: dict[str, str], sig: str = "s") -> int:
     run_id = store.create_run(
-        signature=sig, model_sha256=SHA, model_path="/m.gguf", template_sha256="t",
-        params=normalize_params(GREEDY), n_items=len(outputs),
-    )  # fmt: skip
+        signature=sig,
+        model_sha256=SHA,
+        model_path="/m.gguf",
+        template_sha256="t",
+        params=normalize_params(GREEDY),
+        n_items=len(outputs),
+    )
     for pos, (prompt, out) in enumerate(outputs.items()):
         store.add_prediction(
-            run_id, item_id=prompt, position=pos, key=key(prompt), model_sha256=SHA,
-            messages=[Message("user", prompt)], output=out, finish_reason="stop",
-            prompt_tokens=5, generated_tokens=3, ttft_s=0.1, total_s=0.2, seed=None,
-        )  # fmt: skip
+            run_id,
+            item_id=prompt,
+            position=pos,
+            key=key(prompt),
+            model_sha256=SHA,
+            messages=[Message("user", prompt)],
+            output=out,
+            finish_reason="stop",
+            prompt_tokens=5,
+            generated_tokens=3,
+            ttft_s=0.1,
+            total_s=0.2,
+            seed=None,
+        )
     store.set_run_status(run_id, "done")
     return run_id
 
@@ -101,8 +117,14 @@ def test_publish_reject_rollback(tmp_path: Path) -> None:
 
 def test_a_running_run_cannot_be_published(tmp_path: Path) -> None:
     with PredictionStore(tmp_path / "s.sqlite3") as store:
-        run_id = store.create_run(signature="x", model_sha256=SHA, model_path="m",
-                                  template_sha256="t", params={}, n_items=3)  # fmt: skip
+        run_id = store.create_run(
+            signature="x",
+            model_sha256=SHA,
+            model_path="m",
+            template_sha256="t",
+            params={},
+            n_items=3,
+        )
         with pytest.raises(StoreError, match="still running"):
             store.publish(run_id)
 
@@ -181,10 +203,14 @@ def test_two_processes_write_at_once(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     PredictionStore(path).close()
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(path), name],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name in ("alpha", "beta")
-    ]  # fmt: skip
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err

@@ -33,14 +33,29 @@ def model(tmp_path: Path) -> LoadedModel:
 def publish(store: PredictionStore, model: LoadedModel, sampling: SamplingParams) -> str:
     req = prepare(store, model, QUESTION, sampling)
     run = store.create_run(
-        signature="s", model_sha256=req.model_sha256, model_path=str(model.path),
-        template_sha256=template_sha256(TPL), params=req.params, n_items=1,
-    )  # fmt: skip
+        signature="s",
+        model_sha256=req.model_sha256,
+        model_path=str(model.path),
+        template_sha256=template_sha256(TPL),
+        params=req.params,
+        n_items=1,
+    )
     store.add_prediction(
-        run, item_id="q", position=0, key=req.key, model_sha256=req.model_sha256,
-        messages=req.messages, output="Paris.", finish_reason="stop", prompt_tokens=9,
-        generated_tokens=2, ttft_s=0.01, total_s=0.02, seed=None, params=req.params,
-    )  # fmt: skip
+        run,
+        item_id="q",
+        position=0,
+        key=req.key,
+        model_sha256=req.model_sha256,
+        messages=req.messages,
+        output="Paris.",
+        finish_reason="stop",
+        prompt_tokens=9,
+        generated_tokens=2,
+        ttft_s=0.01,
+        total_s=0.02,
+        seed=None,
+        params=req.params,
+    )
     store.set_run_status(run, "done")
     store.publish(run)
     return req.key

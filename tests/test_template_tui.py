@@ -36,8 +36,9 @@ async def test_a_runaway_template_offers_chatml(tmp_path: Path, model_path: Path
         await pilot.press("ctrl+j")
         await wait_for(
             pilot,
-            lambda: isinstance(app.screen, TemplateFallbackScreen)
-            and bool(app.screen.query("#chatml")),
+            lambda: (
+                isinstance(app.screen, TemplateFallbackScreen) and bool(app.screen.query("#chatml"))
+            ),
             timeout=20,
         )
         await pilot.pause(0.1)

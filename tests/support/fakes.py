@@ -63,10 +63,21 @@ class SyntheticEngine:
         self.tokens_per_s = tokens_per_s
         self.text = text
         self.info = ModelInfo(
-            path=path, name="Synthetic-1M", architecture="llama", quantization="Q4_1",
-            file_size=1, parameter_count=1, n_layer=2, n_ctx_train=4096, n_embd=64,
-            n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=16, chat_template=None,
-        )  # fmt: skip
+            path=path,
+            name="Synthetic-1M",
+            architecture="llama",
+            quantization="Q4_1",
+            file_size=1,
+            parameter_count=1,
+            n_layer=2,
+            n_ctx_train=4096,
+            n_embd=64,
+            n_head=4,
+            n_head_kv=2,
+            head_dim_k=16,
+            head_dim_v=16,
+            chat_template=None,
+        )
         self.backend = backend or FakeBackend()
         self.template = FakeTemplate()
         self.template_overridden = False
@@ -123,10 +134,16 @@ class SyntheticEngine:
             end = time.perf_counter()
             self.t_last_token = end
             stream.stats = GenerationStats(
-                prompt_tokens=prompt, prompt_tokens_evaluated=prompt, prompt_s=0.001,
-                generated_tokens=n, generation_s=end - t0, ttft_s=0.001, total_s=end - t0,
-                finish_reason=finish, kv=self.kv_usage(),
-            )  # fmt: skip
+                prompt_tokens=prompt,
+                prompt_tokens_evaluated=prompt,
+                prompt_s=0.001,
+                generated_tokens=n,
+                generation_s=end - t0,
+                ttft_s=0.001,
+                total_s=end - t0,
+                finish_reason=finish,
+                kv=self.kv_usage(),
+            )
 
 
 class FixedMemoryProbe:

@@ -149,12 +149,20 @@ class Handler(BaseHTTPRequestHandler):
         out = []
         for rid, repo in sorted(self.state.repos.items(), key=lambda kv: -kv[1].downloads):
             if words in rid.lower():
-                out.append({
-                    "_id": rid, "id": rid, "modelId": rid, "downloads": repo.downloads,
-                    "likes": repo.likes, "lastModified": "2025-06-01T12:00:00.000Z",
-                    "gated": "auto" if repo.gated else False, "private": False,
-                    "tags": ["gguf"], "library_name": "gguf",
-                })  # fmt: skip
+                out.append(
+                    {
+                        "_id": rid,
+                        "id": rid,
+                        "modelId": rid,
+                        "downloads": repo.downloads,
+                        "likes": repo.likes,
+                        "lastModified": "2025-06-01T12:00:00.000Z",
+                        "gated": "auto" if repo.gated else False,
+                        "private": False,
+                        "tags": ["gguf"],
+                        "library_name": "gguf",
+                    }
+                )
         self._json(out[:limit])
 
     def _info(self, repo_id: str, blobs: bool) -> None:
@@ -171,23 +179,39 @@ class Handler(BaseHTTPRequestHandler):
                     lfs={"sha256": f.sha256, "size": len(f.data), "pointerSize": 134},
                 )
             siblings.append(s)
-        self._json({
-            "_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": repo.commit,
-            "lastModified": "2025-06-01T12:00:00.000Z", "private": False,
-            "gated": "auto" if repo.gated else False, "disabled": False,
-            "downloads": repo.downloads,
-            "likes": repo.likes, "tags": ["gguf"], "siblings": siblings,
-        })  # fmt: skip
+        self._json(
+            {
+                "_id": repo_id,
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": repo.commit,
+                "lastModified": "2025-06-01T12:00:00.000Z",
+                "private": False,
+                "gated": "auto" if repo.gated else False,
+                "disabled": False,
+                "downloads": repo.downloads,
+                "likes": repo.likes,
+                "tags": ["gguf"],
+                "siblings": siblings,
+            }
+        )
 
     def _tree(self, repo_id: str) -> None:
         repo = self._repo(repo_id)
         if repo is None:
             return
-        self._json([
-            {"type": "file", "path": name, "size": len(f.data), "oid": f.sha256[:40],
-             "lfs": {"oid": f.sha256, "size": len(f.data), "pointerSize": 134}}
-            for name, f in repo.files.items()
-        ])  # fmt: skip
+        self._json(
+            [
+                {
+                    "type": "file",
+                    "path": name,
+                    "size": len(f.data),
+                    "oid": f.sha256[:40],
+                    "lfs": {"oid": f.sha256, "size": len(f.data), "pointerSize": 134},
+                }
+                for name, f in repo.files.items()
+            ]
+        )
 
     def _resolve(self, repo_id: str, rev: str, filename: str) -> None:
         repo = self._repo(repo_id)

@@ -94,8 +94,13 @@ class TuiInferApp(App[None]):
             chat_db = History.in_data_dir(self.paths.data_dir)
         except TuiInferError as exc:
             # the chat still works; nothing is saved, and the user is told why
-            self.call_later(self.notify, f"{exc}; this session is not saved",
-                            title="History unavailable", severity="error", timeout=15)  # fmt: skip
+            self.call_later(
+                self.notify,
+                f"{exc}; this session is not saved",
+                title="History unavailable",
+                severity="error",
+                timeout=15,
+            )
         self.chat_db = chat_db
         self.store = self._open_store()
         return ChatScreen(
@@ -117,8 +122,12 @@ class TuiInferApp(App[None]):
             return PredictionStore.in_data_dir(self.paths.data_dir)
         except TuiInferError as exc:
             # the chat still works, always live
-            self.call_later(self.notify, f"{exc}; replies come from the model only",
-                            title="Prediction store unavailable", severity="error")  # fmt: skip
+            self.call_later(
+                self.notify,
+                f"{exc}; replies come from the model only",
+                title="Prediction store unavailable",
+                severity="error",
+            )
             return None
 
     def on_mount(self) -> None:
@@ -174,12 +183,15 @@ class TuiInferApp(App[None]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         chat = self.chat
-        yield SystemCommand("Batch runs", "Review, publish and roll back the prediction "
-                            "store's runs; start a batch (F9)", self.action_batch)  # fmt: skip
-        yield SystemCommand("Models", "The library, import, remove, the hub, downloads (F3)",
-                            self.action_models)  # fmt: skip
-        yield SystemCommand("Bench", "Measure pp/tg tokens/s of this model (F7)",
-                            self.action_bench)  # fmt: skip
+        yield SystemCommand(
+            "Batch runs",
+            "Review, publish and roll back the prediction store's runs; start a batch (F9)",
+            self.action_batch,
+        )
+        yield SystemCommand(
+            "Models", "The library, import, remove, the hub, downloads (F3)", self.action_models
+        )
+        yield SystemCommand("Bench", "Measure pp/tg tokens/s of this model (F7)", self.action_bench)
         yield from chat_commands(chat)
         yield from super().get_system_commands(screen)
 

@@ -63,20 +63,34 @@ def chat_commands(chat: ChatScreen) -> Iterator[SystemCommand]:
         ("Rename chat", "Give this chat another title (F2)", chat.action_rename_chat),
         ("Delete chat", "Delete this chat, after asking (F8)", chat.action_delete_chat),
         ("Regenerate reply", "Generate the last reply again (Ctrl+R)", chat.action_regenerate),
-        ("Edit a message", "Edit one of your messages and resend: the chat forks (Ctrl+G)",
-         chat.action_edit_message),
+        (
+            "Edit a message",
+            "Edit one of your messages and resend: the chat forks (Ctrl+G)",
+            chat.action_edit_message,
+        ),
         ("Copy last reply", "To the clipboard, OSC 52 (F5)", chat.action_copy_reply),
-        ("Copy last code block", "The last code block of the last reply",
-         chat.action_copy_code),
-        ("Settings…", "Sampling, system prompt, context, GPU layers (Ctrl+S)",
-         chat.action_settings),
-        ("Chat template", "The template and the prompt it renders (Ctrl+T)",
-         chat.action_show_template),
-        ("Export chat as Markdown", "Into the data directory's exports/",
-         lambda: chat.export_chat("md")),
-        ("Export chat as JSON", "Into the data directory's exports/ (importable)",
-         lambda: chat.export_chat("json")),
+        ("Copy last code block", "The last code block of the last reply", chat.action_copy_code),
+        (
+            "Settings…",
+            "Sampling, system prompt, context, GPU layers (Ctrl+S)",
+            chat.action_settings,
+        ),
+        (
+            "Chat template",
+            "The template and the prompt it renders (Ctrl+T)",
+            chat.action_show_template,
+        ),
+        (
+            "Export chat as Markdown",
+            "Into the data directory's exports/",
+            lambda: chat.export_chat("md"),
+        ),
+        (
+            "Export chat as JSON",
+            "Into the data directory's exports/ (importable)",
+            lambda: chat.export_chat("json"),
+        ),
         ("Help: keys", "Every key of the chat screen (F1)", chat.action_help),
-    ]  # fmt: skip
+    ]
     for title, help_text, action in commands:
         yield SystemCommand(title, help_text, action)

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from tui_infer.core.static.batch_input import Reject
 
 
-
 def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "batch",
@@ -72,8 +71,10 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             print(f"tui-infer: line {r.line} skipped: {r.reason}", file=sys.stderr)
         if len(rejects) > 10:
             print(f"tui-infer: ... {len(rejects) - 10} more", file=sys.stderr)
-        print(f"tui-infer: {len(rejects)} malformed line(s) written to {rejects_path}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"tui-infer: {len(rejects)} malformed line(s) written to {rejects_path}",
+            file=sys.stderr,
+        )
 
     target = resolve_target(settings, paths)
     model_path = target.path
@@ -99,23 +100,31 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         run_params = normalize_params(sampling)
         signature = hashlib.sha256(
             json.dumps(
-                [model_sha, template_sha256(template_source), run_params, system,
-                 [[b.id, r.key] for b, r in zip(batch_items, prepared, strict=True)]],
+                [
+                    model_sha,
+                    template_sha256(template_source),
+                    run_params,
+                    system,
+                    [[b.id, r.key] for b, r in zip(batch_items, prepared, strict=True)],
+                ],
                 sort_keys=True,
             ).encode()
-        ).hexdigest()  # fmt: skip
+        ).hexdigest()
         run = store.find_run(signature)
         if run is None:
             import llama_cpp
 
             run_seed = sampling.seed if sampling.seed >= 0 else random.randrange(2**31)
             run_id = store.create_run(
-                signature=signature, model_sha256=model_sha, model_path=str(model_path),
+                signature=signature,
+                model_sha256=model_sha,
+                model_path=str(model_path),
                 template_sha256=template_sha256(template_source),
                 params={**run_params, "run_seed": run_seed, "system": system},
-                n_items=len(batch_items), input_path=str(args.input.resolve()),
+                n_items=len(batch_items),
+                input_path=str(args.input.resolve()),
                 llama_cpp_version=getattr(llama_cpp, "__version__", ""),
-            )  # fmt: skip
+            )
             resumed = 0
         else:
             run_id = run.id
@@ -127,19 +136,35 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         generated = 0
         if todo:
             if resumed:
-                print(f"tui-infer: resuming run {run_id}: {resumed} of {len(batch_items)} "
-                      "already done", file=sys.stderr)  # fmt: skip
+                print(
+                    f"tui-infer: resuming run {run_id}: {resumed} of {len(batch_items)} "
+                    "already done",
+                    file=sys.stderr,
+                )
             store.set_run_status(run_id, "running")
             try:
                 generated = _run_todo(
-                    store, run_id, todo, prepared, model_sha, model_path,
-                    target.load_options(settings), args, sampling, run_seed, system,
-                    len(batch_items), len(batch_items) - len(todo),
-                )  # fmt: skip
+                    store,
+                    run_id,
+                    todo,
+                    prepared,
+                    model_sha,
+                    model_path,
+                    target.load_options(settings),
+                    args,
+                    sampling,
+                    run_seed,
+                    system,
+                    len(batch_items),
+                    len(batch_items) - len(todo),
+                )
             except KeyboardInterrupt:
                 store.set_run_status(run_id, "interrupted")
-                print(f"tui-infer: interrupted; run {run_id} keeps what finished: rerun the "
-                      "same command to resume", file=sys.stderr)  # fmt: skip
+                print(
+                    f"tui-infer: interrupted; run {run_id} keeps what finished: rerun the "
+                    "same command to resume",
+                    file=sys.stderr,
+                )
                 return int(ExitCode.INTERRUPTED)
         store.set_run_status(run_id, "done")
         elapsed = time.perf_counter() - t0
@@ -150,19 +175,35 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         for b, it, req in zip(batch_items, items, prepared, strict=True):
             p = preds[b.id]
             if p.finish_reason == "overflow":
-                too_long.append(Reject(
-                    it.line, f"the prompt takes {p.prompt_tokens} tokens, more than a "
-                    "sequence's context holds; raise --ctx or lower --parallel",
-                    it.messages[-1].content,
-                ))  # fmt: skip
+                too_long.append(
+                    Reject(
+                        it.line,
+                        f"the prompt takes {p.prompt_tokens} tokens, more than a "
+                        "sequence's context holds; raise --ctx or lower --parallel",
+                        it.messages[-1].content,
+                    )
+                )
                 continue
-            lines.append(json.dumps({
-                "id": b.id, "line": it.line, "output": p.output,
-                "finish_reason": p.finish_reason, "prompt_tokens": p.prompt_tokens,
-                "generated_tokens": p.generated_tokens, "ttft_s": round(p.ttft_s, 6),
-                "total_s": round(p.total_s, 6), "model_sha256": model_sha, "params_hash": ph,
-                "key": req.key, "run": run_id, "status": p.status,
-            }, ensure_ascii=False))  # fmt: skip
+            lines.append(
+                json.dumps(
+                    {
+                        "id": b.id,
+                        "line": it.line,
+                        "output": p.output,
+                        "finish_reason": p.finish_reason,
+                        "prompt_tokens": p.prompt_tokens,
+                        "generated_tokens": p.generated_tokens,
+                        "ttft_s": round(p.ttft_s, 6),
+                        "total_s": round(p.total_s, 6),
+                        "model_sha256": model_sha,
+                        "params_hash": ph,
+                        "key": req.key,
+                        "run": run_id,
+                        "status": p.status,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         atomic_write(args.output, lines)
         if too_long:
             rejects = sorted(rejects + too_long, key=lambda r: r.line)
@@ -185,9 +226,10 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     if too_long:
         summary += f" ({len(too_long)} did not fit a sequence's context: raise --ctx)"
     summary += (
-        f"; published {published} predictions" if published is not None
+        f"; published {published} predictions"
+        if published is not None
         else f"; staged: 'tui-infer store publish {run_id}' serves them"
-    )  # fmt: skip
+    )
     print(summary)
     return int(ExitCode.REJECTED_LINES) if rejects else int(ExitCode.OK)
 
@@ -199,12 +241,22 @@ def _write_rejects(path: Path, rejects: list[Reject]) -> None:
 
 
 def _run_todo(
-    store: Any, run_id: int, todo: list[tuple[int, Any]], prepared: list[PreparedRequest],
+    store: Any,
+    run_id: int,
+    todo: list[tuple[int, Any]],
+    prepared: list[PreparedRequest],
     model_sha: str,
-    model_path: Path, opts: LoadOptions, args: argparse.Namespace, sampling: Any,
-    run_seed: int, system: str | None, total: int, already: int,
-) -> int:  # fmt: skip
+    model_path: Path,
+    opts: LoadOptions,
+    args: argparse.Namespace,
+    sampling: Any,
+    run_seed: int,
+    system: str | None,
+    total: int,
+    already: int,
+) -> int:
     from tui_infer.core.inference.batched import BatchProgress, BatchRunner, default_parallel
+
     parallel = args.parallel or default_parallel()
     parallel = max(1, min(parallel, len(todo)))
     if opts.ctx // parallel < 64:
@@ -222,12 +274,21 @@ def _run_todo(
         for res in runner.run([b for _, b in todo], sampling, run_seed, system, None, progress):
             pos, item = by_id[res.id]
             store.add_prediction(
-                run_id, item_id=res.id, position=pos, key=prepared[pos].key,
-                model_sha256=model_sha, messages=item.messages, output=res.text,
-                finish_reason=res.finish_reason, prompt_tokens=res.prompt_tokens,
-                generated_tokens=res.generated_tokens, ttft_s=res.ttft_s, total_s=res.total_s,
-                seed=res.seed, params=prepared[pos].params,
-            )  # fmt: skip
+                run_id,
+                item_id=res.id,
+                position=pos,
+                key=prepared[pos].key,
+                model_sha256=model_sha,
+                messages=item.messages,
+                output=res.text,
+                finish_reason=res.finish_reason,
+                prompt_tokens=res.prompt_tokens,
+                generated_tokens=res.generated_tokens,
+                ttft_s=res.ttft_s,
+                total_s=res.total_s,
+                seed=res.seed,
+                params=prepared[pos].params,
+            )
             if bar:
                 bar.update()
     finally:
@@ -254,10 +315,16 @@ class _Bar:
         self._p = progress
         self._already = already
         self._bar = Progress(
-            TextColumn("batch"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=Console(stderr=True), refresh_per_second=4,
-        )  # fmt: skip
+            TextColumn("batch"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=4,
+        )
         self._task = self._bar.add_task("batch", total=total, completed=already, rate="")
         self._bar.start()
 
@@ -265,8 +332,9 @@ class _Bar:
         el = time.perf_counter() - self._p.started
         rate = (
             f"{self._p.done / el:.2f} prompts/s {self._p.generated_tokens / el:.1f} tok/s"
-            if el > 0 else ""
-        )  # fmt: skip
+            if el > 0
+            else ""
+        )
         self._bar.update(self._task, completed=self._already + self._p.done, rate=rate)
 
     def stop(self) -> None:

@@ -165,9 +165,7 @@ def _run(args: argparse.Namespace, settings: Settings, paths: Paths, history: An
     probe = Engine.load(model, configs[0].load_options())
     env = environment(probe.backend.summary, probe.backend.device)
     probe.close()
-    run_id = history.start_run(
-        model, file_sha256(model, paths.data_dir), header.quantization, env
-    )
+    run_id = history.start_run(model, file_sha256(model, paths.data_dir), header.quantization, env)
     quiet = args.json or args.csv or args.md
     results: list[BenchResult] = []
 
@@ -233,12 +231,18 @@ def _print_results(
     for r in results:
         c = r.config
         frac = r.ceiling_fraction
-        rows.append({
-            "threads": c.threads, "ngl": c.gpu_layers, "ctx": c.ctx, "kv": c.kv_type,
-            "fa": int(c.flash_attn), "test": r.test,
-            "t/s": f"{r.mean:.2f} ± {r.stdev:.2f}",
-            "of ceiling": f"{frac:.0%}" if frac is not None else "",
-        })  # fmt: skip
+        rows.append(
+            {
+                "threads": c.threads,
+                "ngl": c.gpu_layers,
+                "ctx": c.ctx,
+                "kv": c.kv_type,
+                "fa": int(c.flash_attn),
+                "test": r.test,
+                "t/s": f"{r.mean:.2f} ± {r.stdev:.2f}",
+                "of ceiling": f"{frac:.0%}" if frac is not None else "",
+            }
+        )
     cols = list(rows[0]) if rows else []
     heading = (
         f"{name} · {quant} · {size / 2**20:.1f} MiB · {params / 1e6:.1f} M params · "

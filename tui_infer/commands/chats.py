@@ -110,4 +110,3 @@ def _read_json(name: str) -> Any:
             f"{name}: not valid JSON ({exc}); export one with 'tui-infer chats export ID "
             "--format json'"
         ) from None
-

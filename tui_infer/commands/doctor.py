@@ -117,4 +117,3 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
         print(f"tui-infer: error: {problem}", file=sys.stderr)
         return int(problem.exit_code)
     return 0
-

@@ -120,9 +120,15 @@ def _progress(label: str) -> Any:
 
     console = Console(stderr=True)
     return Progress(
-        f"[bold]{label}[/]", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal,
-    )  # fmt: skip
+        f"[bold]{label}[/]",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
 
 
 def _hash_with_progress(lib: ModelLibrary, entry: ModelEntry, verify: bool = False) -> Any:
@@ -180,9 +186,7 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
     ]
     if e.status == "ok":
         if e.source == "not in library":
-            sha = (
-                lib.digests.sha256(e.path) if len(e.parts) == 1 else "(import it to hash it)"
-            )
+            sha = lib.digests.sha256(e.path) if len(e.parts) == 1 else "(import it to hash it)"
         else:
             sha = _hash_with_progress(lib, e)
         rows.append(("sha256", sha))
@@ -190,10 +194,17 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
         info = fit.info_from_metadata(str(e.path), e.size, md)
         gpu = settings.gpu_layers != 0 and vram is not None and fit.gpu_build()
         est = fit.estimate_fit(
-            info, n_vocab=int(md.get("n_vocab") or 0), ctx=settings.ctx, kv_type=settings.kv_type,
-            n_ubatch=settings.batch, flash_attn=settings.flash_attn, ram_available=ram,
-            gpu_free=vram, gpu_build=gpu, parallel=settings.parallel,
-        )  # fmt: skip
+            info,
+            n_vocab=int(md.get("n_vocab") or 0),
+            ctx=settings.ctx,
+            kv_type=settings.kv_type,
+            n_ubatch=settings.batch,
+            flash_attn=settings.flash_attn,
+            ram_available=ram,
+            gpu_free=vram,
+            gpu_build=gpu,
+            parallel=settings.parallel,
+        )
         seqs = f" x {settings.parallel}" if settings.parallel > 1 else ""
         rows.append((f"fit (ctx {settings.ctx}{seqs}, {settings.kv_type})", est.summary()))
     else:
@@ -388,8 +399,11 @@ def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
             result = hub.download(model, progress=on_progress, cancel=cancel)
         except KeyboardInterrupt:
             cancel.set()
-            kept = sum(hub.part_path(model, f).stat().st_size
-                       for f in model.files if hub.part_path(model, f).exists())  # fmt: skip
+            kept = sum(
+                hub.part_path(model, f).stat().st_size
+                for f in model.files
+                if hub.part_path(model, f).exists()
+            )
             print(
                 f"\ninterrupted: kept {human_size(kept)}; run the same command to resume", file=err
             )

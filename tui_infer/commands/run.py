@@ -145,26 +145,47 @@ def _from_store(
     if hit is None:
         why = explain_miss(store, request)
         if mode == "store":
-            print("tui-infer: not precomputed: " + (why or "the prediction store holds no "
-                  "published answer for this model, prompt and parameters") + "; use --serve "
-                  "store-then-live to ask the model", file=sys.stderr)  # fmt: skip
+            print(
+                "tui-infer: not precomputed: "
+                + (
+                    why
+                    or "the prediction store holds no "
+                    "published answer for this model, prompt and parameters"
+                )
+                + "; use --serve "
+                "store-then-live to ask the model",
+                file=sys.stderr,
+            )
             return EXIT_NOT_PRECOMPUTED
         if why:
             print(f"tui-infer: not from the store: {why}", file=sys.stderr)
         return None
     if args.json:
-        print(json.dumps({
-            "model": str(path), "reply": hit.output, "source": "store", "run": hit.run_id,
-            "published_at": hit.published_at, "id": hit.item_id,
-            "stats": {"prompt_tokens": hit.prompt_tokens,
-                      "generated_tokens": hit.generated_tokens,
-                      "finish_reason": hit.finish_reason},
-        }, ensure_ascii=False))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "model": str(path),
+                    "reply": hit.output,
+                    "source": "store",
+                    "run": hit.run_id,
+                    "published_at": hit.published_at,
+                    "id": hit.item_id,
+                    "stats": {
+                        "prompt_tokens": hit.prompt_tokens,
+                        "generated_tokens": hit.generated_tokens,
+                        "finish_reason": hit.finish_reason,
+                    },
+                },
+                ensure_ascii=False,
+            )
+        )
     else:
         sys.stdout.write(hit.output + "\n")
         sys.stdout.flush()
     if args.stats:
-        print(f"[from store] run {hit.run_id}, published "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(hit.published_at or 0))}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"[from store] run {hit.run_id}, published "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(hit.published_at or 0))}",
+            file=sys.stderr,
+        )
     return 0

@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from tui_infer.core.paths import Paths
 
 
-
-
 def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "store",
@@ -80,12 +78,26 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
             return 0
         from tui_infer.commands.tables import Table
 
-        t = Table("run", "status", "done", "rejected", "tokens", "created", "model",
-                  right=("run", "done", "rejected", "tokens"))  # fmt: skip
+        t = Table(
+            "run",
+            "status",
+            "done",
+            "rejected",
+            "tokens",
+            "created",
+            "model",
+            right=("run", "done", "rejected", "tokens"),
+        )
         for r in runs:
-            t.add_row(r.id, r.status, f"{r.n_done}/{r.n_items}", r.n_rejected,
-                      r.generated_tokens, _when(r.created_at),
-                      f"{Path(r.model_path).name} ({r.model_sha256[:12]})")  # fmt: skip
+            t.add_row(
+                r.id,
+                r.status,
+                f"{r.n_done}/{r.n_items}",
+                r.n_rejected,
+                r.generated_tokens,
+                _when(r.created_at),
+                f"{Path(r.model_path).name} ({r.model_sha256[:12]})",
+            )
         t.print()
         return 0
     if cmd == "show":
@@ -96,8 +108,10 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
             else:
                 prompt = p.prompt.replace("\n", " ")
                 reply = p.output.replace("\n", " ")
-                print(f"{p.item_id}  [{p.status}, {p.finish_reason}, {p.generated_tokens} tok]  "
-                      f"{prompt[:60]!r} -> {reply[:80]!r}")  # fmt: skip
+                print(
+                    f"{p.item_id}  [{p.status}, {p.finish_reason}, {p.generated_tokens} tok]  "
+                    f"{prompt[:60]!r} -> {reply[:80]!r}"
+                )
         if not preds:
             print(f"run {args.run} has no predictions yet")
         return 0
@@ -111,8 +125,10 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
         return 0
     if cmd == "rollback":
         run_id = store.rollback()
-        print(f"rolled back run {run_id}: its predictions are staged again; earlier published "
-              "runs answer their requests")  # fmt: skip
+        print(
+            f"rolled back run {run_id}: its predictions are staged again; earlier published "
+            "runs answer their requests"
+        )
         return 0
     if cmd == "stats":
         stats, size = store.stats()
@@ -123,8 +139,10 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
         if not stats:
             print("empty")
         for s in stats:
-            print(f"model {s.model_sha256[:12]}: {s.entries} published, {s.staged} staged, "
-                  f"{s.hits} hits, {s.misses} misses, hit rate {s.hit_rate:.1%}")  # fmt: skip
+            print(
+                f"model {s.model_sha256[:12]}: {s.entries} published, {s.staged} staged, "
+                f"{s.hits} hits, {s.misses} misses, hit rate {s.hit_rate:.1%}"
+            )
         return 0
     if cmd == "export":
         rows = [_pred_dict(p) for p in store.predictions(args.run)]
@@ -134,23 +152,39 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
     if cmd == "misses":
         misses = store.misses()
         rows = [
-            {"id": m["key"][:16], "messages": m["messages"],
-             "max_tokens": m["params"].get("max_tokens"), "misses": m["count"]}
+            {
+                "id": m["key"][:16],
+                "messages": m["messages"],
+                "max_tokens": m["params"].get("max_tokens"),
+                "misses": m["count"],
+            }
             for m in misses
-        ]  # fmt: skip
+        ]
         _write_jsonl(args.output, rows)
-        print(f"{len(rows)} missed requests written to {args.output} "
-              "(give it to 'tui-infer batch' as INPUT)")  # fmt: skip
+        print(
+            f"{len(rows)} missed requests written to {args.output} "
+            "(give it to 'tui-infer batch' as INPUT)"
+        )
         return 0
     raise AssertionError(cmd)
 
 
 def _pred_dict(p: Any) -> dict[str, Any]:
     return {
-        "run": p.run_id, "id": p.item_id, "position": p.position, "key": p.key,
-        "messages": p.messages, "output": p.output, "finish_reason": p.finish_reason,
-        "prompt_tokens": p.prompt_tokens, "generated_tokens": p.generated_tokens,
-        "ttft_s": p.ttft_s, "total_s": p.total_s, "seed": p.seed, "status": p.status,
-        "model_sha256": p.model_sha256, "created_at": p.created_at,
+        "run": p.run_id,
+        "id": p.item_id,
+        "position": p.position,
+        "key": p.key,
+        "messages": p.messages,
+        "output": p.output,
+        "finish_reason": p.finish_reason,
+        "prompt_tokens": p.prompt_tokens,
+        "generated_tokens": p.generated_tokens,
+        "ttft_s": p.ttft_s,
+        "total_s": p.total_s,
+        "seed": p.seed,
+        "status": p.status,
+        "model_sha256": p.model_sha256,
+        "created_at": p.created_at,
         "published_at": p.published_at,
-    }  # fmt: skip
+    }

@@ -47,10 +47,11 @@ class Table:
             cells = [c.splitlines() or [""] for c in row]
             for k in range(max(len(c) for c in cells)):
                 parts = [
-                    (c[k] if k < len(c) else "").rjust(w) if i in self.right
+                    (c[k] if k < len(c) else "").rjust(w)
+                    if i in self.right
                     else (c[k] if k < len(c) else "").ljust(w)
                     for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-                ]  # fmt: skip
+                ]
                 out.append(GAP.join(parts).rstrip())
         return out
 

@@ -160,10 +160,13 @@ def write_config_key(config_file: Path, key: str, value: str | int | float | boo
         section = None
         if key not in doc:
             section = next(
-                (name for name, t in doc.items() if name not in ("presets", "templates")
-                 and isinstance(t, dict) and key in t),
+                (
+                    name
+                    for name, t in doc.items()
+                    if name not in ("presets", "templates") and isinstance(t, dict) and key in t
+                ),
                 None,
-            )  # fmt: skip
+            )
         _set_value(doc if section is None else doc[section], key, value)
         new = _dumps(doc)
         expected = _plain(old_data)
@@ -185,8 +188,7 @@ def _config_lock(config_file: Path, timeout_s: float = 10.0) -> Iterator[None]:
             yield
     except Timeout:
         raise ConfigError(
-            f"{config_file}: another tui-infer has been writing it for {timeout_s:.0f} s; "
-            "try again"
+            f"{config_file}: another tui-infer has been writing it for {timeout_s:.0f} s; try again"
         ) from None
 
 
@@ -303,8 +305,15 @@ def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> S
 # ----- named presets ([presets.NAME]) and per-model chat templates ([templates]) -------------
 
 PRESET_KEYS = (
-    "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens", "system",
-)  # fmt: skip
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "seed",
+    "max_tokens",
+    "system",
+)
 _PRESET_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -460,8 +469,10 @@ def write_preset(config_file: Path, name: str, values: dict[str, Any]) -> None:
         except tomllib.TOMLDecodeError as exc:  # pragma: no cover - tomlkit writes valid TOML
             raise ConfigError(f"{config_file}: cannot update preset '{name}' ({exc})") from None
         if isinstance(got.get("presets"), dict):
-            got["presets"] = {k: (_check_preset(k, v, str(config_file)) if k == name else v)
-                              for k, v in got["presets"].items()}  # fmt: skip
+            got["presets"] = {
+                k: (_check_preset(k, v, str(config_file)) if k == name else v)
+                for k, v in got["presets"].items()
+            }
         if got != expected:
             raise ConfigError(
                 f"{config_file}: preset '{name}' is written in a form this cannot update "

@@ -52,9 +52,7 @@ def _folder(path: str | Path | None) -> str:
 
 
 def _message(folder: str, what: str, fix: str) -> str:
-    return (
-        f"{folder}: {what}; {fix} (or point TUI_INFER_DATA_DIR at another disk), then {AGAIN}"
-    )
+    return f"{folder}: {what}; {fix} (or point TUI_INFER_DATA_DIR at another disk), then {AGAIN}"
 
 
 def explain(exc: BaseException, path: str | Path | None = None) -> StorageError | None:

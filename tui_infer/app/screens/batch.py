@@ -104,8 +104,9 @@ class BatchScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sub_title = "batch runs and the prediction store"
         runs = self.query_one("#runs", DataTable)
-        runs.add_columns("run", "status", "done", "rejected", "tokens", "model", "created",
-                         "published")  # fmt: skip
+        runs.add_columns(
+            "run", "status", "done", "rejected", "tokens", "model", "created", "published"
+        )
         preds = self.query_one("#predictions", DataTable)
         preds.add_columns(" ", "id", "status", "prompt", "output", "tokens", "finish")
         if self.store is None:
@@ -140,10 +141,16 @@ class BatchScreen(Screen[None]):
         table.clear()
         for r in reversed(runs):  # newest first
             table.add_row(
-                str(r.id), r.status, f"{r.n_done}/{r.n_items}", str(r.n_rejected),
-                str(r.generated_tokens), Path(r.model_path).name, when(r.created_at),
-                when(r.published_at), key=str(r.id),
-            )  # fmt: skip
+                str(r.id),
+                r.status,
+                f"{r.n_done}/{r.n_items}",
+                str(r.n_rejected),
+                str(r.generated_tokens),
+                Path(r.model_path).name,
+                when(r.created_at),
+                when(r.published_at),
+                key=str(r.id),
+            )
         if not runs:
             self._status("no runs yet: 'tui-infer batch INPUT -o OUTPUT' or n here starts one")
         else:
@@ -171,10 +178,15 @@ class BatchScreen(Screen[None]):
         table.clear()
         for p in preds:
             table.add_row(
-                "●" if p.item_id in self.marked else " ", p.item_id, p.status,
-                clip(p.prompt, PROMPT_WIDTH), clip(p.output, OUTPUT_WIDTH),
-                f"{p.prompt_tokens}+{p.generated_tokens}", p.finish_reason, key=p.item_id,
-            )  # fmt: skip
+                "●" if p.item_id in self.marked else " ",
+                p.item_id,
+                p.status,
+                clip(p.prompt, PROMPT_WIDTH),
+                clip(p.output, OUTPUT_WIDTH),
+                f"{p.prompt_tokens}+{p.generated_tokens}",
+                p.finish_reason,
+                key=p.item_id,
+            )
         if preds:
             table.move_cursor(row=min(row, len(preds) - 1))
         run = self._runs.get(run_id)
@@ -261,8 +273,9 @@ class BatchScreen(Screen[None]):
         if n is None:
             return
         self.marked.clear()
-        self.notify(f"rejected {n} prediction(s) of run {run_id}: they will not be served",
-                    title="Review")  # fmt: skip
+        self.notify(
+            f"rejected {n} prediction(s) of run {run_id}: they will not be served", title="Review"
+        )
         self.refresh_runs()
 
     def action_publish(self) -> None:
@@ -273,8 +286,9 @@ class BatchScreen(Screen[None]):
         n = self._call("publishing", lambda: self.store.publish(run_id))
         if n is None:
             return
-        self.notify(f"published run {run_id}: {n} prediction(s) now answer their requests",
-                    title="Review")  # fmt: skip
+        self.notify(
+            f"published run {run_id}: {n} prediction(s) now answer their requests", title="Review"
+        )
         self.refresh_runs()
 
     def action_rollback(self) -> None:
@@ -291,8 +305,11 @@ class BatchScreen(Screen[None]):
                 return
             run_id = self._call("rolling back", self.store.rollback)
             if run_id is not None:
-                self.notify(f"rolled back run {run_id}: its predictions are staged again; "
-                            "the previous published answers serve", title="Review")  # fmt: skip
+                self.notify(
+                    f"rolled back run {run_id}: its predictions are staged again; "
+                    "the previous published answers serve",
+                    title="Review",
+                )
                 self.refresh_runs()
 
         self.app.push_screen(
@@ -300,7 +317,7 @@ class BatchScreen(Screen[None]):
                 f"Unpublish run {latest.id} (the latest published)? Its predictions "
                 "stop being served.",
                 yes="Roll back",
-            ),  # fmt: skip
+            ),
             confirmed,
         )
 
@@ -318,7 +335,7 @@ class BatchScreen(Screen[None]):
                 "Leaving stops the batch started here (what finished is kept; start "
                 "it again on the same file to resume). Leave?",
                 yes="Leave",
-            ),  # fmt: skip
+            ),
             confirmed,
         )
 
@@ -334,8 +351,9 @@ class BatchScreen(Screen[None]):
             self.notify("a batch started here is still running", severity="warning")
             return
         if self.model_path is None:
-            self.notify("load a model first (Ctrl+O in the chat): the batch runs it",
-                        severity="warning")  # fmt: skip
+            self.notify(
+                "load a model first (Ctrl+O in the chat): the batch runs it", severity="warning"
+            )
             return
 
         def chosen(text: str | None) -> None:
@@ -343,8 +361,10 @@ class BatchScreen(Screen[None]):
                 return
             path = Path(text).expanduser()
             if not path.is_file():
-                self.notify(f"{path}: no such file; give a JSONL, text or CSV file of prompts",
-                            severity="error")  # fmt: skip
+                self.notify(
+                    f"{path}: no such file; give a JSONL, text or CSV file of prompts",
+                    severity="error",
+                )
                 return
             self.start_batch(path)
 
@@ -352,7 +372,7 @@ class BatchScreen(Screen[None]):
             TextPromptScreen(
                 "Batch input (JSONL, text or CSV file path); greedy, "
                 f"max_tokens={self.settings.max_tokens}"
-            ),  # fmt: skip
+            ),
             chosen,
         )
 
@@ -360,10 +380,20 @@ class BatchScreen(Screen[None]):
         """The `tui-infer batch` the app runs: greedy, this model, these settings."""
         assert self.model_path is not None
         cmd = [
-            sys.executable, "-m", "tui_infer", "batch", str(input_path), "-o", str(output),
-            "-m", str(self.model_path), "--max-tokens", str(self.settings.max_tokens),
-            "--ctx", str(self.settings.ctx),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "tui_infer",
+            "batch",
+            str(input_path),
+            "-o",
+            str(output),
+            "-m",
+            str(self.model_path),
+            "--max-tokens",
+            str(self.settings.max_tokens),
+            "--ctx",
+            str(self.settings.ctx),
+        ]
         if self.settings.system:
             cmd += ["--system", self.settings.system]
         return cmd
@@ -380,8 +410,11 @@ class BatchScreen(Screen[None]):
         env = {**os.environ, "TUI_INFER_DATA_DIR": str(self.store.path.parent)}
         self.process = subprocess.Popen(
             self.batch_command(input_path, output),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         self.notify(f"batch started on {input_path.name}; output: {output}", title="Batch")
         self._show_progress()
         self._wait(self.process, output)
@@ -390,22 +423,32 @@ class BatchScreen(Screen[None]):
     def _wait(self, process: subprocess.Popen[bytes], output: Path) -> None:
         _, err = process.communicate()
         lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
-        self.post_message(BatchProcessFinished(process.returncode, output,
-                                               lines[-1] if lines else ""))  # fmt: skip
+        self.post_message(
+            BatchProcessFinished(process.returncode, output, lines[-1] if lines else "")
+        )
 
     @on(BatchProcessFinished)
     def _batch_finished(self, event: BatchProcessFinished) -> None:
         self.process = None
         if event.returncode == 0:
-            self.notify(f"batch done; output: {event.output}. Review it and publish (p)",
-                        title="Batch")  # fmt: skip
+            self.notify(
+                f"batch done; output: {event.output}. Review it and publish (p)", title="Batch"
+            )
         elif event.returncode == 5:  # finished, some input lines rejected
-            self.notify(f"batch done, some lines rejected (listed in {event.output}"
-                        ".rejects.jsonl); output: {event.output}. Review it and publish (p)",
-                        title="Batch", severity="warning", timeout=15)  # fmt: skip
+            self.notify(
+                f"batch done, some lines rejected (listed in {event.output}"
+                ".rejects.jsonl); output: {event.output}. Review it and publish (p)",
+                title="Batch",
+                severity="warning",
+                timeout=15,
+            )
         else:
-            self.notify(event.error or f"the batch exited with {event.returncode}",
-                        title="Batch failed", severity="error", timeout=15)  # fmt: skip
+            self.notify(
+                event.error or f"the batch exited with {event.returncode}",
+                title="Batch failed",
+                severity="error",
+                timeout=15,
+            )
         self.refresh_runs()
 
     def on_unmount(self) -> None:

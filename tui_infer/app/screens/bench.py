@@ -153,8 +153,9 @@ class BenchScreen(Screen[None]):
         self._run(self.model_path, pp, tg, reps, self._cancel)
 
     @work(thread=True, exclusive=True, group="bench", exit_on_error=False)
-    def _run(self, model: Path, pp: list[int], tg: list[int], reps: int,
-             cancel: threading.Event) -> None:  # fmt: skip
+    def _run(
+        self, model: Path, pp: list[int], tg: list[int], reps: int, cancel: threading.Event
+    ) -> None:
         from tui_infer.core.bench.history import BenchHistory
         from tui_infer.core.bench.measure import BenchPlan, environment, file_sha256, run_plan
         from tui_infer.core.inference.engine import Engine
@@ -162,8 +163,9 @@ class BenchScreen(Screen[None]):
 
         s = self.settings
         need = max(pp + tg) + 16
-        cfg = BenchConfig(s.effective_threads, s.gpu_layers, max(need, 256), s.batch,
-                          s.kv_type, s.flash_attn)  # fmt: skip
+        cfg = BenchConfig(
+            s.effective_threads, s.gpu_layers, max(need, 256), s.batch, s.kv_type, s.flash_attn
+        )
         try:
             header = read_header(model)
             probe = Engine.load(model, cfg.load_options())
@@ -193,9 +195,14 @@ class BenchScreen(Screen[None]):
         self.results.append(r)
         frac = r.ceiling_fraction
         self.query_one("#bench-results", DataTable).add_row(
-            r.test, str(r.config.threads), str(r.config.ctx), r.config.kv_type,
-            f"{r.mean:.2f}", f"{r.stdev:.2f}", f"{frac:.0%}" if frac is not None else "",
-        )  # fmt: skip
+            r.test,
+            str(r.config.threads),
+            str(r.config.ctx),
+            r.config.kv_type,
+            f"{r.mean:.2f}",
+            f"{r.stdev:.2f}",
+            f"{frac:.0%}" if frac is not None else "",
+        )
         self.query_one("#bench-chart", Static).update(bar_chart(self.results))
 
     @on(BenchFinished)

@@ -138,8 +138,7 @@ class ChatScreen(SavedChats, StoreServing):
         self._cancel = threading.Event()
         self._show_notice("")
         history = self.session.pending()  # a snapshot: the worker reads no live state
-        self._generate(self.engine, history, text, self._cancel, self.session.fork_at,
-                       drop_oldest)  # fmt: skip
+        self._generate(self.engine, history, text, self._cancel, self.session.fork_at, drop_oldest)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="chat", name="generate")
     def _generate(
@@ -157,10 +156,14 @@ class ChatScreen(SavedChats, StoreServing):
         with self._engine_lock:
             try:
                 admitted = self.session.admit(
-                    history, text, engine.count_tokens, engine.n_ctx,
-                    overflow=settings.overflow, max_tokens=settings.max_tokens,
+                    history,
+                    text,
+                    engine.count_tokens,
+                    engine.n_ctx,
+                    overflow=settings.overflow,
+                    max_tokens=settings.max_tokens,
                     drop_oldest=drop_oldest,
-                )  # fmt: skip
+                )
                 if isinstance(admitted, MustChoose):
                     # the user chooses (OverflowScreen); nothing is sent meanwhile
                     self.post_message(
@@ -170,10 +173,17 @@ class ChatScreen(SavedChats, StoreServing):
                 if isinstance(admitted, Refused):
                     self.post_message(msg.PromptRefused(text, admitted.error))
                     return
-                self.post_message(msg.PromptAccepted(
-                    text, admitted.turns, admitted.prompt_tokens, admitted.n_ctx,
-                    admitted.dropped, admitted.warning, fork_at,
-                ))  # fmt: skip
+                self.post_message(
+                    msg.PromptAccepted(
+                        text,
+                        admitted.turns,
+                        admitted.prompt_tokens,
+                        admitted.n_ctx,
+                        admitted.dropped,
+                        admitted.warning,
+                        fork_at,
+                    )
+                )
                 stream = engine.chat(
                     self.session.messages_for(admitted.turns),
                     SamplingParams.from_settings(settings),
@@ -205,8 +215,9 @@ class ChatScreen(SavedChats, StoreServing):
             if use_chatml:
                 self._use_chatml(Path(path), config)
 
-        self.app.push_screen(TemplateFallbackScreen(event.error, Path(path).name, str(config)),
-                             chosen)  # fmt: skip
+        self.app.push_screen(
+            TemplateFallbackScreen(event.error, Path(path).name, str(config)), chosen
+        )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config", name="use ChatML")
     def _use_chatml(self, path: Path, config: Path) -> None:
@@ -275,8 +286,10 @@ class ChatScreen(SavedChats, StoreServing):
                 if self.config_file is not None:
                     try:
                         write_config_key(self.config_file, "overflow", "drop-oldest")
-                        self.notify(f'overflow = "drop-oldest" saved in {self.config_file}',
-                                    title="Context window")  # fmt: skip
+                        self.notify(
+                            f'overflow = "drop-oldest" saved in {self.config_file}',
+                            title="Context window",
+                        )
                     except TuiInferError as exc:
                         self.notify(str(exc), title="Config not saved", severity="error")
             if self.engine is not None and not self.generating:
@@ -298,8 +311,10 @@ class ChatScreen(SavedChats, StoreServing):
         target = self._gen_conversation
         if event.text and target is not None:
             # Saved even when the user moved to another chat meanwhile: it is theirs.
-            self._db("saving the reply",
-                     lambda h: h.add_message(target, "assistant", event.text, figures))  # fmt: skip
+            self._db(
+                "saving the reply",
+                lambda h: h.add_message(target, "assistant", event.text, figures),
+            )
             self.refresh_chat_list()
         if self._reply is not None:
             # (None when a new chat was begun meanwhile: the reply belongs to no one)
@@ -447,8 +462,10 @@ class ChatScreen(SavedChats, StoreServing):
             self.notify("the last reply has no code block", severity="warning")
             return
         self.app.copy_to_clipboard(blocks[-1])
-        self.notify(f"copied the last code block ({len(blocks[-1])} characters) with OSC 52",
-                    title="Clipboard")  # fmt: skip
+        self.notify(
+            f"copied the last code block ({len(blocks[-1])} characters) with OSC 52",
+            title="Clipboard",
+        )
 
     # ----- settings, template, help --------------------------------------------------------
 
@@ -470,8 +487,7 @@ class ChatScreen(SavedChats, StoreServing):
                     ),
                 )
             if reload and self.model_path is not None:
-                self.notify(f"reloading the model ({', '.join(reload)} changed)",
-                            title="Settings")  # fmt: skip
+                self.notify(f"reloading the model ({', '.join(reload)} changed)", title="Settings")
                 self.load_model(self.model_path)
             else:
                 self.notify("settings saved for this chat", title="Settings")

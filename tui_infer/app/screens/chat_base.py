@@ -158,8 +158,12 @@ class ChatScreenBase(Screen[None]):
         except TuiInferError as exc:
             self.notify(f"{what}: {exc}", title="History", severity="error", timeout=10)
         except Exception as exc:  # sqlite3 errors: disk full, locked for too long
-            self.notify(f"{what}: {type(exc).__name__}: {exc}", title="History",
-                        severity="error", timeout=10)  # fmt: skip
+            self.notify(
+                f"{what}: {type(exc).__name__}: {exc}",
+                title="History",
+                severity="error",
+                timeout=10,
+            )
         return None
 
     def refresh_chat_list(self) -> None:

@@ -44,13 +44,16 @@ class SavedChats(ChatScreenBase):
             return
         if self.conversation_id is None:
             info = getattr(self.engine, "info", None)
-            self.conversation_id = self._db("creating the chat", lambda h: h.create(
-                derive_title(text),
-                model_name=getattr(info, "name", None),
-                model_path=str(self.model_path) if self.model_path else None,
-                settings=self._sampling_dict(),
-                system_prompt=self.system_prompt,
-            ))  # fmt: skip
+            self.conversation_id = self._db(
+                "creating the chat",
+                lambda h: h.create(
+                    derive_title(text),
+                    model_name=getattr(info, "name", None),
+                    model_path=str(self.model_path) if self.model_path else None,
+                    settings=self._sampling_dict(),
+                    system_prompt=self.system_prompt,
+                ),
+            )
         if self.conversation_id is not None:
             cid = self.conversation_id
             self._db("saving your message", lambda h: h.add_message(cid, "user", text))
@@ -99,8 +102,9 @@ class SavedChats(ChatScreenBase):
         self.refresh_chat_list()
         self.prompt_input.focus()  # ready to continue it
         # its model, when it is another one and still there
-        if conv.model_path and (self.model_path is None or
-                                Path(conv.model_path) != Path(self.model_path)):  # fmt: skip
+        if conv.model_path and (
+            self.model_path is None or Path(conv.model_path) != Path(self.model_path)
+        ):
             if Path(conv.model_path).is_file():
                 self.notify(f"loading this chat's model: {conv.model_name or conv.model_path}")
                 self.load_model(Path(conv.model_path))
@@ -159,7 +163,7 @@ class SavedChats(ChatScreenBase):
             ConfirmScreen(
                 f"Delete the chat '{title}' and all its messages? This cannot be undone.",
                 yes="Delete",
-            ),  # fmt: skip
+            ),
             confirmed,
         )
 
@@ -168,8 +172,9 @@ class SavedChats(ChatScreenBase):
         cid = self._need_chat()
         if cid is None or self.chat_db is None or self.exports_dir is None:
             return None
-        text = self._db("exporting", lambda h: h.export_markdown(cid) if fmt == "md"
-                        else h.export_json(cid))  # fmt: skip
+        text = self._db(
+            "exporting", lambda h: h.export_markdown(cid) if fmt == "md" else h.export_json(cid)
+        )
         if text is None:
             return None
         target = self.exports_dir / f"chat-{cid}.{fmt}"
@@ -179,8 +184,11 @@ class SavedChats(ChatScreenBase):
         try:
             atomic_write(target, text)
         except OSError as exc:
-            self.notify(str(explain(exc, target) or f"{target}: cannot write ({exc})"),
-                        title="Export", severity="error")  # fmt: skip
+            self.notify(
+                str(explain(exc, target) or f"{target}: cannot write ({exc})"),
+                title="Export",
+                severity="error",
+            )
             return None
         self.notify(f"exported to {target}", title="Export")
         return target

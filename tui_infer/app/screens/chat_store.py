@@ -79,15 +79,23 @@ class StoreServing(ChatScreenBase):
         try:
             # the same path as `run` and `batch`: keyed from what the engine renders
             target = rp.LoadedModel(Path(self.model_path), template.source)
-            request = rp.prepare(self.store, target, self.session.messages_for(turns),
-                                 SamplingParams.from_settings(self.settings))  # fmt: skip
+            request = rp.prepare(
+                self.store,
+                target,
+                self.session.messages_for(turns),
+                SamplingParams.from_settings(self.settings),
+            )
             hit = rp.lookup(self.store, request)
         except (TuiInferError, OSError) as exc:
             if mode == "store":
                 self.post_message(NotPrecomputed(text, f"the prediction store failed: {exc}"))
                 return True
-            self.app.call_from_thread(self.notify, f"{exc}; answering with the model",
-                                      title="Prediction store", severity="warning")  # fmt: skip
+            self.app.call_from_thread(
+                self.notify,
+                f"{exc}; answering with the model",
+                title="Prediction store",
+                severity="warning",
+            )
             return False
         if hit is None:
             if mode == "store":
@@ -106,14 +114,21 @@ class StoreServing(ChatScreenBase):
         self.generating = False
         hit = event.prediction
         figures = ReplyFigures(
-            ttft_s=event.lookup_s, prompt_tokens=hit.prompt_tokens, prompt_tps=0.0,
-            generated_tokens=hit.generated_tokens, generation_tps=0.0, total_s=event.lookup_s,
-            finish_reason=hit.finish_reason, source="store",
-        )  # fmt: skip
+            ttft_s=event.lookup_s,
+            prompt_tokens=hit.prompt_tokens,
+            prompt_tps=0.0,
+            generated_tokens=hit.generated_tokens,
+            generation_tps=0.0,
+            total_s=event.lookup_s,
+            finish_reason=hit.finish_reason,
+            source="store",
+        )
         target = self._gen_conversation
         if target is not None and self._reply is not None:
-            self._db("saving the reply",
-                     lambda h: h.add_message(target, "assistant", hit.output, figures))  # fmt: skip
+            self._db(
+                "saving the reply",
+                lambda h: h.add_message(target, "assistant", hit.output, figures),
+            )
             self.refresh_chat_list()
         if self._reply is not None:
             self.session.add_reply(hit.output, figures)
@@ -140,5 +155,6 @@ class StoreServing(ChatScreenBase):
         if store is None:
             self.stats_panel.show_store(0, 0, "unavailable")
         else:
-            self.stats_panel.show_store(store.session_hits, store.session_misses,
-                                        self.settings.serve)  # fmt: skip
+            self.stats_panel.show_store(
+                store.session_hits, store.session_misses, self.settings.serve
+            )

@@ -114,8 +114,9 @@ class OverflowScreen(ModalScreen[OverflowChoice]):
                 markup=False,
                 classes="dialog-text",
             )
-            yield Checkbox("Remember: always drop the oldest turns (saved in config)",
-                           id="remember")  # fmt: skip
+            yield Checkbox(
+                "Remember: always drop the oldest turns (saved in config)", id="remember"
+            )
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Drop oldest turns", variant="warning", id="drop")
                 yield Button("Cancel", id="cancel")

@@ -73,8 +73,9 @@ class HubFailed(Message):
 
 
 class DownloadProgressed(Message):
-    def __init__(self, done: int, total: int, speed: float, eta_s: float | None, state: str,
-                 note: str) -> None:  # fmt: skip
+    def __init__(
+        self, done: int, total: int, speed: float, eta_s: float | None, state: str, note: str
+    ) -> None:
         super().__init__()
         self.done, self.total, self.speed, self.eta_s = done, total, speed, eta_s
         self.state, self.note = state, note
@@ -167,12 +168,18 @@ class HubTab(Screen[None]):
         table = self.query_one("#hub-repos", DataTable)
         table.clear()
         for r in event.repos:
-            table.add_row(r.repo + (" (gated)" if r.gated else ""), f"{r.downloads:,}",
-                          str(r.likes), key=r.repo)  # fmt: skip
+            table.add_row(
+                r.repo + (" (gated)" if r.gated else ""),
+                f"{r.downloads:,}",
+                str(r.likes),
+                key=r.repo,
+            )
         self.query_one("#hub-files", DataTable).clear()
         if event.repos:
-            self._hub_status(f"{len(event.repos)} repositories match '{event.query}': "
-                             "Enter lists a repository's files")  # fmt: skip
+            self._hub_status(
+                f"{len(event.repos)} repositories match '{event.query}': "
+                "Enter lists a repository's files"
+            )
             table.focus()
         else:
             self._hub_status(f"no GGUF repositories match '{event.query}'")
@@ -203,11 +210,14 @@ class HubTab(Screen[None]):
         for i, m in enumerate(event.models):
             key = f"{i}:{m.filename}"
             self.hub_models[key] = m
-            table.add_row(m.filename, m.quant or "?", human_size(m.size), str(len(m.files)),
-                          key=key)  # fmt: skip
+            table.add_row(
+                m.filename, m.quant or "?", human_size(m.size), str(len(m.files)), key=key
+            )
         if event.models:
-            self._hub_status(f"{event.repo}: {len(event.models)} GGUF models; Enter (or "
-                             "Download) fetches the highlighted one")  # fmt: skip
+            self._hub_status(
+                f"{event.repo}: {len(event.models)} GGUF models; Enter (or "
+                "Download) fetches the highlighted one"
+            )
             table.focus()
             self.query_one("#download-box").display = True
         else:
@@ -233,8 +243,7 @@ class HubTab(Screen[None]):
     def start_download(self) -> None:
         table = self.query_one("#hub-files", DataTable)
         if self.downloading:
-            self._hub_status("a download is already running (Cancel download stops it)",
-                             error=True)  # fmt: skip
+            self._hub_status("a download is already running (Cancel download stops it)", error=True)
             return
         if table.row_count == 0:
             self._hub_status("pick a repository and a file first", error=True)
@@ -265,8 +274,9 @@ class HubTab(Screen[None]):
         from tui_infer.core.models.hub_types import DownloadCancelled, HubError, Progress
         from tui_infer.core.models.library import ModelLibrary
 
-        before = {i: sum(f.size for f in model.files[: i - 1]) for i in
-                  range(1, len(model.files) + 1)}  # fmt: skip
+        before = {
+            i: sum(f.size for f in model.files[: i - 1]) for i in range(1, len(model.files) + 1)
+        }
         last = 0.0
 
         def on_progress(p: Progress) -> None:
@@ -277,8 +287,9 @@ class HubTab(Screen[None]):
                 return
             last = now
             done = before.get(p.file_index, 0) + p.done
-            note = p.message or (f"resumed from {human_size(p.resumed_from)}"
-                                 if p.resumed_from else "")  # fmt: skip
+            note = p.message or (
+                f"resumed from {human_size(p.resumed_from)}" if p.resumed_from else ""
+            )
             self.post_message(DownloadProgressed(done, model.size, p.speed, p.eta_s, p.state, note))
 
         hub = Hub()
@@ -290,11 +301,16 @@ class HubTab(Screen[None]):
         try:
             result = hub.download(model, progress=on_progress, cancel=cancel)
         except DownloadCancelled:
-            kept = sum(hub.part_path(model, f).stat().st_size for f in model.files
-                       if hub.part_path(model, f).exists())  # fmt: skip
-            self.post_message(DownloadFinished(
-                f"cancelled: kept {human_size(kept)}; Download again resumes it", False, True
-            ))  # fmt: skip
+            kept = sum(
+                hub.part_path(model, f).stat().st_size
+                for f in model.files
+                if hub.part_path(model, f).exists()
+            )
+            self.post_message(
+                DownloadFinished(
+                    f"cancelled: kept {human_size(kept)}; Download again resumes it", False, True
+                )
+            )
             return
         except (HubError, OSError) as exc:
             self.post_message(DownloadFinished(f"download failed: {exc}", False))
@@ -306,10 +322,13 @@ class HubTab(Screen[None]):
             except TuiInferError as exc:
                 self.post_message(DownloadFinished(f"downloaded, but: {exc}", False))
                 return
-        self.post_message(DownloadFinished(
-            f"{entry.name}: downloaded and verified ({human_size(entry.size)}); it is in the "
-            "library", True,
-        ))  # fmt: skip
+        self.post_message(
+            DownloadFinished(
+                f"{entry.name}: downloaded and verified ({human_size(entry.size)}); it is in the "
+                "library",
+                True,
+            )
+        )
 
     @on(DownloadProgressed)
     def _download_progressed(self, event: DownloadProgressed) -> None:

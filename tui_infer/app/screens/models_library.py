@@ -153,20 +153,32 @@ class LibraryTab(Screen[None]):
             try:
                 est = fit.estimate_fit(
                     fit.info_from_metadata(str(e.path), e.size, e.metadata),
-                    n_vocab=int(e.metadata.get("n_vocab") or 0), ctx=settings.ctx,
-                    kv_type=settings.kv_type, n_ubatch=settings.batch,
-                    flash_attn=settings.flash_attn, ram_available=ram, gpu_free=vram,
+                    n_vocab=int(e.metadata.get("n_vocab") or 0),
+                    ctx=settings.ctx,
+                    kv_type=settings.kv_type,
+                    n_ubatch=settings.batch,
+                    flash_attn=settings.flash_attn,
+                    ram_available=ram,
+                    gpu_free=vram,
                     parallel=settings.parallel,
-                )  # fmt: skip
+                )
                 verdict = est.verdict
                 summary = f"fit at ctx {settings.ctx}, KV {settings.kv_type}: {est.summary()}"
             except ValueError as exc:
                 summary = f"fit: unknown ({exc})"
         return LibraryRow(
-            name=e.name, path=e.path, quant=e.quantization, size=e.size,
-            context=e.n_ctx_train, source=e.source, repo=e.repo, status=e.status,
-            fit=verdict, fit_summary=summary, sha256=e.sha256,
-        )  # fmt: skip
+            name=e.name,
+            path=e.path,
+            quant=e.quantization,
+            size=e.size,
+            context=e.n_ctx_train,
+            source=e.source,
+            repo=e.repo,
+            status=e.status,
+            fit=verdict,
+            fit_summary=summary,
+            sha256=e.sha256,
+        )
 
     @on(LibraryScanned)
     def _scanned(self, event: LibraryScanned) -> None:
@@ -176,17 +188,28 @@ class LibraryTab(Screen[None]):
         self.rows = {r.name: r for r in event.rows}
         for r in event.rows:
             # the repo goes in the detail line: a long one would push the fit column out of view
-            table.add_row(r.name, r.quant, human_size(r.size), str(r.context or "?"), r.source,
-                          r.status, r.fit, key=r.name)  # fmt: skip
+            table.add_row(
+                r.name,
+                r.quant,
+                human_size(r.size),
+                str(r.context or "?"),
+                r.source,
+                r.status,
+                r.fit,
+                key=r.name,
+            )
         if keep in self.rows:
             table.move_cursor(row=table.get_row_index(keep))
         if not event.rows:
-            self._status("The library is empty: import a .gguf file below, or download one "
-                         "from the Hub tab.")  # fmt: skip
+            self._status(
+                "The library is empty: import a .gguf file below, or download one from the Hub tab."
+            )
         else:
             n = len(event.rows)
-            self._status(f"{n} model{'s' if n != 1 else ''}"
-                         + ("; computing sha256…" if event.hashing else ""))  # fmt: skip
+            self._status(
+                f"{n} model{'s' if n != 1 else ''}"
+                + ("; computing sha256…" if event.hashing else "")
+            )
         self._show_detail()
 
     def _selected_name(self) -> str | None:
@@ -221,8 +244,9 @@ class LibraryTab(Screen[None]):
             self._status("no model selected", error=True)
             return
         if r.status != "ok":
-            self._status(f"{r.name}: the file is {r.status}; import it again or remove it",
-                         error=True)  # fmt: skip
+            self._status(
+                f"{r.name}: the file is {r.status}; import it again or remove it", error=True
+            )
             return
         self.app.chat.load_model(r.path)  # type: ignore[attr-defined]
         self.app.pop_screen()
@@ -241,12 +265,17 @@ class LibraryTab(Screen[None]):
             self._status("no model selected", error=True)
             return
         if r.source in ("bundled", "hf-cache"):
-            where = "an installed Python package" if r.source == "bundled" else (
-                "the Hugging Face cache")  # fmt: skip
-            how = "uninstall the package" if r.source == "bundled" else (
-                "delete it with 'hf cache delete'")  # fmt: skip
-            self._status(f"{r.name} comes from {where} and would be found again; {how}",
-                         error=True)  # fmt: skip
+            where = (
+                "an installed Python package"
+                if r.source == "bundled"
+                else ("the Hugging Face cache")
+            )
+            how = (
+                "uninstall the package"
+                if r.source == "bundled"
+                else ("delete it with 'hf cache delete'")
+            )
+            self._status(f"{r.name} comes from {where} and would be found again; {how}", error=True)
             return
         delete = r.source in OWNED_SOURCES and r.status != "missing"
         question = (
@@ -318,14 +347,16 @@ class LibraryTab(Screen[None]):
         how = {"copied": f"copied to {e.path.parent}", "imported": "registered in place"}.get(
             e.source, f"already in the library ({e.source})"
         )
-        self.post_message(LibraryChanged(f"{e.name}: {how}; {e.quantization}, "
-                                         f"{human_size(e.size)}"))  # fmt: skip
+        self.post_message(
+            LibraryChanged(f"{e.name}: {how}; {e.quantization}, {human_size(e.size)}")
+        )
 
     @on(ImportProgressed)
     def _import_progressed(self, event: ImportProgressed) -> None:
         pct = 100 * event.done / event.total if event.total else 100
-        self._status(f"importing: {human_size(event.done)} of {human_size(event.total)} "
-                     f"({pct:.0f} %)")  # fmt: skip
+        self._status(
+            f"importing: {human_size(event.done)} of {human_size(event.total)} ({pct:.0f} %)"
+        )
 
     @on(LibraryChanged)
     def _library_changed(self, event: LibraryChanged) -> None:

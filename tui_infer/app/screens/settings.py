@@ -29,11 +29,17 @@ SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", 
 RELOAD = ("ctx", "gpu_layers", "threads")  # plus kv_type and flash_attn
 NEEDS_RELOAD = (*RELOAD, "kv_type", "flash_attn")
 LABELS = {
-    "temperature": "temperature", "top_p": "top-p", "top_k": "top-k", "min_p": "min-p",
-    "repeat_penalty": "repeat penalty", "seed": "seed (-1 random)",
-    "max_tokens": "max tokens", "ctx": "context size", "gpu_layers": "GPU layers (-1 all)",
+    "temperature": "temperature",
+    "top_p": "top-p",
+    "top_k": "top-k",
+    "min_p": "min-p",
+    "repeat_penalty": "repeat penalty",
+    "seed": "seed (-1 random)",
+    "max_tokens": "max tokens",
+    "ctx": "context size",
+    "gpu_layers": "GPU layers (-1 all)",
     "threads": "threads (0 auto)",
-}  # fmt: skip
+}
 
 
 def reload_needed(old: Settings, new: Settings) -> list[str]:
@@ -64,8 +70,12 @@ class SettingsScreen(ModalScreen[Settings | None]):
             with VerticalScroll():
                 with Horizontal(classes="field"):
                     yield Label("preset", classes="field-label")
-                    yield Select([(n, n) for n in self._presets], prompt="(choose a preset)",
-                                 id="set-preset", compact=True)  # fmt: skip
+                    yield Select(
+                        [(n, n) for n in self._presets],
+                        prompt="(choose a preset)",
+                        id="set-preset",
+                        compact=True,
+                    )
                 with Horizontal(classes="field"):
                     yield Input(placeholder="preset name", id="preset-name", compact=True)
                     yield Button("Save as preset", id="save-preset", compact=True)
@@ -83,8 +93,13 @@ class SettingsScreen(ModalScreen[Settings | None]):
                         yield Input(str(getattr(s, name)), id=f"set-{name}", compact=True)
                 with Horizontal(classes="field"):
                     yield Label("KV cache type", classes="field-label")
-                    yield Select([(k, k) for k in KV_TYPES], value=s.kv_type,
-                                 allow_blank=False, id="set-kv_type", compact=True)  # fmt: skip
+                    yield Select(
+                        [(k, k) for k in KV_TYPES],
+                        value=s.kv_type,
+                        allow_blank=False,
+                        id="set-kv_type",
+                        compact=True,
+                    )
                 yield Checkbox("flash attention", s.flash_attn, id="set-flash_attn")
             yield Static(self._preset_error, id="settings-error", markup=False)
             yield Static("", id="settings-reload", markup=False)

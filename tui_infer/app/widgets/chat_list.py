@@ -45,8 +45,9 @@ class ChatList(Vertical):
             [Option(("● " if c.id == current else "  ") + c.title, id=str(c.id)) for c in chats]
         )
         if not chats:
-            options.add_option(Option("(no chats yet)" if not self.search_text else
-                                      "(no match)", disabled=True))  # fmt: skip
+            options.add_option(
+                Option("(no chats yet)" if not self.search_text else "(no match)", disabled=True)
+            )
         for i, c in enumerate(chats):
             if c.id == current:
                 options.highlighted = i

@@ -203,8 +203,25 @@ def run_batched(runner: Any, parallel: int, n_gen: int, n_prompt: int) -> float:
     from tui_infer.core.inference.batched import BatchItem
     from tui_infer.core.inference.types import Message, SamplingParams
 
-    words = ["tell", "me", "a", "long", "story", "about", "a", "river", "a", "city", "and",
-             "a", "dragon", "who", "learns", "to", "cook"]  # fmt: skip
+    words = [
+        "tell",
+        "me",
+        "a",
+        "long",
+        "story",
+        "about",
+        "a",
+        "river",
+        "a",
+        "city",
+        "and",
+        "a",
+        "dragon",
+        "who",
+        "learns",
+        "to",
+        "cook",
+    ]
     items = []
     for i in range(2 * parallel):
         text = " ".join(words[(i + k) % len(words)] for k in range(max(1, n_prompt - 12)))

@@ -184,9 +184,17 @@ class History:
             cur = c.execute(
                 "INSERT INTO conversations (title, created_at, updated_at, model_name, "
                 "model_path, model_sha256, settings, system_prompt) VALUES (?,?,?,?,?,?,?,?)",
-                (title, now, now, model_name, model_path, model_sha256,
-                 json.dumps(settings or {}, sort_keys=True), system_prompt),
-            )  # fmt: skip
+                (
+                    title,
+                    now,
+                    now,
+                    model_name,
+                    model_path,
+                    model_sha256,
+                    json.dumps(settings or {}, sort_keys=True),
+                    system_prompt,
+                ),
+            )
             return int(cur.lastrowid or 0)
 
     def _require(self, conversation_id: int) -> None:
@@ -284,10 +292,17 @@ class History:
             )
         )
         return StoredConversation(
-            id=row[0], title=row[1], created_at=row[2], updated_at=row[3], model_name=row[4],
-            model_path=row[5], model_sha256=row[6], settings=json.loads(row[7] or "{}"),
-            system_prompt=row[8], messages=messages,
-        )  # fmt: skip
+            id=row[0],
+            title=row[1],
+            created_at=row[2],
+            updated_at=row[3],
+            model_name=row[4],
+            model_path=row[5],
+            model_sha256=row[6],
+            settings=json.loads(row[7] or "{}"),
+            system_prompt=row[8],
+            messages=messages,
+        )
 
     # ----- messages ------------------------------------------------------------------------
 
@@ -312,9 +327,15 @@ class History:
             c.execute(
                 "INSERT INTO messages (conversation_id, position, role, content, created_at, "
                 "figures) VALUES (?,?,?,?,?,?)",
-                (conversation_id, pos, role, content, now,
-                 json.dumps(asdict(figures)) if figures else None),
-            )  # fmt: skip
+                (
+                    conversation_id,
+                    pos,
+                    role,
+                    content,
+                    now,
+                    json.dumps(asdict(figures)) if figures else None,
+                ),
+            )
             c.execute(
                 "UPDATE conversations SET updated_at = MAX(updated_at, ?) WHERE id = ?",
                 (now, conversation_id),
@@ -345,16 +366,23 @@ class History:
             "title": conv.title,
             "created_at": conv.created_at,
             "updated_at": conv.updated_at,
-            "model": {"name": conv.model_name, "path": conv.model_path,
-                      "sha256": conv.model_sha256},
+            "model": {
+                "name": conv.model_name,
+                "path": conv.model_path,
+                "sha256": conv.model_sha256,
+            },
             "settings": conv.settings,
             "system_prompt": conv.system_prompt,
             "messages": [
-                {"role": m.role, "content": m.content, "created_at": m.created_at,
-                 "figures": asdict(m.figures) if m.figures else None}
+                {
+                    "role": m.role,
+                    "content": m.content,
+                    "created_at": m.created_at,
+                    "figures": asdict(m.figures) if m.figures else None,
+                }
                 for m in conv.messages
             ],
-        }  # fmt: skip
+        }
 
     def export_json(self, conversation_id: int) -> str:
         return json.dumps(self.export_dict(conversation_id), indent=2, ensure_ascii=False) + "\n"
@@ -407,9 +435,14 @@ class History:
             except HistoryError as exc:
                 raise HistoryError(f"{source}: message {i + 1}: {exc}") from None
             created = m.get("created_at")
-            parsed.append((m["role"], m["content"],
-                           float(created) if isinstance(created, (int, float)) else None,
-                           figures))  # fmt: skip
+            parsed.append(
+                (
+                    m["role"],
+                    m["content"],
+                    float(created) if isinstance(created, (int, float)) else None,
+                    figures,
+                )
+            )
         model: dict[str, Any] = data["model"] if isinstance(data.get("model"), dict) else {}
         settings: dict[str, Any] = (
             data["settings"] if isinstance(data.get("settings"), dict) else {}
@@ -423,18 +456,31 @@ class History:
                 cur = c.execute(
                     "INSERT INTO conversations (title, created_at, updated_at, model_name, "
                     "model_path, model_sha256, settings, system_prompt) VALUES (?,?,?,?,?,?,?,?)",
-                    (title, float(created_at) if isinstance(created_at, (int, float)) else now,
-                     now, model.get("name"), model.get("path"), model.get("sha256"),
-                     json.dumps(settings, sort_keys=True), str(data.get("system_prompt") or "")),
-                )  # fmt: skip
+                    (
+                        title,
+                        float(created_at) if isinstance(created_at, (int, float)) else now,
+                        now,
+                        model.get("name"),
+                        model.get("path"),
+                        model.get("sha256"),
+                        json.dumps(settings, sort_keys=True),
+                        str(data.get("system_prompt") or ""),
+                    ),
+                )
                 cid = int(cur.lastrowid or 0)
                 for pos, (role, content, created, figures) in enumerate(parsed):
                     c.execute(
                         "INSERT INTO messages (conversation_id, position, role, content, "
                         "created_at, figures) VALUES (?,?,?,?,?,?)",
-                        (cid, pos, role, content, created if created is not None else now,
-                         json.dumps(asdict(figures)) if figures else None),
-                    )  # fmt: skip
+                        (
+                            cid,
+                            pos,
+                            role,
+                            content,
+                            created if created is not None else now,
+                            json.dumps(asdict(figures)) if figures else None,
+                        ),
+                    )
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: the import could not be written ({exc})") from None
         return cid

@@ -46,9 +46,23 @@ class BackendInfo:
 
 
 _HEADLINE_FEATURES = (
-    "AVX", "AVX2", "AVX512", "AVX_VNNI", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8", "F16C",
-    "FMA", "NEON", "ARM_FMA", "SVE", "DOTPROD", "MATMUL_INT8", "SME", "RISCV_V",
-)  # fmt: skip
+    "AVX",
+    "AVX2",
+    "AVX512",
+    "AVX_VNNI",
+    "AVX512_VNNI",
+    "AVX512_BF16",
+    "AMX_INT8",
+    "F16C",
+    "FMA",
+    "NEON",
+    "ARM_FMA",
+    "SVE",
+    "DOTPROD",
+    "MATMUL_INT8",
+    "SME",
+    "RISCV_V",
+)
 
 
 def parse_system_info(info: str) -> dict[str, dict[str, str]]:

@@ -255,9 +255,13 @@ class BatchRunner:
             if self._closed:
                 raise BatchError("the model was unloaded")
             yield from self._run_locked(
-                iter(items), sampling, run_seed, system, cancel or threading.Event(),
+                iter(items),
+                sampling,
+                run_seed,
+                system,
+                cancel or threading.Event(),
                 progress or BatchProgress(),
-            )  # fmt: skip
+            )
 
     def _run_locked(
         self,

@@ -214,11 +214,16 @@ def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
         md = header_metadata(hub.read_header(model))
         ram, vram = current_memory()
         est = estimate_fit(
-            info_from_metadata(model.filename, model.size, md), n_vocab=md["n_vocab"],
-            ctx=settings.ctx, kv_type=settings.kv_type, n_ubatch=settings.batch,
-            flash_attn=settings.flash_attn, ram_available=ram, gpu_free=vram,
+            info_from_metadata(model.filename, model.size, md),
+            n_vocab=md["n_vocab"],
+            ctx=settings.ctx,
+            kv_type=settings.kv_type,
+            n_ubatch=settings.batch,
+            flash_attn=settings.flash_attn,
+            ram_available=ram,
+            gpu_free=vram,
             parallel=settings.parallel,
-        )  # fmt: skip
+        )
     except HubError as exc:
         return f"fit: unknown ({exc})"
     return f"fit at ctx {settings.ctx}, KV {settings.kv_type}: {est.summary()}"

@@ -250,8 +250,7 @@ class Scheduler:
             raise GenerationError("the prompt is empty")
         if len(prompt) >= self.n_ctx_seq:
             raise ContextOverflowError(
-                f"the prompt takes {len(prompt)} tokens, the context window holds "
-                f"{self.n_ctx_seq}",
+                f"the prompt takes {len(prompt)} tokens, the context window holds {self.n_ctx_seq}",
                 prompt_tokens=len(prompt),
                 n_ctx=self.n_ctx_seq,
             )
@@ -477,10 +476,15 @@ class Scheduler:
         if tail:
             req.stream._out.put(
                 TokenChunk(
-                    tail, req.n_gen, now - req.t_submit, req.ttft, slot.pos, prompt_s,
+                    tail,
+                    req.n_gen,
+                    now - req.t_submit,
+                    req.ttft,
+                    slot.pos,
+                    prompt_s,
                     req.evaluated,
                 )
-            )  # fmt: skip
+            )
         if slot.sampler is not None:
             self._lib.llama_sampler_free(slot.sampler)
             slot.sampler = None
@@ -514,10 +518,17 @@ class Scheduler:
         """End a request that never had a slot (cancelled while waiting, or closed)."""
         total = time.perf_counter() - req.t_submit
         req.stream.stats = GenerationStats(
-            prompt_tokens=len(req.prompt), prompt_tokens_evaluated=0, prompt_s=0.0,
-            generated_tokens=0, generation_s=0.0, ttft_s=0.0, total_s=total,
-            finish_reason=reason, kv=self._usage(0), error=error,
-        )  # fmt: skip
+            prompt_tokens=len(req.prompt),
+            prompt_tokens_evaluated=0,
+            prompt_s=0.0,
+            generated_tokens=0,
+            generation_s=0.0,
+            ttft_s=0.0,
+            total_s=total,
+            finish_reason=reason,
+            kv=self._usage(0),
+            error=error,
+        )
         req.stream._out.put(_END)
 
     def _fail_all(self, error: str) -> None:

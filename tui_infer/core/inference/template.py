@@ -66,6 +66,8 @@ def limits_for(ctx: int) -> RenderLimits:
     """Bounds for a model with a context of `ctx` tokens: its output may be at most what the
     context can hold (a token is rarely more than 32 characters)."""
     return RenderLimits(max_chars=max(32 * ctx, 1 << 16))
+
+
 WAY_OUT = "use ChatML for this model with a [templates] override in the config"
 
 
@@ -156,8 +158,14 @@ def render_bounded(
         worker = _workers.get(limits.memory_bytes)
         if worker is None:
             worker = _workers[limits.memory_bytes] = _Worker(limits.memory_bytes)
-        request = {"op": op, "source": source, "bos": bos, "eos": eos, "messages": messages,
-                   "max_chars": limits.max_chars}  # fmt: skip
+        request = {
+            "op": op,
+            "source": source,
+            "bos": bos,
+            "eos": eos,
+            "messages": messages,
+            "max_chars": limits.max_chars,
+        }
         try:
             answer = worker.ask(request, limits.time_s)
         except TimeoutError:
@@ -228,6 +236,9 @@ class ChatTemplate:
 
     def render(self, messages: list[Message]) -> str:
         return render_bounded(
-            self.source, [m.as_dict() for m in messages], self.bos_token, self.eos_token,
+            self.source,
+            [m.as_dict() for m in messages],
+            self.bos_token,
+            self.eos_token,
             self.limits,
-        )  # fmt: skip
+        )

@@ -113,9 +113,14 @@ class HubDownloads:
         return result
 
     def _download_file(
-        self, model: HubModel, f: HubFile, progress: ProgressCallback | None,
-        cancel: threading.Event, index: int, count: int,
-    ) -> tuple[Path, int, int]:  # fmt: skip
+        self,
+        model: HubModel,
+        f: HubFile,
+        progress: ProgressCallback | None,
+        cancel: threading.Event,
+        index: int,
+        count: int,
+    ) -> tuple[Path, int, int]:
         from filelock import Timeout
 
         assert f.sha256
@@ -168,9 +173,15 @@ class HubDownloads:
         os.replace(tmp, target)
 
     def _fetch(
-        self, model: HubModel, f: HubFile, part: Path, progress: ProgressCallback | None,
-        cancel: threading.Event, index: int, count: int,
-    ) -> tuple[int, int]:  # fmt: skip
+        self,
+        model: HubModel,
+        f: HubFile,
+        part: Path,
+        progress: ProgressCallback | None,
+        cancel: threading.Event,
+        index: int,
+        count: int,
+    ) -> tuple[int, int]:
         """Fill `part` to f.size bytes and verify it; returns (bytes sent, resumed from)."""
         import httpx2
 
@@ -189,9 +200,14 @@ class HubDownloads:
         attempt = 0
         rate = _Rate()
         report = Progress(
-            f.filename, have, f.size, resumed_from=have, file_index=index, file_count=count,
+            f.filename,
+            have,
+            f.size,
+            resumed_from=have,
+            file_index=index,
+            file_count=count,
             state="resumed" if have else "downloading",
-        )  # fmt: skip
+        )
         if progress:
             progress(report)
         with http_client(read_timeout_s=self.stall_s) as client:

@@ -26,9 +26,11 @@ API_TIMEOUT_S = 15.0
 
 
 def http_client(
-    *, read_timeout_s: float = API_TIMEOUT_S, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    *,
+    read_timeout_s: float = API_TIMEOUT_S,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
     fail_fast: bool = False,
-) -> Any:  # fmt: skip
+) -> Any:
     """The one way tui-infer talks HTTP to the hub: an httpx2.Client with short timeouts,
     tui-infer's user agent, the endpoint (HF_ENDPOINT, read now) as base URL, redirects
     followed, and HF_HUB_OFFLINE checked at each request (huggingface_hub freezes it at
@@ -88,8 +90,9 @@ def auth_headers() -> dict[str, str]:
 
     from tui_infer import __version__
 
-    return dict(build_hf_headers(token=hf_token(), library_name="tui-infer",
-                                 library_version=__version__))  # fmt: skip
+    return dict(
+        build_hf_headers(token=hf_token(), library_name="tui-infer", library_version=__version__)
+    )
 
 
 _configured = threading.Lock()
@@ -170,7 +173,10 @@ def status_error(status: int, headers: Any, what: str) -> HubError:
             f"{what}: access denied (HTTP {status}); set HF_TOKEN to a token with access"
         )
     if status == 404:
-        kind = {"RepoNotFound": "no such repository", "EntryNotFound": "no such file",
-                "RevisionNotFound": "no such revision"}.get(code, "not found")  # fmt: skip
+        kind = {
+            "RepoNotFound": "no such repository",
+            "EntryNotFound": "no such file",
+            "RevisionNotFound": "no such revision",
+        }.get(code, "not found")
         return HubNotFoundError(f"{what}: {kind} (HTTP 404)")
     return HubError(f"{what}: the hub answered HTTP {status}")

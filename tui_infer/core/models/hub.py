@@ -47,8 +47,14 @@ HEADER_PROBE_SIZES = (1 << 20, 8 << 20, 32 << 20)  # bytes of a ranged GET for a
 
 
 class Hub(HubDownloads):
-    def __init__(self, hf_cache: Path | None = None, *, retries: int = 5, backoff_s: float = 0.5,
-                 stall_s: float = 20.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        hf_cache: Path | None = None,
+        *,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        stall_s: float = 20.0,
+    ) -> None:
         self.endpoint = endpoint()
         self.cache = hf_cache or hf_hub_cache()
         self.retries = retries
@@ -79,10 +85,15 @@ class Hub(HubDownloads):
         out = []
         for m in found:
             updated = getattr(m, "last_modified", None) or getattr(m, "created_at", None)
-            out.append(RepoSummary(
-                repo=m.id, downloads=int(m.downloads or 0), likes=int(m.likes or 0),
-                updated=updated.date().isoformat() if updated else "", gated=bool(m.gated),
-            ))  # fmt: skip
+            out.append(
+                RepoSummary(
+                    repo=m.id,
+                    downloads=int(m.downloads or 0),
+                    likes=int(m.likes or 0),
+                    updated=updated.date().isoformat() if updated else "",
+                    gated=bool(m.gated),
+                )
+            )
         return out
 
     def models(
@@ -93,9 +104,11 @@ class Hub(HubDownloads):
         api = self._api()
         try:
             info = api.model_info(
-                repo, revision=None if revision == "main" else revision, files_metadata=True,
+                repo,
+                revision=None if revision == "main" else revision,
+                files_metadata=True,
                 timeout=API_TIMEOUT_S,
-            )  # fmt: skip
+            )
         except Exception as exc:
             raise translate_error(exc, repo) from None
         commit = info.sha or revision

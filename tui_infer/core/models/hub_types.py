@@ -63,10 +63,12 @@ def hf_token() -> str | None:
 # ----- names -----------------------------------------------------------------------------
 
 _QUANTS = sorted(
-    {q.upper() for q in FILE_TYPES.values()} | {t[0].upper() for t in GGML_TYPES.values()}
+    {q.upper() for q in FILE_TYPES.values()}
+    | {t[0].upper() for t in GGML_TYPES.values()}
     | {"Q4_K", "Q5_K", "Q3_K", "Q2_K", "IQ2_M", "IQ3_M", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8"},
-    key=len, reverse=True,
-)  # fmt: skip
+    key=len,
+    reverse=True,
+)
 _QUANT_RE = re.compile(
     r"(?:^|[-._/])(" + "|".join(re.escape(q) for q in _QUANTS) + r")(?=$|[-._/])", re.IGNORECASE
 )

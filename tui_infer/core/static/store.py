@@ -182,11 +182,23 @@ def _register_functions(conn: sqlite3.Connection) -> None:
 
 def _prediction(row: Sequence[Any]) -> Prediction:
     return Prediction(
-        run_id=row[0], item_id=row[1], position=row[2], key=row[3], model_sha256=row[4],
-        messages=json.loads(row[5]), output=row[6], finish_reason=row[7], prompt_tokens=row[8],
-        generated_tokens=row[9], ttft_s=row[10], total_s=row[11], seed=row[12],
-        created_at=row[13], status=row[14], published_at=row[15],
-    )  # fmt: skip
+        run_id=row[0],
+        item_id=row[1],
+        position=row[2],
+        key=row[3],
+        model_sha256=row[4],
+        messages=json.loads(row[5]),
+        output=row[6],
+        finish_reason=row[7],
+        prompt_tokens=row[8],
+        generated_tokens=row[9],
+        ttft_s=row[10],
+        total_s=row[11],
+        seed=row[12],
+        created_at=row[13],
+        status=row[14],
+        published_at=row[15],
+    )
 
 
 @dataclass(frozen=True)
@@ -266,10 +278,14 @@ class PredictionStore:
                 (keys.KEY_VERSION,),
             ).fetchall()
         return [
-            (run_id, n, f"keyed with recipe v{v}; this tui-infer keys with "
-                        f"v{keys.KEY_VERSION} and cannot re-key it: rerun its batch")
+            (
+                run_id,
+                n,
+                f"keyed with recipe v{v}; this tui-infer keys with "
+                f"v{keys.KEY_VERSION} and cannot re-key it: rerun its batch",
+            )
             for run_id, v, n in rows
-        ]  # fmt: skip
+        ]
 
     def near_miss(
         self, model_sha256: str, messages: Iterable[Message]
@@ -335,10 +351,19 @@ class PredictionStore:
                 "INSERT INTO runs (signature, model_sha256, model_path, template_sha256, "
                 "params_json, params_hash, input_path, n_items, created_at, llama_cpp_version) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (signature, model_sha256, model_path, template_sha256,
-                 json.dumps(params, sort_keys=True), params_hash(params), input_path, n_items,
-                 time.time(), llama_cpp_version),
-            )  # fmt: skip
+                (
+                    signature,
+                    model_sha256,
+                    model_path,
+                    template_sha256,
+                    json.dumps(params, sort_keys=True),
+                    params_hash(params),
+                    input_path,
+                    n_items,
+                    time.time(),
+                    llama_cpp_version,
+                ),
+            )
             return int(cur.lastrowid or 0)
 
     def set_run_status(self, run_id: int, status: str) -> None:
@@ -383,11 +408,26 @@ class PredictionStore:
                 f"INSERT OR IGNORE INTO predictions ({_PRED_COLS}, key_version, params_json, "
                 "messages_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'staged', "
                 "NULL, ?, ?, ?)",
-                (run_id, item_id, position, key, model_sha256, msgs, output,
-                 finish_reason, prompt_tokens, generated_tokens, ttft_s, total_s, seed,
-                 time.time(), keys.KEY_VERSION, json.dumps(params or {}, sort_keys=True),
-                 messages_key(model_sha256, msgs)),
-            )  # fmt: skip
+                (
+                    run_id,
+                    item_id,
+                    position,
+                    key,
+                    model_sha256,
+                    msgs,
+                    output,
+                    finish_reason,
+                    prompt_tokens,
+                    generated_tokens,
+                    ttft_s,
+                    total_s,
+                    seed,
+                    time.time(),
+                    keys.KEY_VERSION,
+                    json.dumps(params or {}, sort_keys=True),
+                    messages_key(model_sha256, msgs),
+                ),
+            )
 
     def _run_row_to_info(self, row: Sequence[Any]) -> RunInfo:
         counts = self._conn.execute(
@@ -396,11 +436,21 @@ class PredictionStore:
             (row[0],),
         ).fetchone()
         return RunInfo(
-            id=row[0], model_sha256=row[1], model_path=row[2], params=json.loads(row[3]),
-            params_hash=row[4], input_path=row[5], n_items=row[6], n_done=counts[0],
-            n_rejected=counts[1], status=row[7], created_at=row[8], finished_at=row[9],
-            published_at=row[10], generated_tokens=counts[2],
-        )  # fmt: skip
+            id=row[0],
+            model_sha256=row[1],
+            model_path=row[2],
+            params=json.loads(row[3]),
+            params_hash=row[4],
+            input_path=row[5],
+            n_items=row[6],
+            n_done=counts[0],
+            n_rejected=counts[1],
+            status=row[7],
+            created_at=row[8],
+            finished_at=row[9],
+            published_at=row[10],
+            generated_tokens=counts[2],
+        )
 
     _RUN_COLS = (
         "id, model_sha256, model_path, params_json, params_hash, input_path, n_items, status, "
@@ -536,9 +586,15 @@ class PredictionStore:
                 "INSERT INTO misses (key, model_sha256, params_json, messages_json, count, "
                 "first_at, last_at) VALUES (?, ?, ?, ?, 1, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
-                (key, model_sha256, json.dumps(params, sort_keys=True),
-                 messages_json(messages), now, now),
-            )  # fmt: skip
+                (
+                    key,
+                    model_sha256,
+                    json.dumps(params, sort_keys=True),
+                    messages_json(messages),
+                    now,
+                    now,
+                ),
+            )
 
     def misses(self, model_sha256: str | None = None) -> list[dict[str, Any]]:
         """Missed requests not answered since: each {'key', 'messages', 'params', 'count'}."""
@@ -554,10 +610,15 @@ class PredictionStore:
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY m.first_at", args).fetchall()
         return [
-            {"key": r[0], "model_sha256": r[1], "params": json.loads(r[2]),
-             "messages": json.loads(r[3]), "count": r[4]}
+            {
+                "key": r[0],
+                "model_sha256": r[1],
+                "params": json.loads(r[2]),
+                "messages": json.loads(r[3]),
+                "count": r[4],
+            }
             for r in rows
-        ]  # fmt: skip
+        ]
 
     def flush_counters(self) -> None:
         with self._lock:
@@ -598,5 +659,10 @@ class PredictionStore:
 
 
 __all__ = [
-    "MIGRATIONS", "ModelStats", "Prediction", "PredictionStore", "RunInfo", "StoreError",
-]  # fmt: skip
+    "MIGRATIONS",
+    "ModelStats",
+    "Prediction",
+    "PredictionStore",
+    "RunInfo",
+    "StoreError",
+]
