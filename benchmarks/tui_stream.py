@@ -92,7 +92,9 @@ async def synthetic(n: int, rate: float) -> dict[str, float]:
         while app.chat.engine is None:
             await asyncio.sleep(0.01)
         await pilot.press(*"go")
-        await pilot.press("enter")
+        # not awaited: Pilot's press may wait for the screen to settle, which is after the
+        # reply; the samples must start with it
+        pressed = asyncio.create_task(pilot.press("enter"))
         while True:
             await asyncio.sleep(0.005)
             if not engine.t_last_token:
@@ -101,6 +103,7 @@ async def synthetic(n: int, rate: float) -> dict[str, float]:
             if shown_at:
                 lag = shown_at[0] - engine.t_last_token
                 break
+        await pressed
 
     def slope(lo: int, hi: int) -> float:
         """CPU seconds per token between the samples that bracket [lo, hi] tokens."""

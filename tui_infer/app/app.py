@@ -23,7 +23,7 @@ from tui_infer.app.screens.chat import ChatScreen
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.engine import Engine
-from tui_infer.core.inference.types import LoadOptions
+from tui_infer.core.inference.types import ChatEngine, LoadOptions
 from tui_infer.core.paths import Paths
 
 
@@ -44,7 +44,7 @@ class TuiInferApp(App[None]):
         paths: Paths,
         model_path: Path | None = None,
         startup_error: str | None = None,
-        engine_loader: Callable[[Path, LoadOptions], Any] = Engine.load,
+        engine_loader: Callable[[Path, LoadOptions], ChatEngine] = Engine.load,
         memory_probe: Any = None,
         debug: bool = False,
     ) -> None:

@@ -7,7 +7,7 @@ thread-safe) and the screen's handlers, on the UI thread, update the widgets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
@@ -15,11 +15,11 @@ from tui_infer.core.inference.types import Message as ChatMessage
 
 if TYPE_CHECKING:
     from tui_infer.core.inference.memory import MemorySnapshot
-    from tui_infer.core.inference.types import GenerationStats, KvCacheUsage, TokenChunk
+    from tui_infer.core.inference.types import ChatEngine, GenerationStats, KvCacheUsage, TokenChunk
 
 
 class ModelLoaded(Message):
-    def __init__(self, engine: Any, path: Path, load_s: float, kv: KvCacheUsage) -> None:
+    def __init__(self, engine: ChatEngine, path: Path, load_s: float, kv: KvCacheUsage) -> None:
         super().__init__()
         self.engine = engine
         self.path = path

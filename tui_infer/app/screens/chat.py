@@ -14,7 +14,6 @@ import re
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -47,7 +46,7 @@ from tui_infer.core.chat.session import MustChoose, Refused
 from tui_infer.core.config import Settings, write_config_key
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.template import CHATML_FALLBACK, TemplateError
-from tui_infer.core.inference.types import Message, SamplingParams
+from tui_infer.core.inference.types import ChatEngine, Message, SamplingParams
 from tui_infer.core.models.resolve import NO_MODEL_HELP
 
 # NotPrecomputed and ServedFromStore are named here too: tests and callers know them by it.
@@ -143,7 +142,7 @@ class ChatScreen(SavedChats, StoreServing):
     @work(thread=True, exclusive=True, exit_on_error=False, group="chat", name="generate")
     def _generate(
         self,
-        engine: Any,
+        engine: ChatEngine,
         history: list[Message],
         text: str,
         cancel: threading.Event,

@@ -35,7 +35,7 @@ from tui_infer.core.chat.session import ChatSession
 from tui_infer.core.config import Settings, template_override
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.pacing import SPARE
-from tui_infer.core.inference.types import LoadOptions, Message
+from tui_infer.core.inference.types import ChatEngine, LoadOptions, Message
 
 
 class ChatScreenBase(Screen[None]):
@@ -47,7 +47,7 @@ class ChatScreenBase(Screen[None]):
         settings: Settings,
         model_path: Path | None,
         startup_error: str | None,
-        engine_loader: Callable[[Path, LoadOptions], Any],
+        engine_loader: Callable[[Path, LoadOptions], ChatEngine],
         memory_probe: Any,
         chat_db: History | None = None,
         config_file: Path | None = None,
@@ -65,7 +65,7 @@ class ChatScreenBase(Screen[None]):
         self._gen_conversation: int | None = None  # where the reply being generated belongs
         self.model_path = model_path
         self.startup_error = startup_error
-        self.engine: Any = None  # an Engine, or anything with its interface
+        self.engine: ChatEngine | None = None  # an Engine, or a stand-in (tests/support)
         self.loading = False
         self._generating = False
         self._collector = QuietCollector()
@@ -232,7 +232,7 @@ class ChatScreenBase(Screen[None]):
         self.stats_panel.show_no_model()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="reset", name="reset chat")
-    def _reset(self, engine: Any) -> None:
+    def _reset(self, engine: ChatEngine) -> None:
         with self._engine_lock:
             engine.reset()
             kv = engine.kv_usage()
@@ -250,7 +250,7 @@ class ChatScreenBase(Screen[None]):
             self._count(self.engine, self.session.in_context())
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="count", name="count tokens")
-    def _count(self, engine: Any, turns: list[Message]) -> None:
+    def _count(self, engine: ChatEngine, turns: list[Message]) -> None:
         with self._engine_lock:
             n = engine.count_tokens(turns) if turns else 0
             n_ctx = engine.n_ctx

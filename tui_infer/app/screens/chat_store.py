@@ -19,7 +19,7 @@ from tui_infer.app import messages as msg
 from tui_infer.app.screens.chat_base import ChatScreenBase
 from tui_infer.core.chat.history import ReplyFigures
 from tui_infer.core.errors import TuiInferError
-from tui_infer.core.inference.types import Message, SamplingParams
+from tui_infer.core.inference.types import ChatEngine, Message, SamplingParams
 
 NOT_PRECOMPUTED = (
     "not precomputed: the prediction store holds no published answer for this model, "
@@ -62,7 +62,7 @@ class StoreServing(ChatScreenBase):
     """The chat screen's part that serves replies from the prediction store."""
 
     def _serve_from_store(
-        self, engine: Any, history: list[Message], text: str, fork_at: int | None
+        self, engine: ChatEngine, history: list[Message], text: str, fork_at: int | None
     ) -> bool:
         """In the generate worker: answer from a published prediction; True when handled
         (served, or refused as not precomputed). A miss is recorded and goes live."""

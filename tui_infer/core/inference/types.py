@@ -220,6 +220,32 @@ class ReplyStreamLike(Protocol):
     def __iter__(self) -> Iterator[TokenChunk]: ...
 
 
+class TemplateLike(Protocol):
+    """The chat template as the app shows it."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def warning(self) -> str | None: ...
+
+
+class BackendLike(Protocol):
+    """The backend as the stats panel and the pacing read it."""
+
+    @property
+    def summary(self) -> str: ...
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def offloaded_layers(self) -> int: ...
+
+    @property
+    def total_layers(self) -> int: ...
+
+
 class ChatEngine(Protocol):
     """What the app and the request path need of a loaded model (Engine; fakes in tests)."""
 
@@ -227,6 +253,12 @@ class ChatEngine(Protocol):
     options: LoadOptions
     n_ctx: int
     template_overridden: bool
+
+    @property
+    def template(self) -> TemplateLike: ...
+
+    @property
+    def backend(self) -> BackendLike: ...
 
     def render(self, messages: list[Message]) -> str: ...
 
