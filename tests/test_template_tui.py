@@ -51,6 +51,9 @@ async def test_a_runaway_template_offers_chatml(tmp_path: Path, model_path: Path
         await wait_for(pilot, lambda: template_override(config, model_path) == CHATML_FALLBACK)
         assert config.read_text().startswith("# my config")  # the rest of the file kept
         await wait_for(pilot, lambda: app.chat.engine is not None and not app.chat.loading)
-        await send(pilot, "Hello there")
+        # the text is still in the box, which has the focus: Enter sends it again
+        assert app.chat.prompt_input.text.strip() == "Hello there"
+        assert app.focused is app.chat.prompt_input
+        await pilot.press("enter")
         await wait_for(pilot, lambda: bool(rec.of(msg.GenerationFinished)), timeout=60)
         assert app.chat.conversation.replies[-1].text.strip()

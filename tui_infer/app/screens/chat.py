@@ -211,6 +211,9 @@ class ChatScreen(SavedChats, StoreServing):
             return
 
         def chosen(use_chatml: bool | None) -> None:
+            # the text is still there, ready to send again (after the dialog has gone, which
+            # gives the focus back to where it was when it opened)
+            self.call_after_refresh(self.prompt_input.focus)
             if use_chatml:
                 self._use_chatml(Path(path), config)
 
@@ -230,7 +233,9 @@ class ChatScreen(SavedChats, StoreServing):
         self.app.call_from_thread(self._reload_with_chatml, path)
 
     def _reload_with_chatml(self, path: Path) -> None:
+        self._show_notice("")
         self.notify(f"ChatML in use for {path.name}; send your message again", title="Template")
+        self._focus_input_when_loaded = True  # the input hides while loading: focus comes back
         self.load_model(path)
 
     @on(msg.PromptRefused)

@@ -66,6 +66,7 @@ class ChatScreenBase(Screen[None]):
         self.model_path = model_path
         self.startup_error = startup_error
         self.engine: ChatEngine | None = None  # an Engine, or a stand-in (tests/support)
+        self._focus_input_when_loaded = False
         self.loading = False
         self._generating = False
         self._collector = QuietCollector()
@@ -205,6 +206,9 @@ class ChatScreenBase(Screen[None]):
     def _model_loaded(self, event: msg.ModelLoaded) -> None:
         self.loading = False
         self.engine = event.engine
+        if self._focus_input_when_loaded:
+            self._focus_input_when_loaded = False
+            self.prompt_input.focus()
         info = event.engine.info
         self.sub_title = f"{info.name} · {info.quantization}"
         warning = event.engine.template.warning
