@@ -122,6 +122,18 @@ async def test_chat_serves_from_the_store_and_the_batch_screen_reviews(
         assert len(rec.of(msg.GenerationFinished)) == 1
         assert chat.prompt_input.text == "Something never precomputed."
 
+        # 3b. the batch's prompt at another temperature: refused, and the notice says why
+        chat.settings = replace(chat.settings, temperature=0.7)
+        await chat.action_new_chat()
+        await send(pilot, PROMPTS[0])
+        await wait_for(pilot, lambda: len(rec.of(NotPrecomputed)) == 2)
+        await pilot.pause(0.1)
+        said = notice(app)
+        assert "precomputed with" in said and "this request asks" in said
+        assert "temperature 0.7" in said
+        assert len(rec.of(ServedFromStore)) == 1  # never served under other parameters
+        chat.settings = replace(chat.settings, temperature=0.0)
+
         # 4. the batch screen: the run, its predictions; rollback, reject, publish
         await pilot.press("f9")
         await wait_for(pilot, lambda: isinstance(app.screen, BatchScreen))

@@ -127,9 +127,12 @@ def test_a_store_from_before_the_recipe_version_still_serves_and_explains(
 
 
 def test_a_recipe_change_rekeys_or_names_the_runs_it_cannot(
-    tmp_path: Path, model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    model: LoadedModel,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = tmp_path / "s.sqlite3"
+    path = tmp_path / "store.sqlite3"  # the data dir's store, for `store stats` below
     with PredictionStore(path) as store:
         old_key = publish(store, model, GREEDY)
 
@@ -152,3 +155,10 @@ def test_a_recipe_change_rekeys_or_names_the_runs_it_cannot(
         [(run_id, n, reason)] = store.stale_runs()
         assert (run_id, n) == (1, 1)
         assert "recipe v2" in reason and "v3" in reason and "rerun its batch" in reason
+    # and `store stats` says so
+    from tui_infer.cli import main
+
+    monkeypatch.setenv("TUI_INFER_DATA_DIR", str(tmp_path))
+    assert main(["store", "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "run 1: 1 predictions answer no request: keyed with recipe v2" in out

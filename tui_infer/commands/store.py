@@ -143,6 +143,9 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
                 f"model {s.model_sha256[:12]}: {s.entries} published, {s.staged} staged, "
                 f"{s.hits} hits, {s.misses} misses, hit rate {s.hit_rate:.1%}"
             )
+        # nothing stops matching silently: runs the key recipe could not carry forward
+        for run_id, n, reason in store.stale_runs():
+            print(f"run {run_id}: {n} predictions answer no request: {reason}")
         return 0
     if cmd == "export":
         rows = [_pred_dict(p) for p in store.predictions(args.run)]

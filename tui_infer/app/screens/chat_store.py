@@ -98,9 +98,19 @@ class StoreServing(ChatScreenBase):
             )
             return False
         if hit is None:
+            # precomputed under other parameters or another template? say so, never serve it
+            try:
+                why = rp.explain_miss(self.store, request)
+            except TuiInferError:
+                why = None
             if mode == "store":
-                self.post_message(NotPrecomputed(text, NOT_PRECOMPUTED))
+                error = f"not precomputed: {why}" if why else NOT_PRECOMPUTED
+                self.post_message(NotPrecomputed(text, error))
                 return True
+            if why:
+                self.app.call_from_thread(
+                    self.notify, f"not from the store: {why}", title="Prediction store"
+                )
             return False
         lookup_s = time.perf_counter() - t0
         self.post_message(
