@@ -123,4 +123,5 @@ def test_errors_are_one_line_and_change_nothing(tmp_path: Path) -> None:
     assert (data_dir() / "history.sqlite3").stat().st_size == before
 
     unwritable = cli("export", str(cid), "-o", str(tmp_path / "no" / "dir" / "x.md"))
-    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+    assert unwritable.returncode == 2 and "no such folder" in unwritable.stderr
+    assert ".tmp" not in unwritable.stderr  # (it named a temporary file before)

@@ -117,3 +117,30 @@ def test_doctor_reports_a_broken_model_and_fails(
     out, err = capsys.readouterr()
     assert "problem:" in out and "not a GGUF file" in err
     assert str(tmp_path / "state" / "tui-infer.log") in out  # where tracebacks go
+
+
+def test_every_output_path_follows_one_rule_for_a_missing_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: Path
+) -> None:
+    """A folder that is not there is a typo to report, before any work, never created."""
+    from tui_infer.core.chat.history import History
+
+    missing = tmp_path / "no" / "such"
+    src = tmp_path / "in.txt"
+    src.write_text("Say yes.\n")
+    ok = ["batch", str(src), "-o", str(tmp_path / "out.jsonl"), "-m", str(model_path)]
+    assert main([*ok, "--max-tokens", "2"]) == 0  # run 1, to export
+    with History.in_data_dir(tmp_path / "data") as h:
+        cid = h.create("a chat", model_name="m", model_path=str(model_path))
+    capsys.readouterr()
+    commands = [
+        ["batch", str(src), "-o", str(missing / "out.jsonl"), "-m", str(model_path)],
+        ["store", "misses", "-o", str(missing / "m.jsonl")],
+        ["store", "export", "1", "-o", str(missing / "e.jsonl")],
+        ["chats", "export", str(cid), "-o", str(missing / "c.md")],
+    ]
+    for argv in commands:
+        assert main(argv) == ExitCode.USAGE, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{missing}: no such folder" in err, err
+    assert not (tmp_path / "no").exists()

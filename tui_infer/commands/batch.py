@@ -63,6 +63,13 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         raise TuiInferError(f"--parallel must be at least 1, got {args.parallel}")
     if args.output.resolve() == args.input.resolve():
         raise TuiInferError("OUTPUT is the INPUT file; give another path with -o")
+    from tui_infer.core.files import MissingFolderError
+
+    for out in (args.output, args.rejects):
+        if out is not None and not out.parent.is_dir():  # before the run, not after it
+            raise MissingFolderError(
+                f"{out.parent}: no such folder; create it or write {out.name} somewhere else"
+            )
     items, rejects = read_input(args.input, args.format, args.column)
     rejects_path = args.rejects or args.output.with_name(args.output.name + ".rejects.jsonl")
     if rejects:
@@ -204,7 +211,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                     ensure_ascii=False,
                 )
             )
-        atomic_write(args.output, lines)
+        atomic_write(args.output, lines, parents=False)
         if too_long:
             rejects = sorted(rejects + too_long, key=lambda r: r.line)
             _write_rejects(rejects_path, rejects)
@@ -237,7 +244,9 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 def _write_rejects(path: Path, rejects: list[Reject]) -> None:
     from tui_infer.core.files import atomic_write
 
-    atomic_write(path, [json.dumps(r.as_dict(), ensure_ascii=False) for r in rejects])
+    atomic_write(
+        path, [json.dumps(r.as_dict(), ensure_ascii=False) for r in rejects], parents=False
+    )
 
 
 def _run_todo(

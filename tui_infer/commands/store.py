@@ -48,7 +48,7 @@ def _when(t: float | None) -> str:
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     from tui_infer.core.files import atomic_write
 
-    atomic_write(path, [json.dumps(r, ensure_ascii=False) for r in rows])
+    atomic_write(path, [json.dumps(r, ensure_ascii=False) for r in rows], parents=False)
 
 
 READ_ONLY = ("runs", "show", "stats", "export", "misses")

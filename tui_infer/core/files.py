@@ -18,8 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from tui_infer.core.errors import TuiInferError
+
 if TYPE_CHECKING:
     from filelock import BaseFileLock
+
+
+class MissingFolderError(TuiInferError):
+    """An output path whose folder is not there (exit code 2)."""
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
@@ -43,13 +49,18 @@ def atomic_open(path: Path, parents: bool = True) -> Iterator[BinaryIO]:
     Ctrl+C, an exception raised by the caller in the block), leaving the old file
     untouched. An existing file keeps its permission bits; a new one gets what the umask
     allows, as `open()` would give it. The folder is created when needed, unless
-    `parents` is false (then a missing folder is FileNotFoundError, as for `open()`).
+    `parents` is false: then a missing folder is a one-line MissingFolderError (a path the
+    user typed: a typo is reported, not created; every command's -o follows that rule).
     """
     path = Path(path)
     if path.is_symlink():  # a config linked from a dotfiles repo: replace what it points to
         path = Path(os.path.realpath(path))
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise MissingFolderError(
+            f"{path.parent}: no such folder; create it or write {path.name} somewhere else"
+        )
     try:
         keep: int | None = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
