@@ -96,6 +96,14 @@ def test_verify_reports_corruption(tmp_path: Path) -> None:
     f.write_bytes(bytes(data))
     r = tui("verify", "v")
     assert r.returncode == 1 and "FAILED" in r.stdout and "failed verification" in r.stderr
+    # remembered: the library no longer calls it ok, until a verify passes again
+    listed = next(x for x in tui("list").stdout.splitlines() if x.startswith("v "))
+    assert "corrupt (failed verify)" in listed and not listed.rstrip().endswith(" ok")
+    data[-2] ^= 1
+    f.write_bytes(bytes(data))  # put right
+    assert tui("verify", "v").returncode == 0
+    listed = next(x for x in tui("list").stdout.splitlines() if x.startswith("v "))
+    assert listed.rstrip().endswith("ok")
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path: Path) -> None:

@@ -294,7 +294,7 @@ def _verify(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> 
         had = e.sha256
         problems = (
             _hash_with_progress(lib, e, verify=True)
-            if e.status == "ok"
+            if e.status == "ok" or e.verify_failed  # a failed one is checked again
             else [f"{e.name}: {e.status}"]
         )
         if problems:

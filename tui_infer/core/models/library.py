@@ -57,6 +57,10 @@ MIGRATIONS = [
         added_at REAL NOT NULL
     );
     """,
+    # 2: a failed `models verify` is remembered until a verify passes
+    """
+    ALTER TABLE models ADD COLUMN verify_failed TEXT;
+    """,
 ]
 
 SPLIT_RE = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
@@ -93,6 +97,7 @@ class ModelEntry:
     repo: str | None = None
     added_at: float = 0.0
     id: int | None = None
+    verify_failed: str | None = None  # the last `models verify` found this; None: passed
 
     @property
     def path(self) -> Path:
@@ -116,7 +121,7 @@ class ModelEntry:
     def status(self) -> str:
         present = [Path(p.path).is_file() for p in self.parts]
         if all(present):
-            return "ok"
+            return "corrupt (failed verify)" if self.verify_failed else "ok"
         if any(present):
             return f"incomplete ({sum(present)}/{len(present)} parts)"
         return "missing"
@@ -292,7 +297,7 @@ class ModelLibrary:
     # ----- reading -------------------------------------------------------------------
 
     def _row(self, row: tuple[Any, ...]) -> ModelEntry:
-        id_, name, parts, source, repo, metadata, added_at = row
+        id_, name, parts, source, repo, metadata, added_at, verify_failed = row
         return ModelEntry(
             name=name,
             parts=[Part(**p) for p in json.loads(parts)],
@@ -301,9 +306,10 @@ class ModelLibrary:
             repo=repo,
             added_at=added_at,
             id=id_,
+            verify_failed=verify_failed,
         )
 
-    _COLS = "id, name, parts, source, repo, metadata, added_at"
+    _COLS = "id, name, parts, source, repo, metadata, added_at, verify_failed"
 
     def entries(self, refresh: bool = True) -> list[ModelEntry]:
         """Every entry (a rescan of bundled and HF-cache GGUFs first, unless refresh=False)."""
@@ -540,8 +546,8 @@ class ModelLibrary:
 
     def verify(self, entry: ModelEntry, progress: ProgressFn | None = None) -> list[str]:
         """Rehash every part and compare with the remembered hash; returns the problems."""
-        if entry.status != "ok":
-            return [f"{entry.name}: {entry.status}"]
+        if entry.status != "ok" and not entry.verify_failed:
+            return [f"{entry.name}: {entry.status}"]  # missing parts: nothing to hash
         problems = []
         total, done = entry.size, 0
         for part in entry.parts:
@@ -558,11 +564,17 @@ class ModelLibrary:
                     f"{part.path}: sha256 {actual[:12]}... differs from the recorded "
                     f"{part.sha256[:12]}... ({why})"
                 )
-        if not problems:
-            with transaction(self.conn):
+        with transaction(self.conn):
+            if problems:  # remembered: `models list` and the TUI show it until a verify passes
                 self.conn.execute(
-                    "UPDATE models SET parts = ? WHERE id = ?", (_parts_json(entry.parts), entry.id)
+                    "UPDATE models SET verify_failed = ? WHERE id = ?", (problems[0], entry.id)
                 )
+            else:
+                self.conn.execute(
+                    "UPDATE models SET parts = ?, verify_failed = NULL WHERE id = ?",
+                    (_parts_json(entry.parts), entry.id),
+                )
+        entry.verify_failed = problems[0] if problems else None
         return problems
 
     def remove(self, entry: ModelEntry, delete_files: bool) -> list[Path]:
