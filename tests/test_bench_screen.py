@@ -70,3 +70,27 @@ async def test_bench_screen_bad_input(tmp_path: Path, model_path: Path) -> None:
         await pilot.pause()
         status = str(screen.query_one("#bench-status", Static).render())
         assert "reps of 1 or more" in status and not screen.running
+
+
+async def test_bench_screen_shows_an_unexpected_failure(
+    tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure the run did not expect ends in an error state, never a stuck 'running'."""
+    from tui_infer.core.bench import measure
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("the bench broke")
+
+    monkeypatch.setattr(measure, "run_plan", broken)
+    app = make_app(tmp_path, model_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.chat.engine is not None)
+        await pilot.press("f7")
+        await wait_for(pilot, lambda: isinstance(app.screen, BenchScreen))
+        screen = app.screen
+        assert isinstance(screen, BenchScreen)
+        screen.query_one("#bench-pp", Input).value = "16"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not screen.running, 60)
+        status = str(screen.query_one("#bench-status", Static).render())
+        assert status == "error: RuntimeError: the bench broke"

@@ -14,6 +14,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
+from textual.worker import Worker, WorkerState
 
 from tui_infer.core.bench.measure import BenchConfig, BenchResult
 from tui_infer.core.config import Settings
@@ -188,6 +189,13 @@ class BenchScreen(Screen[None]):
             self.post_message(BenchFinished(None, str(exc)))
             return
         self.post_message(BenchFinished(run_id, None))
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        """A failure nothing in the run caught is an error state, never a stuck 'running'."""
+        if event.worker.group == "bench" and event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.post_message(BenchFinished(None, f"{type(error).__name__}: {error}"))
 
     @on(BenchResultReady)
     def _result_ready(self, event: BenchResultReady) -> None:
