@@ -57,9 +57,9 @@ def test_info_shows_metadata_sha_fit_and_template(model_path: Path) -> None:
     out = r.stdout
     assert hashlib.sha256(model_path.read_bytes()).hexdigest() in out
     assert re.search(r"^architecture +llama$", out, re.M) and "Q4_1" in out and "KV heads 3" in out
-    assert "fit (ctx 2048, f16)" in out and "KV cache 45 MiB" in out
+    assert "fit (ctx 2048, KV f16)" in out and "KV cache 45 MiB" in out
     # 98 MB of weights and 45 MiB of cache against gigabytes free: it fits, on any test box
-    assert re.search(r"^fit \(ctx 2048, f16\) +fits: needs", out, re.M)
+    assert re.search(r"^fit \(ctx 2048, KV f16\) +fits: needs", out, re.M)
     assert "chat template:" in out and "im_start" in out
 
 

@@ -193,20 +193,8 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
         ram, vram = fit.current_memory()
         info = fit.info_from_metadata(str(e.path), e.size, md)
         gpu = settings.gpu_layers != 0 and vram is not None and fit.gpu_build()
-        est = fit.estimate_fit(
-            info,
-            n_vocab=int(md.get("n_vocab") or 0),
-            ctx=settings.ctx,
-            kv_type=settings.kv_type,
-            n_ubatch=settings.batch,
-            flash_attn=settings.flash_attn,
-            ram_available=ram,
-            gpu_free=vram,
-            gpu_build=gpu,
-            parallel=settings.parallel,
-        )
-        seqs = f" x {settings.parallel}" if settings.parallel > 1 else ""
-        rows.append((f"fit (ctx {settings.ctx}{seqs}, {settings.kv_type})", est.summary()))
+        est = fit.fit_with_settings(info, int(md.get("n_vocab") or 0), settings, ram, vram, gpu)
+        rows.append((f"fit ({fit.fit_label(settings)})", est.summary()))
     else:
         rows.append(("sha256", e.sha256 or "unknown"))
     t = Table("name", "value", header=False)

@@ -151,19 +151,11 @@ class LibraryTab(Screen[None]):
         verdict, summary = "?", "fit: unknown (the file is not there)"
         if e.status == "ok" and ram:
             try:
-                est = fit.estimate_fit(
-                    fit.info_from_metadata(str(e.path), e.size, e.metadata),
-                    n_vocab=int(e.metadata.get("n_vocab") or 0),
-                    ctx=settings.ctx,
-                    kv_type=settings.kv_type,
-                    n_ubatch=settings.batch,
-                    flash_attn=settings.flash_attn,
-                    ram_available=ram,
-                    gpu_free=vram,
-                    parallel=settings.parallel,
-                )
+                info = fit.info_from_metadata(str(e.path), e.size, e.metadata)
+                n_vocab = int(e.metadata.get("n_vocab") or 0)
+                est = fit.fit_with_settings(info, n_vocab, settings, ram, vram)
                 verdict = est.verdict
-                summary = f"fit at ctx {settings.ctx}, KV {settings.kv_type}: {est.summary()}"
+                summary = f"fit at {fit.fit_label(settings)}: {est.summary()}"
             except ValueError as exc:
                 summary = f"fit: unknown ({exc})"
         return LibraryRow(

@@ -204,6 +204,36 @@ def info_from_metadata(path: str, size: int, md: dict[str, object]) -> ModelInfo
     )
 
 
+def fit_with_settings(
+    info: ModelInfo,
+    n_vocab: int,
+    settings: Settings,
+    ram: int,
+    vram: int | None,
+    gpu_build: bool = False,
+) -> FitEstimate:
+    """The fit under the user's settings (context, cache type, batch, flash attention,
+    parallel sequences): what every caller (models CLI, hub listing, models screen) shows."""
+    return estimate_fit(
+        info,
+        n_vocab=n_vocab,
+        ctx=settings.ctx,
+        kv_type=settings.kv_type,
+        n_ubatch=settings.batch,
+        flash_attn=settings.flash_attn,
+        ram_available=ram,
+        gpu_free=vram,
+        gpu_build=gpu_build,
+        parallel=settings.parallel,
+    )
+
+
+def fit_label(settings: Settings) -> str:
+    """What the fit was computed for, e.g. "ctx 4096 x 2, KV f16"."""
+    seqs = f" x {settings.parallel}" if settings.parallel > 1 else ""
+    return f"ctx {settings.ctx}{seqs}, KV {settings.kv_type}"
+
+
 def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
     """The fit line shown before a download starts (CLI and TUI): the header is read with
     a ranged request, so nothing large is fetched; an unreachable header says so."""
@@ -213,17 +243,8 @@ def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
     try:
         md = header_metadata(hub.read_header(model))
         ram, vram = current_memory()
-        est = estimate_fit(
-            info_from_metadata(model.filename, model.size, md),
-            n_vocab=md["n_vocab"],
-            ctx=settings.ctx,
-            kv_type=settings.kv_type,
-            n_ubatch=settings.batch,
-            flash_attn=settings.flash_attn,
-            ram_available=ram,
-            gpu_free=vram,
-            parallel=settings.parallel,
-        )
+        info = info_from_metadata(model.filename, model.size, md)
+        est = fit_with_settings(info, md["n_vocab"], settings, ram, vram)
     except HubError as exc:
         return f"fit: unknown ({exc})"
-    return f"fit at ctx {settings.ctx}, KV {settings.kv_type}: {est.summary()}"
+    return f"fit at {fit_label(settings)}: {est.summary()}"

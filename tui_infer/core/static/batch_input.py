@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,26 +143,31 @@ def _dedupe_ids(items: list[InputItem]) -> tuple[list[InputItem], list[Reject]]:
     return keep, rejects
 
 
-def _text(text: str) -> tuple[list[InputItem], list[Reject]]:
-    items, rejects = [], []
+def _text_lines(text: str, rejects: list[Reject]) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every line that is text; blank lines skipped, undecodable
+    ones rejected on their own."""
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if reason := _undecodable(line):
             rejects.append(Reject(n, reason, _shown(line)))
             continue
-        items.append(InputItem(f"line-{n}", n, (Message("user", line),)))
+        yield n, line
+
+
+def _text(text: str) -> tuple[list[InputItem], list[Reject]]:
+    rejects: list[Reject] = []
+    items = [
+        InputItem(f"line-{n}", n, (Message("user", line),))
+        for n, line in _text_lines(text, rejects)
+    ]
     return items, rejects
 
 
 def _jsonl(text: str) -> tuple[list[InputItem], list[Reject]]:
-    items, rejects = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if reason := _undecodable(line):
-            rejects.append(Reject(n, reason, _shown(line)))
-            continue
+    items: list[InputItem] = []
+    rejects: list[Reject] = []
+    for n, line in _text_lines(text, rejects):
         try:
             items.append(_json_item(json.loads(line), n))
         except json.JSONDecodeError as exc:
