@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from tui_infer.core.paths import Paths
 
 EXIT_BAD_INPUT = 2
-PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats")
+PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats", "serve")
 
 
 def _command_module(name: str) -> Any:
