@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx  # (the HTTP client huggingface-hub and openai use)
 import openai
 import pytest
 import uvicorn
