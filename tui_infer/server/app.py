@@ -20,12 +20,13 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -33,111 +34,10 @@ from starlette.routing import Route
 from tui_infer.core import request_path as rp
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
-from tui_infer.core.inference.types import ChatEngine, Message, SamplingParams
+from tui_infer.core.inference.types import ChatEngine, SamplingParams
 from tui_infer.core.static.store import Prediction, PredictionStore
-
-MAX_BODY = 1 << 20  # bytes: a chat request larger than this is refused before parsing
-ROLES = ("system", "user", "assistant")
-
-
-class ApiError(Exception):
-    """An OpenAI-shaped error: status, message, type, param, code."""
-
-    def __init__(
-        self, status: int, message: str, kind: str, param: str | None = None, code: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param = status, message, kind, param
-        self.code = code or kind
-
-    def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
-
-
-def bad(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, "invalid_request_error", param)
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: tuple[Message, ...]
-    sampling: SamplingParams
-    stream: bool
-    include_usage: bool
-
-
-def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise bad(f"'{name}' must be a number from {lo:g} to {hi:g}", name)
-    return float(value)
-
-
-def _integer(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise bad(f"'{name}' must be an integer from {lo} to {hi}", name)
-    return value
-
-
-def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequest:
-    """A /v1/chat/completions body as the request path's objects, or an ApiError that
-    names the field. Fields a request omits take the configured defaults, as in `run`."""
-    if not isinstance(body, dict):
-        raise bad("the body must be a JSON object")
-    model = body.get("model")
-    if model not in (None, "", "default", model_name):
-        raise ApiError(
-            404,
-            f"the model '{model}' is not loaded; this server serves '{model_name}' "
-            "(or say 'default')",
-            "invalid_request_error",
-            "model",
-            "model_not_found",
-        )
-    if body.get("n", 1) != 1:
-        raise bad("only n = 1 is supported", "n")
-    for unsupported in ("tools", "functions", "response_format"):
-        if body.get(unsupported):
-            raise bad(f"'{unsupported}' is not supported yet", unsupported)
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise bad("'messages' must be a non-empty list", "messages")
-    messages = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise bad(f"messages[{i}].role must be one of {', '.join(ROLES)}", "messages")
-        content = m.get("content")
-        if not isinstance(content, str):
-            raise bad(f"messages[{i}].content must be text (images are not supported)", "messages")
-        messages.append(Message(m["role"], content))
-    max_tokens = _integer(body, "max_completion_tokens", 1, 1 << 20)
-    if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", 1, 1 << 20)
-    temperature = _number(body, "temperature", 0, 2)
-    top_p = _number(body, "top_p", 0, 1)
-    seed = _integer(body, "seed", -(2**63), 2**63 - 1)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad("'stream' must be true or false", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad("'stream_options' must be an object", "stream_options")
-    sampling = defaults
-    if max_tokens is not None:
-        sampling = replace(sampling, max_tokens=max_tokens)
-    if temperature is not None:
-        sampling = replace(sampling, temperature=temperature)
-    if top_p:
-        sampling = replace(sampling, top_p=top_p)
-    if seed is not None:
-        sampling = replace(sampling, seed=seed & 0x7FFFFFFF)
-    return ChatRequest(tuple(messages), sampling, stream, bool(options.get("include_usage")))
+from tui_infer.server.metrics import SchedulerFigures, ServerMetrics
+from tui_infer.server.requests import MAX_BODY, ApiError, ChatRequest, bad, parse_chat
 
 
 class Server:
@@ -159,6 +59,15 @@ class Server:
         self.name = model_path.name
         self.target = rp.LoadedModel(model_path, engine.template.source)
         self._store_lock = threading.Lock()  # one SQLite connection, many request threads
+        self.metrics = ServerMetrics(self._figures)
+
+    def _figures(self) -> SchedulerFigures | None:
+        scheduler = getattr(self.engine, "scheduler", None)
+        if scheduler is None:
+            return None
+        queued, active, kv_tokens = scheduler.figures()
+        parallel = scheduler.parallel
+        return SchedulerFigures(queued, active, parallel, kv_tokens, self.engine.n_ctx * parallel)
 
     # ----- routes ---------------------------------------------------------------------------
 
@@ -366,7 +275,9 @@ def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def build_app(server: Server) -> Starlette:
+def build_app(server: Server, cors: str | None = None) -> Starlette:
+    """The ASGI app; `cors`: an origin allowed to call it from a browser (off by default)."""
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return ApiError(404, f"no route {request.url.path}", "invalid_request_error").response()
 
@@ -375,4 +286,14 @@ def build_app(server: Server) -> Starlette:
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found})
+    middleware = []
+    if cors:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=[cors],
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type"],
+            )
+        )
+    return Starlette(routes=routes, exception_handlers={404: not_found}, middleware=middleware)

@@ -571,6 +571,13 @@ class Scheduler:
             total_tokens=total,
         )
 
+    def figures(self) -> tuple[int, int, int]:
+        """(waiting requests, running requests, KV cells in use over every sequence), read
+        without waiting for a step (for /metrics and the Server screen)."""
+        with self._qlock:
+            queued, active = len(self._queue), self._n_active
+        return queued, active, sum(len(s.cached) for s in self._slots)
+
     def kv_usage(self) -> KvCacheUsage:
         """The cache: `tokens` of the sequence used last (a chat's conversation), and in
         `total_tokens` the cells every sequence holds."""
