@@ -37,6 +37,7 @@ from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.types import ChatEngine, SamplingParams
 from tui_infer.core.static.store import Prediction, PredictionStore
 from tui_infer.server.metrics import SchedulerFigures, ServerMetrics
+from tui_infer.server.openapi import openapi_json
 from tui_infer.server.requests import MAX_BODY, ApiError, ChatRequest, bad, parse_chat
 
 
@@ -283,6 +284,7 @@ def build_app(server: Server, cors: str | None = None) -> Starlette:
 
     routes = [
         Route("/health", server.health, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
     ]
