@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from tui_infer.core.paths import Paths
 
 EXIT_BAD_INPUT = 2
-PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats", "serve")
+PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats", "serve", "ps")
+# commands whose parser another command's module adds, and that module
+SHARED_MODULES = {"stop": "ps"}
 
 
 def _command_module(name: str) -> Any:
@@ -201,8 +203,9 @@ def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
         from tui_infer.commands.doctor import doctor_command
 
         return doctor_command(args, settings, paths)
-    if args.command in PLUGGABLE_COMMANDS:
-        return int(_command_module(args.command).execute(args, settings, paths))
+    if args.command in PLUGGABLE_COMMANDS or args.command in SHARED_MODULES:
+        module = _command_module(SHARED_MODULES.get(args.command, args.command))
+        return int(module.execute(args, settings, paths))
     if not sys.stdout.isatty():
         return _error("the TUI needs a terminal; use 'tui-infer run PROMPT' for headless use")
     # A model that cannot be found is shown in the TUI, which stays open so that
