@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import App, SystemCommand
@@ -18,13 +18,16 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from tui_infer.app.chat_commands import chat_commands
-from tui_infer.app.messages import WorkerFailed
+from tui_infer.app.messages import ModelLoaded, WorkerFailed
 from tui_infer.app.screens.chat import ChatScreen
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.types import ChatEngine, LoadOptions
 from tui_infer.core.paths import Paths
+
+if TYPE_CHECKING:
+    from tui_infer.app.screens.server import ServerScreen
 
 
 class TuiInferApp(App[None]):
@@ -35,6 +38,7 @@ class TuiInferApp(App[None]):
         Binding("f7", "bench", "Bench", show=False, priority=True),
         Binding("f3", "models", "Models", show=False),
         Binding("f9", "batch", "Batch", show=False),
+        Binding("f4", "server", "Server", show=False),
     ]
 
     def __init__(
@@ -63,6 +67,8 @@ class TuiInferApp(App[None]):
 
             memory_probe = MemoryProbe()
         self._memory_probe = memory_probe
+        self.server_screen: ServerScreen | None = None  # installed when first opened
+        self.registration: Any = None  # this process in `tui-infer ps` (core/registry.py)
 
     def _handle_exception(self, error: Exception) -> None:
         """An error nothing else caught ends the app, as in Textual, but the terminal shows
@@ -138,12 +144,37 @@ class TuiInferApp(App[None]):
         fd = sys.__stdin__.fileno() if sys.__stdin__ is not None else -1
         if not self.is_headless and fd >= 0 and os.isatty(fd):
             self.set_interval(1.0, lambda: self._check_terminal(fd))
+        self.registration = self._enter_registry()
+
+    def _enter_registry(self) -> Any:
+        """`tui-infer ps` lists the app (as a server while its Server screen serves)."""
+        try:
+            from tui_infer.core import registry
+        except ImportError:  # pragma: no cover - the registry arrives with `ps`
+            return None
+        state_dir = self.paths.state_dir or self.paths.data_dir / "state"
+        model = self._model_path.name if self._model_path is not None else None
+        return registry.register("app", None, model, self._requests_served, state_dir)
+
+    def _requests_served(self) -> int:
+        """What the registry's heartbeat (a thread) reads: the Server screen's total."""
+        screen = self.server_screen
+        return screen.requests_served() if screen is not None else 0
+
+    @on(ModelLoaded)
+    def _model_loaded(self, event: ModelLoaded) -> None:
+        if self.registration is not None:
+            self.registration.update(model=event.path.name)
 
     def _check_terminal(self, fd: int) -> None:
         if not os.isatty(fd):
             self.exit(return_code=129)  # as if hung up (128 + SIGHUP)
 
     def on_unmount(self) -> None:
+        if self.server_screen is not None:
+            self.server_screen.shut_down()  # a running server stops (a few seconds at most)
+        if self.registration is not None:
+            self.registration.close()
         chat_db = getattr(self, "chat_db", None)
         if chat_db is not None:
             chat_db.close()
@@ -181,8 +212,25 @@ class TuiInferApp(App[None]):
         if not isinstance(self.screen, BatchScreen):
             self.push_screen(BatchScreen(self.store, self.settings, self.chat.model_path))
 
+    def action_server(self) -> None:
+        """Installed once: the server it starts keeps running while the chat is shown."""
+        from tui_infer.app.screens.server import ServerScreen
+
+        if self.server_screen is None:
+            self.server_screen = ServerScreen(
+                lambda: self.chat, self.paths.data_dir, self.registration
+            )
+            self.install_screen(self.server_screen, "server")
+        if not isinstance(self.screen, ServerScreen):
+            self.push_screen("server")
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         chat = self.chat
+        yield SystemCommand(
+            "Server",
+            "Serve the loaded model over an OpenAI-compatible HTTP API; its live traffic (F4)",
+            self.action_server,
+        )
         yield SystemCommand(
             "Batch runs",
             "Review, publish and roll back the prediction store's runs; start a batch (F9)",
