@@ -162,3 +162,20 @@ def test_a_recipe_change_rekeys_or_names_the_runs_it_cannot(
     assert main(["store", "stats"]) == 0
     out = capsys.readouterr().out
     assert "run 1: 1 predictions answer no request: keyed with recipe v2" in out
+
+
+def test_stop_strings_are_in_the_key_only_when_there_are_some(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    from dataclasses import replace
+
+    assert "stop" not in normalize_params(GREEDY)
+    assert normalize_params(replace(GREEDY, stop=())) == normalize_params(GREEDY)
+    assert normalize_params(replace(HOT, stop=("\n", "END")))["stop"] == ["\n", "END"]
+    with PredictionStore(tmp_path / "s.sqlite3") as store:
+        key = publish(store, model, GREEDY)
+        assert prepare(store, model, QUESTION, replace(GREEDY, stop=())).key == key
+        stopped = prepare(store, model, QUESTION, replace(GREEDY, stop=("Paris",)))
+        assert stopped.key != key
+        assert lookup(store, stopped) is None  # a hit never ignores stop strings
+        assert "stop" in (explain_miss(store, stopped) or "")

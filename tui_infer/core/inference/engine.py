@@ -255,6 +255,34 @@ class Engine:
             )
         return self.scheduler.submit(prompt, sampling, cancel=cancel)
 
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens of a plain prompt (no template): with BOS when the vocabulary adds one."""
+        if self._closed:
+            raise GenerationError("the model was unloaded")
+        tokens = tokenize(self._lib, self._vocab, text)
+        if self._lib.llama_vocab_get_add_bos(self._vocab):
+            tokens.insert(0, int(self._lib.llama_vocab_bos(self._vocab)))
+        return tokens
+
+    def complete(
+        self,
+        prompt: str | list[int],
+        sampling: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> SchedulerStream:
+        """Stream the continuation of a plain prompt (text, or its `tokenize_prompt`
+        tokens): no chat template. Raises ContextOverflowError before anything runs when
+        it does not fit the window, GenerationError when it is empty."""
+        tokens = self.tokenize_prompt(prompt) if isinstance(prompt, str) else prompt
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt takes {len(tokens)} tokens, the context window holds "
+                f"{self.n_ctx}; shorten it or raise --ctx",
+                prompt_tokens=len(tokens),
+                n_ctx=self.n_ctx,
+            )
+        return self.scheduler.submit(tokens, sampling, cancel=cancel)
+
     def complete_tokens(
         self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event | None = None
     ) -> SchedulerStream:

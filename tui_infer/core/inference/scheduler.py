@@ -45,6 +45,12 @@ machine (medians, tg128): the old one-sequence engine 107.5 tok/s, the scheduler
 inline 106.8, consumed from another thread 101.3, a bare loop 105.8; aggregate with 8
 requests at once 180 tok/s against 94 for the old engine answering them in turn.
 
+Stop strings and log probabilities (SamplingParams.stop, .logprobs) are watched only for
+the requests that ask: their tokens take `_emit_watched` (a StopScanner holds back text that
+may begin a stop string; a stop string found ends the request at once, its slot free; the
+log-softmax of the sampled row of logits with numpy), while every other request's token
+costs what it did before, one test of `req.watch`.
+
 Cancellation: each request's threading.Event is checked at every step (before its slot is
 filled and again before it is sampled, so a consumer that cancels after token n gets n); a
 batch holding prompt tokens also carries llama.cpp's abort callback, which stops a long
@@ -65,6 +71,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tui_infer.core.errors import ContextOverflowError, TuiInferError
 from tui_infer.core.inference import llama_thread
 from tui_infer.core.inference.decoding import (
@@ -74,11 +82,13 @@ from tui_infer.core.inference.decoding import (
     token_piece,
 )
 from tui_infer.core.inference.llama_thread import is_llama_thread
+from tui_infer.core.inference.stops import StopScanner
 from tui_infer.core.inference.types import (
     GenerationStats,
     KvCacheUsage,
     SamplingParams,
     TokenChunk,
+    TokenLogprob,
 )
 
 
@@ -172,6 +182,13 @@ class _Request:
     evaluated: int = 0  # prompt tokens decoded for it
     n_gen: int = 0
     decoder: Any = None
+    # only for requests with stop strings or log probabilities (`watch`):
+    watch: bool = False
+    stops: StopScanner | None = None
+    n_chars: int = 0  # characters of reply text decoded
+    n_released: int = 0  # of those, handed out (the rest may be a stop string's start)
+    # logprobs of tokens whose text is not all handed out yet, with where that text ends
+    held: collections.deque[tuple[int, TokenLogprob]] | None = None
 
 
 @dataclass
@@ -259,6 +276,11 @@ class Scheduler:
         cancel = cancel or threading.Event()
         stream = SchedulerStream(self, cancel)
         req = _Request(list(prompt), sampling, seed, cancel, stream, time.perf_counter())
+        if sampling.stop or sampling.logprobs is not None:
+            req.watch = True
+            req.stops = StopScanner(sampling.stop) if sampling.stop else None
+            if sampling.logprobs is not None:
+                req.held = collections.deque()
         with self._qlock:
             if self._closed:
                 raise GenerationError("the model was unloaded")
@@ -368,23 +390,92 @@ class Scheduler:
                 req.t_first = now
                 req.ttft = now - req.t_submit
             req.t_last = now
-            text = req.decoder.decode(token_piece(lib, vocab, tok, self._buf))
-            req.stream._out.put(
-                TokenChunk(
-                    text,
-                    req.n_gen,
-                    now - req.t_submit,
-                    req.ttft,
-                    slot.pos + 1,
-                    req.t_prompt - req.t_admit,
-                    req.evaluated,
+            if req.watch:
+                if self._emit_watched(slot, req, tok, at, now):
+                    continue
+            else:
+                text = req.decoder.decode(token_piece(lib, vocab, tok, self._buf))
+                req.stream._out.put(
+                    TokenChunk(
+                        text,
+                        req.n_gen,
+                        now - req.t_submit,
+                        req.ttft,
+                        slot.pos + 1,
+                        req.t_prompt - req.t_admit,
+                        req.evaluated,
+                    )
                 )
-            )
             if req.n_gen >= req.sampling.max_tokens or slot.pos + 1 >= self.n_ctx_seq:
                 self._finish(slot, "length")
             else:
                 slot.pending = [tok]
         return True
+
+    def _emit_watched(self, slot: _Slot, req: _Request, tok: int, at: int, now: float) -> bool:
+        """A token of a request with stop strings or log probabilities; True when a stop
+        string ended it (the text before the stop string handed out, the slot free)."""
+        piece = token_piece(self._lib, self._vocab, tok, self._buf)
+        text = req.decoder.decode(piece)
+        start = req.n_chars
+        req.n_chars += len(text)
+        if req.held is not None:
+            entry = self._logprob(tok, piece, at, start, req.sampling.logprobs or 0)
+            req.held.append((req.n_chars, entry))
+        hit = False
+        if req.stops is not None:
+            text, hit = req.stops.feed(text)
+        req.n_released += len(text)
+        req.stream._out.put(
+            TokenChunk(
+                text,
+                req.n_gen,
+                now - req.t_submit,
+                req.ttft,
+                slot.pos + 1,
+                req.t_prompt - req.t_admit,
+                req.evaluated,
+                self._released(req, hit),
+            )
+        )
+        if hit:
+            self._finish(slot, "stop")
+        return hit
+
+    @staticmethod
+    def _released(req: _Request, ended: bool) -> tuple[TokenLogprob, ...]:
+        """The held logprobs whose token's text is all handed out now; once the reply has
+        ended, those whose text begins before its end (a token cut by a stop string)."""
+        held = req.held
+        if not held:
+            return ()
+        out = []
+        limit = req.n_released
+        while held and (held[0][0] <= limit or (ended and held[0][1].offset < limit)):
+            out.append(held.popleft()[1])
+        if ended:
+            held.clear()
+        return tuple(out)
+
+    def _logprob(self, tok: int, piece: bytes, at: int, offset: int, n: int) -> TokenLogprob:
+        """The sampled token's log probability and the top-n (SamplingParams.logprobs) under
+        the model's raw distribution: a log-softmax of the row of logits it was drawn from."""
+        lib = self._lib
+        row = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, at), shape=(self._n_vocab,))
+        logits = row.astype(np.float64)
+        top_logit = logits.max()
+        lse = top_logit + np.log(np.exp(logits - top_logit).sum())
+        top: tuple[TokenLogprob, ...] = ()
+        if n > 0:
+            idx = np.argpartition(-logits, n - 1)[:n]
+            idx = idx[np.argsort(-logits[idx], kind="stable")]
+            top = tuple(self._entry(int(i), float(logits[i] - lse)) for i in idx)
+        text = piece.decode("utf-8", errors="replace")
+        return TokenLogprob(text, float(logits[tok] - lse), piece, offset, top)
+
+    def _entry(self, tok: int, logprob: float) -> TokenLogprob:
+        piece = token_piece(self._lib, self._vocab, tok, ctypes.create_string_buffer(64))
+        return TokenLogprob(piece.decode("utf-8", errors="replace"), logprob, piece)
 
     def _should_abort(self) -> bool:
         return self._closed or any(e.is_set() for e in self._abort_events)
@@ -473,7 +564,11 @@ class Scheduler:
             reason = "cancelled"
         tail = req.decoder.decode(b"", final=True) if req.decoder is not None else ""
         prompt_s = (req.t_prompt or now) - req.t_admit
-        if tail:
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if req.watch:
+            tail, reason = self._watched_tail(req, tail, reason)
+            logprobs = self._released(req, ended=True)
+        if tail or logprobs:
             req.stream._out.put(
                 TokenChunk(
                     tail,
@@ -483,6 +578,7 @@ class Scheduler:
                     slot.pos,
                     prompt_s,
                     req.evaluated,
+                    logprobs,
                 )
             )
         if slot.sampler is not None:
@@ -513,6 +609,23 @@ class Scheduler:
             error=error,
         )
         req.stream._out.put(_END)
+
+    @staticmethod
+    def _watched_tail(req: _Request, tail: str, reason: str) -> tuple[str, str]:
+        """The end of a watched reply: the decoder's last characters through the stop
+        scanner, then what it held back (no stop string came); the finish reason."""
+        stops = req.stops
+        req.n_chars += len(tail)
+        if stops is not None and stops.hit:
+            tail = ""  # after the stop string
+        elif stops is not None:
+            tail, hit = stops.feed(tail)
+            if hit:
+                reason = "stop" if reason == "length" else reason
+            else:
+                tail += stops.flush()
+        req.n_released += len(tail)
+        return tail, reason
 
     def _end_unslotted(self, req: _Request, reason: str, error: str | None = None) -> None:
         """End a request that never had a slot (cancelled while waiting, or closed)."""

@@ -77,6 +77,10 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     seed: int = -1
     max_tokens: int = 1024
+    # the reply ends at the first of these (not included; finish_reason "stop"); in the key
+    stop: tuple[str, ...] = ()
+    # None: no log probabilities; n: each token's own and the n most likely (0..20), live only
+    logprobs: int | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> SamplingParams:
@@ -153,8 +157,21 @@ class KvCacheUsage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability under the model's raw distribution (before
+    penalties, temperature and truncation), with the most likely alternatives (`top`)."""
+
+    token: str  # the token's text (bytes that are not UTF-8 on their own shown as U+FFFD)
+    logprob: float
+    raw: bytes  # the token's bytes
+    offset: int = 0  # where its text starts in the reply's text (characters)
+    top: tuple[TokenLogprob, ...] = ()  # most likely first
+
+
+@dataclass(frozen=True)
 class TokenChunk:
-    """Text decoded from one token (may be empty while a UTF-8 character is incomplete)."""
+    """Text decoded from one token (may be empty while a UTF-8 character is incomplete, or
+    while it may be the start of a stop string: then a later chunk carries it)."""
 
     text: str
     n_generated: int
@@ -163,6 +180,8 @@ class TokenChunk:
     kv_tokens: int  # cells of the KV cache in use once this token is decoded
     prompt_s: float = 0.0  # time the prompt's evaluation took (known from the first token)
     prompt_tokens_evaluated: int = 0
+    # with SamplingParams.logprobs: the tokens whose text this chunk releases
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     @property
     def prompt_tps(self) -> float:

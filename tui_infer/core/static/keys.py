@@ -11,7 +11,9 @@ Normalization:
   and leading/trailing whitespace removed. Whitespace inside the text counts.
 - parameters: greedy requests (temperature <= 0) keep only temperature 0,
   repeat_penalty and max_tokens (the rest does not change greedy output);
-  sampled ones keep them all, with seed None when it is random (-1).
+  sampled ones keep them all, with seed None when it is random (-1). Stop strings are
+  kept (as a list, in the request's order) only when there are some, so that every key
+  made before they existed stays the same.
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ def normalized_messages(messages: Iterable[Message]) -> tuple[Message, ...]:
 
 
 def normalize_params(p: SamplingParams, max_tokens: int | None = None) -> dict[str, Any]:
-    mt = p.max_tokens if max_tokens is None else max_tokens
+    params = _sampling_params(p, p.max_tokens if max_tokens is None else max_tokens)
+    if p.stop:
+        params["stop"] = list(p.stop)
+    return params
+
+
+def _sampling_params(p: SamplingParams, mt: int) -> dict[str, Any]:
     if p.greedy:
         return {"temperature": 0.0, "repeat_penalty": round(p.repeat_penalty, 6), "max_tokens": mt}
     return {
