@@ -1,14 +1,25 @@
-"""The ASGI application: OpenAI's chat route, answered from the prediction store first.
+"""The ASGI application: OpenAI's chat and completions routes, chat answered from the
+prediction store first.
 
 Starlette rather than FastAPI: the request body is turned into the request path's own
-objects by hand (`parse_chat`), with OpenAI-shaped errors naming the field, so a schema
-layer (and pydantic) would add nothing but a second description of the same request.
+objects by hand (`parse_chat`, `parse_completion`), with OpenAI-shaped errors naming the
+field, so a schema layer (and pydantic) would add nothing but a second description of the
+same request.
 
-A request follows the one path: parse -> `prepare` (system prompt, normalization, the key
-of exactly what the model is given) -> `lookup` (a published prediction answers at once,
-marked `"x_tui_infer": {"source": "store", ...}`) -> otherwise the loaded model's
+A chat request follows the one path: parse -> `prepare` (system prompt, normalization, the
+key of exactly what the model is given, stop strings included) -> `lookup` (a published
+prediction answers at once, marked `"x_tui_infer": {"source": "store", ...}` and the header
+`x-tui-infer-source: store`, with `x-tui-infer-run`) -> otherwise the loaded model's
 scheduler, as one more sequence of its batched decoder (several requests decode together;
-a full queue is a 429). A client that goes away cancels its sequence.
+a full queue is a 429 with Retry-After). A client that goes away cancels its sequence.
+A plain completion (/v1/completions) and a chat request asking for log probabilities go to
+the model directly (the store keeps neither). Before any work, a request whose prompt and
+explicit max_tokens exceed the window is a 400 `context_length_exceeded`.
+
+The server may listen before its model is loaded (`Server(None, ...)`, then `attach`):
+/health says "loading" (503) and the model's routes answer 503 `model_loading` until then.
+Every request's route, status and time go to the metrics hooks through `_HttpMetrics`, a
+pure ASGI middleware (BaseHTTPMiddleware would buffer streams and hide disconnects).
 """
 
 from __future__ import annotations
@@ -19,9 +30,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import anyio
 from starlette.applications import Starlette
@@ -29,42 +40,87 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tui_infer.core import request_path as rp
 from tui_infer.core.config import Settings
-from tui_infer.core.errors import TuiInferError
-from tui_infer.core.inference.types import ChatEngine, SamplingParams
+from tui_infer.core.errors import ContextOverflowError, TuiInferError
+from tui_infer.core.inference.types import (
+    ChatEngine,
+    GenerationStats,
+    ReplyStreamLike,
+    SamplingParams,
+    TokenChunk,
+    TokenLogprob,
+)
 from tui_infer.core.static.store import Prediction, PredictionStore
-from tui_infer.server.metrics import SchedulerFigures, ServerMetrics
+from tui_infer.server.metrics import RequestRecord, SchedulerFigures, ServerMetrics
 from tui_infer.server.openapi import openapi_json
-from tui_infer.server.requests import MAX_BODY, ApiError, ChatRequest, bad, parse_chat
+from tui_infer.server.requests import (
+    MAX_BODY,
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    bad,
+    parse_chat,
+    parse_completion,
+)
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+RETRY_AFTER = {"Retry-After": "1"}
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
+
+
+class _Completer(Protocol):
+    """What /v1/completions needs beyond ChatEngine (Engine has it)."""
+
+    n_ctx: int
+
+    def tokenize_prompt(self, text: str) -> list[int]: ...
+
+    def complete(
+        self, prompt: list[int], sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> ReplyStreamLike: ...
 
 
 class Server:
-    """What the routes share: the loaded model, its file, the store, the settings."""
+    """What the routes share: the loaded model (None while it loads), its file, the store,
+    the settings, the metrics."""
 
     def __init__(
         self,
-        engine: ChatEngine,
+        engine: ChatEngine | None,
         model_path: Path,
         store: PredictionStore,
         settings: Settings,
         api_key: str | None = None,
     ) -> None:
-        self.engine = engine
+        self.engine: ChatEngine | None = None
+        self.target: rp.LoadedModel | None = None
         self.model_path = model_path
         self.store = store
         self.settings = settings
         self.api_key = api_key
         self.name = model_path.name
-        self.target = rp.LoadedModel(model_path, engine.template.source)
         self._store_lock = threading.Lock()  # one SQLite connection, many request threads
         self.metrics = ServerMetrics(self._figures)
+        if engine is not None:
+            self.attach(engine)
+
+    def attach(self, engine: ChatEngine) -> None:
+        """The model is loaded: from now on the server is ready."""
+        self.target = rp.LoadedModel(self.model_path, engine.template.source)
+        self.engine = engine
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
 
     def _figures(self) -> SchedulerFigures | None:
         scheduler = getattr(self.engine, "scheduler", None)
-        if scheduler is None:
+        if scheduler is None or self.engine is None:
             return None
         queued, active, kv_tokens = scheduler.figures()
         parallel = scheduler.parallel
@@ -73,35 +129,112 @@ class Server:
     # ----- routes ---------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.name})
+        """{"status": "ready"|"loading", "model": NAME}; 503 while the model loads."""
+        if not self.ready:
+            body = {"status": "loading", "model": self.name}
+            return JSONResponse(body, status_code=503, headers=RETRY_AFTER)
+        return JSONResponse({"status": "ready", "model": self.name})
+
+    async def metrics_text(self, request: Request) -> Response:
+        """Prometheus text format (answers while the model loads too)."""
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        data = await anyio.to_thread.run_sync(self.metrics.prometheus)
+        return Response(data, media_type=METRICS_TYPE)
 
     async def models(self, request: Request) -> Response:
-        if (refused := self._refuse(request)) is not None:
+        if (refused := self._gate(request)) is not None:
             return refused
         data = {"id": self.name, "object": "model", "created": 0, "owned_by": "tui-infer"}
         return JSONResponse({"object": "list", "data": [data]})
 
     async def chat(self, request: Request) -> Response:
-        if (refused := self._refuse(request)) is not None:
-            return refused
+        """OpenAI's chat completions: the store first (stop strings are part of the key),
+        then the model. A request asking for `logprobs` is answered live (the store keeps
+        no log probabilities): under --serve store it is a 400."""
+        t0 = time.perf_counter()
+        if (refused := self._gate(request)) is not None:
+            return self._errored(CHAT, "", t0, refused)
+        head = ""
         try:
             body = await self._body(request)
             chat = parse_chat(body, SamplingParams.from_settings(self.settings), self.name)
-            prepared, hit, why = await anyio.to_thread.run_sync(self._look_up, chat)
+            head = _head(chat)
+            if chat.sampling.logprobs is not None:
+                if self.settings.serve == "store":
+                    raise bad(
+                        "logprobs are computed live only and this server answers from the "
+                        "store only (--serve store); leave logprobs out",
+                        "logprobs",
+                    )
+                prepared = await anyio.to_thread.run_sync(self._prepare, chat)
+                hit, why = None, None
+            else:
+                prepared, hit, why = await anyio.to_thread.run_sync(self._look_up, chat)
         except ApiError as exc:
-            return exc.response()
+            return self._errored(CHAT, head, t0, exc.response())
         if hit is not None:
-            return self._from_store(chat, hit)
+            return self._from_store(chat, hit, head, t0)
         if self.settings.serve == "store":
             note = f" ({why})" if why else ""
-            return ApiError(
-                404,
-                f"not precomputed: the prediction store holds no published answer for this "
-                f"request{note}",
-                "not_found_error",
-                code="not_precomputed",
-            ).response()
-        return await self._live(chat, prepared)
+            return self._errored(
+                CHAT,
+                head,
+                t0,
+                ApiError(
+                    404,
+                    f"not precomputed: the prediction store holds no published answer for "
+                    f"this request{note}",
+                    "not_found_error",
+                    code="not_precomputed",
+                ).response(),
+            )
+        engine = self.engine
+        assert engine is not None
+        messages = list(prepared.messages)
+
+        def start(cancel: threading.Event) -> ReplyStreamLike:
+            if chat.max_tokens is not None:
+                self._check_context(engine.count_tokens(messages), chat.max_tokens)
+            return engine.chat(messages, prepared.sampling, cancel)
+
+        shape = _ChatShape(self.name, chat.sampling.logprobs is not None)
+        return await self._live(CHAT, head, t0, start, shape, chat.stream, chat.include_usage)
+
+    async def completions(self, request: Request) -> Response:
+        """OpenAI's legacy completions: a plain prompt, no chat template, with BOS when the
+        vocabulary adds one. Answered live only (the store keeps chat replies): header
+        `x-tui-infer-source: live`; under --serve store a 404 `not_precomputed`."""
+        t0 = time.perf_counter()
+        if (refused := self._gate(request)) is not None:
+            return self._errored(COMPLETIONS, "", t0, refused)
+        head = ""
+        try:
+            body = await self._body(request)
+            req = parse_completion(body, SamplingParams.from_settings(self.settings), self.name)
+            head = req.prompt[:80]
+            if self.settings.serve == "store":
+                raise ApiError(
+                    404,
+                    "not precomputed: plain completions are answered live only and this "
+                    "server answers from the store only (--serve store)",
+                    "not_found_error",
+                    code="not_precomputed",
+                )
+            if not callable(getattr(self.engine, "complete", None)):
+                raise bad("this model answers no plain completions", "prompt")
+        except ApiError as exc:
+            return self._errored(COMPLETIONS, head, t0, exc.response())
+        engine = cast(_Completer, self.engine)
+
+        def start(cancel: threading.Event) -> ReplyStreamLike:
+            tokens = engine.tokenize_prompt(req.prompt)
+            if req.max_tokens is not None:
+                self._check_context(len(tokens), req.max_tokens)
+            return engine.complete(tokens, req.sampling, cancel)
+
+        shape = _TextShape(self.name, req)
+        return await self._live(COMPLETIONS, head, t0, start, shape, req.stream, req.include_usage)
 
     # ----- the request path -----------------------------------------------------------------
 
@@ -114,6 +247,21 @@ class Server:
                 401, "a valid API key is required (Authorization: Bearer ...)",
                 "authentication_error", code="invalid_api_key",
             ).response()  # fmt: skip
+        return None
+
+    def _gate(self, request: Request) -> Response | None:
+        """The API key, then the model: 503 model_loading until it is attached."""
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        if not self.ready:
+            return ApiError(
+                503,
+                f"the model {self.name} is still loading; retry in a moment (GET /health "
+                "says ready once it is)",
+                "server_error",
+                code="model_loading",
+                headers=RETRY_AFTER,
+            ).response()
         return None
 
     async def _body(self, request: Request) -> Any:
@@ -134,9 +282,17 @@ class Server:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise bad(f"the body is not JSON ({exc})") from None
 
+    def _prepare(self, chat: ChatRequest) -> rp.PreparedRequest:
+        assert self.target is not None
+        with self._store_lock:
+            return rp.prepare(
+                self.store, self.target, chat.messages, chat.sampling, system=self.settings.system
+            )
+
     def _look_up(
         self, chat: ChatRequest
     ) -> tuple[rp.PreparedRequest, Prediction | None, str | None]:
+        assert self.target is not None
         with self._store_lock:
             prepared = rp.prepare(
                 self.store, self.target, chat.messages, chat.sampling, system=self.settings.system
@@ -145,81 +301,119 @@ class Server:
                 return prepared, None, None
             hit = rp.lookup(self.store, prepared)
             why = rp.explain_miss(self.store, prepared) if hit is None else None
+        self.metrics.store(hit is not None)
         return prepared, hit, why
+
+    def _check_context(self, prompt_tokens: int, max_tokens: int) -> None:
+        assert self.engine is not None
+        n_ctx = self.engine.n_ctx
+        if prompt_tokens + max_tokens > n_ctx:
+            raise ApiError(
+                400,
+                f"the prompt takes {prompt_tokens} tokens and max_tokens asks {max_tokens}: "
+                f"{prompt_tokens + max_tokens} tokens, more than the context window of "
+                f"{n_ctx}; lower max_tokens (or leave it out: the reply then stops at the "
+                "window's end), shorten the prompt, or serve with a larger --ctx",
+                "invalid_request_error",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+
+    # ----- metrics --------------------------------------------------------------------------
+
+    def _record(
+        self,
+        route: str,
+        head: str,
+        source: str,
+        status: int,
+        t0: float,
+        stats: GenerationStats | None = None,
+        tokens: tuple[int, int] = (0, 0),
+    ) -> None:
+        prompt, completion = tokens
+        ttft = None
+        if stats is not None:
+            prompt, completion = stats.prompt_tokens, stats.generated_tokens
+            ttft = stats.ttft_s if stats.generated_tokens else None
+        self.metrics.record(
+            RequestRecord(
+                at=time.time(),
+                route=route,
+                prompt_head=head,
+                source=source,
+                status=status,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                seconds=time.perf_counter() - t0,
+                ttft_s=ttft,
+            )
+        )
+
+    def _errored(self, route: str, head: str, t0: float, response: Response) -> Response:
+        self._record(route, head, "error", response.status_code, t0)
+        return response
 
     # ----- answers --------------------------------------------------------------------------
 
-    def _completion(
-        self, text: str, finish: str, usage: dict[str, int], extra: dict[str, Any]
-    ) -> dict[str, Any]:
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage,
-            "x_tui_infer": extra,
-        }
-
-    def _from_store(self, chat: ChatRequest, hit: Prediction) -> Response:
+    def _from_store(self, chat: ChatRequest, hit: Prediction, head: str, t0: float) -> Response:
         usage = _usage(hit.prompt_tokens, hit.generated_tokens)
         extra = {"source": "store", "run": hit.run_id, "published_at": hit.published_at}
+        headers = {"x-tui-infer-source": "store", "x-tui-infer-run": str(hit.run_id)}
         finish = "length" if hit.finish_reason == "length" else "stop"
+        shape = _ChatShape(self.name, False)
+        tokens = (hit.prompt_tokens, hit.generated_tokens)
         if not chat.stream:
-            return JSONResponse(self._completion(hit.output, finish, usage, extra))
+            self._record(CHAT, head, "store", 200, t0, tokens=tokens)
+            body = shape.whole(hit.output, finish, usage, [], extra)
+            return JSONResponse(body, headers=headers)
 
         async def events() -> AsyncIterator[str]:
-            cid = f"chatcmpl-{uuid.uuid4().hex}"
-            yield _sse(self._chunk(cid, {"role": "assistant", "content": hit.output}, None))
-            yield _sse(self._chunk(cid, {}, finish, extra=extra))
-            if chat.include_usage:
-                yield _sse({**self._chunk(cid, None, None), "usage": usage})
-            yield "data: [DONE]\n\n"
+            cid = shape.new_id()
+            try:
+                if (first := shape.opening(cid)) is not None:
+                    yield _sse(first)
+                yield _sse(shape.piece(cid, hit.output, ()))
+                yield _sse(shape.closing(cid, finish, extra))
+                if chat.include_usage:
+                    yield _sse(shape.usage(cid, usage))
+                yield "data: [DONE]\n\n"
+            finally:
+                self._record(CHAT, head, "store", 200, t0, tokens=tokens)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    def _chunk(
+    async def _live(
         self,
-        cid: str,
-        delta: dict[str, str] | None,
-        finish: str | None,
-        extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
-        out: dict[str, Any] = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": choices,
-        }
-        if extra:
-            out["x_tui_infer"] = extra
-        return out
-
-    async def _live(self, chat: ChatRequest, prepared: rp.PreparedRequest) -> Response:
+        route: str,
+        head: str,
+        t0: float,
+        start: Callable[[threading.Event], ReplyStreamLike],
+        shape: _Shape,
+        streamed: bool,
+        include_usage: bool,
+    ) -> Response:
         cancel = threading.Event()
         try:
-            stream = self.engine.chat(list(prepared.messages), prepared.sampling, cancel)
-        except TuiInferError as exc:  # too long for the context, a template past its bounds
-            status = 429 if type(exc).__name__ == "SchedulerBusyError" else 400
-            kind = "rate_limit_error" if status == 429 else "invalid_request_error"
-            return ApiError(status, str(exc), kind).response()
-        send, receive = anyio.create_memory_object_stream[Any](max_buffer_size=1024)
+            stream = await anyio.to_thread.run_sync(start, cancel)
+        except ApiError as exc:
+            return self._errored(route, head, t0, exc.response())
+        except ContextOverflowError as exc:
+            error = ApiError(400, str(exc), "invalid_request_error", code="context_length_exceeded")
+            return self._errored(route, head, t0, error.response())
+        except TuiInferError as exc:  # a full queue, an empty prompt, a template's bounds
+            if type(exc).__name__ == "SchedulerBusyError":
+                busy = ApiError(429, str(exc), "rate_limit_error", headers=RETRY_AFTER)
+                return self._errored(route, head, t0, busy.response())
+            return self._errored(route, head, t0, bad(str(exc)).response())
+        send, receive = anyio.create_memory_object_stream[TokenChunk](max_buffer_size=1024)
 
         def pump() -> None:
             # reads the scheduler's chunks on a worker thread; ends with the stats
             try:
                 for chunk in stream:
-                    if chunk.text:
-                        anyio.from_thread.run(send.send, chunk.text)
+                    if chunk.text or chunk.logprobs:
+                        anyio.from_thread.run(send.send, chunk)
             except anyio.BrokenResourceError:
                 cancel.set()  # the client went away
             finally:
@@ -236,32 +430,217 @@ class Server:
             finish = "length" if s.finish_reason == "length" else "stop"
             return finish, _usage(s.prompt_tokens, s.generated_tokens)
 
-        extra = {"source": "live"}
-        if not chat.stream:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run_pump)
-                pieces = [piece async for piece in receive]
-            finish, usage = finish_and_usage()
-            return JSONResponse(self._completion("".join(pieces), finish, usage, extra))
+        def ended(status: int) -> None:
+            if stream.stats is not None:
+                self.metrics.live(stream.stats)
+            self._record(route, head, "live", status, t0, stream.stats)
 
-        async def events() -> AsyncIterator[str]:
-            cid = f"chatcmpl-{uuid.uuid4().hex}"
+        extra = {"source": "live"}
+        headers = {"x-tui-infer-source": "live"}
+        if not streamed:
+            pieces: list[str] = []
+            logprobs: list[TokenLogprob] = []
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(run_pump)
-                    yield _sse(self._chunk(cid, {"role": "assistant", "content": ""}, None))
-                    async for piece in receive:
-                        yield _sse(self._chunk(cid, {"content": piece}, None))
+                    async for chunk in receive:
+                        pieces.append(chunk.text)
+                        logprobs.extend(chunk.logprobs)
+            finally:
+                cancel.set()  # (a no-op once the reply ended)
+            finish, usage = finish_and_usage()
+            ended(200)
+            body = shape.whole("".join(pieces), finish, usage, logprobs, extra)
+            return JSONResponse(body, headers=headers)
+
+        async def events() -> AsyncIterator[str]:
+            cid = shape.new_id()
+            status = 499  # the client went away before the end
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(run_pump)
+                    if (first := shape.opening(cid)) is not None:
+                        yield _sse(first)
+                    async for chunk in receive:
+                        yield _sse(shape.piece(cid, chunk.text, chunk.logprobs))
                 finish, usage = finish_and_usage()
-                yield _sse(self._chunk(cid, {}, finish, extra=extra))
-                if chat.include_usage:
-                    yield _sse({**self._chunk(cid, None, None), "usage": usage})
+                yield _sse(shape.closing(cid, finish, extra))
+                if include_usage:
+                    yield _sse(shape.usage(cid, usage))
                 yield "data: [DONE]\n\n"
+                status = 200
             finally:
                 cancel.set()  # a client that went away mid-reply frees its sequence
                 receive.close()
+                ended(status)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+# ----- the shapes of an answer ---------------------------------------------------------------
+
+
+class _Shape(Protocol):
+    """How a route writes an answer: whole, or as the chunks of a stream."""
+
+    def new_id(self) -> str: ...
+
+    def whole(
+        self,
+        text: str,
+        finish: str,
+        usage: dict[str, int],
+        logprobs: list[TokenLogprob],
+        extra: dict[str, Any],
+    ) -> dict[str, Any]: ...
+
+    def opening(self, cid: str) -> dict[str, Any] | None: ...
+
+    def piece(self, cid: str, text: str, logprobs: tuple[TokenLogprob, ...]) -> dict[str, Any]: ...
+
+    def closing(self, cid: str, finish: str, extra: dict[str, Any]) -> dict[str, Any]: ...
+
+    def usage(self, cid: str, usage: dict[str, int]) -> dict[str, Any]: ...
+
+
+class _ChatShape:
+    """chat.completion and chat.completion.chunk; logprobs as {"content": [...]}."""
+
+    def __init__(self, model: str, logprobs: bool) -> None:
+        self.model = model
+        self.logprobs = logprobs
+
+    def new_id(self) -> str:
+        return f"chatcmpl-{uuid.uuid4().hex}"
+
+    def _logprobs(self, entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> Any:
+        if not self.logprobs:
+            return None
+        return {"content": [_chat_logprob(e) for e in entries]}
+
+    def whole(
+        self,
+        text: str,
+        finish: str,
+        usage: dict[str, int],
+        logprobs: list[TokenLogprob],
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        return {
+            "id": self.new_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": self._logprobs(logprobs),
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage,
+            "x_tui_infer": extra,
+        }
+
+    def _chunk(self, cid: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def opening(self, cid: str) -> dict[str, Any] | None:
+        delta = {"role": "assistant", "content": ""}
+        return self._chunk(cid, [{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def piece(self, cid: str, text: str, logprobs: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        if self.logprobs:
+            choice["logprobs"] = self._logprobs(logprobs)
+        return self._chunk(cid, [choice])
+
+    def closing(self, cid: str, finish: str, extra: dict[str, Any]) -> dict[str, Any]:
+        out = self._chunk(cid, [{"index": 0, "delta": {}, "finish_reason": finish}])
+        out["x_tui_infer"] = extra
+        return out
+
+    def usage(self, cid: str, usage: dict[str, int]) -> dict[str, Any]:
+        return {**self._chunk(cid, []), "usage": usage}
+
+
+class _TextShape:
+    """text_completion (whole and streamed alike); logprobs in the legacy shape, text_offset
+    counted from the prompt's start as OpenAI does."""
+
+    def __init__(self, model: str, req: CompletionRequest) -> None:
+        self.model = model
+        self.logprobs = req.logprobs is not None
+        self.base = len(req.prompt)
+
+    def new_id(self) -> str:
+        return f"cmpl-{uuid.uuid4().hex}"
+
+    def _legacy(self, entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> Any:
+        if not self.logprobs:
+            return None
+        return {
+            "tokens": [e.token for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
+            "text_offset": [self.base + e.offset for e in entries],
+        }
+
+    def _object(self, cid: str, text: str, finish: str | None, logprobs: Any) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}],
+        }
+
+    def whole(
+        self,
+        text: str,
+        finish: str,
+        usage: dict[str, int],
+        logprobs: list[TokenLogprob],
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        out = self._object(self.new_id(), text, finish, self._legacy(logprobs))
+        return {**out, "usage": usage, "x_tui_infer": extra}
+
+    def opening(self, cid: str) -> dict[str, Any] | None:
+        return None
+
+    def piece(self, cid: str, text: str, logprobs: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+        return self._object(cid, text, None, self._legacy(logprobs))
+
+    def closing(self, cid: str, finish: str, extra: dict[str, Any]) -> dict[str, Any]:
+        return {**self._object(cid, "", finish, None), "x_tui_infer": extra}
+
+    def usage(self, cid: str, usage: dict[str, int]) -> dict[str, Any]:
+        out = self._object(cid, "", None, None)
+        return {**out, "choices": [], "usage": usage}
+
+
+def _chat_logprob(e: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": e.token,
+        "logprob": e.logprob,
+        "bytes": list(e.raw),
+        "top_logprobs": [
+            {"token": t.token, "logprob": t.logprob, "bytes": list(t.raw)} for t in e.top
+        ],
+    }
+
+
+def _head(chat: ChatRequest) -> str:
+    users = [m.content for m in chat.messages if m.role == "user"]
+    return (users[-1] if users else chat.messages[-1].content)[:80]
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -276,6 +655,46 @@ def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+# ----- the application -----------------------------------------------------------------------
+
+
+class _HttpMetrics:
+    """Pure ASGI middleware: every HTTP request's route template ("other" for an unknown
+    path), method, status and seconds (a stream's until its end) to `metrics.http`."""
+
+    def __init__(self, app: ASGIApp, server: Server, routes: list[Route]) -> None:
+        self.app = app
+        self.server = server
+        self.routes = routes
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                return route.path
+        return "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            seconds = time.perf_counter() - t0
+            method = str(scope.get("method", "GET"))
+            self.server.metrics.http(self._route(scope), method, status, seconds)
+
+
 def build_app(server: Server, cors: str | None = None) -> Starlette:
     """The ASGI app; `cors`: an origin allowed to call it from a browser (off by default)."""
 
@@ -284,11 +703,13 @@ def build_app(server: Server, cors: str | None = None) -> Starlette:
 
     routes = [
         Route("/health", server.health, methods=["GET"]),
+        Route("/metrics", server.metrics_text, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),
-        Route("/v1/chat/completions", server.chat, methods=["POST"]),
+        Route(CHAT, server.chat, methods=["POST"]),
+        Route(COMPLETIONS, server.completions, methods=["POST"]),
     ]
-    middleware = []
+    middleware = [Middleware(_HttpMetrics, server=server, routes=routes)]
     if cors:
         middleware.append(
             Middleware(

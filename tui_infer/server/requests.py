@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from tui_infer.core.inference.stops import MAX_STOPS
 from tui_infer.core.inference.types import Message, SamplingParams
 
 MAX_BODY = 1 << 20  # bytes: a chat request larger than this is refused before parsing
@@ -17,15 +18,22 @@ class ApiError(Exception):
     """An OpenAI-shaped error: status, message, type, param, code."""
 
     def __init__(
-        self, status: int, message: str, kind: str, param: str | None = None, code: str = ""
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        param: str | None = None,
+        code: str = "",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
         self.code = code or kind
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
+        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
 def bad(message: str, param: str | None = None) -> ApiError:
@@ -35,9 +43,25 @@ def bad(message: str, param: str | None = None) -> ApiError:
 @dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[Message, ...]
+    sampling: SamplingParams  # with the stop strings, and `logprobs` when asked
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None = None  # as the request asked it (None: up to the window's end)
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A /v1/completions body: a plain prompt, no template."""
+
+    prompt: str
     sampling: SamplingParams
     stream: bool
     include_usage: bool
+    max_tokens: int | None  # as asked; None: OpenAI's default of 16 (in `sampling`)
+    logprobs: int | None  # the legacy field: how many alternatives per token (0..5)
+
+
+COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
@@ -58,11 +82,33 @@ def _integer(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     return value
 
 
-def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequest:
-    """A /v1/chat/completions body as the request path's objects, or an ApiError that
-    names the field. Fields a request omits take the configured defaults, as in `run`."""
-    if not isinstance(body, dict):
-        raise bad("the body must be a JSON object")
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(stops, list)
+        or not 1 <= len(stops) <= MAX_STOPS
+        or not all(isinstance(s, str) and s for s in stops)
+    ):
+        raise bad(
+            f"'stop' must be a non-empty string or a list of 1 to {MAX_STOPS} non-empty strings",
+            "stop",
+        )
+    return tuple(stops)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad(f"'{name}' must be true or false", name)
+    return value
+
+
+def _model(body: dict[str, Any], model_name: str) -> None:
     model = body.get("model")
     if model not in (None, "", "default", model_name):
         raise ApiError(
@@ -73,6 +119,37 @@ def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequ
             "model",
             "model_not_found",
         )
+
+
+def _common(
+    body: dict[str, Any], defaults: SamplingParams, max_tokens: int | None
+) -> tuple[SamplingParams, bool, bool]:
+    """The sampling fields both routes share, stream, include_usage."""
+    temperature = _number(body, "temperature", 0, 2)
+    top_p = _number(body, "top_p", 0, 1)
+    seed = _integer(body, "seed", -(2**63), 2**63 - 1)
+    stream = _flag(body, "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad("'stream_options' must be an object", "stream_options")
+    sampling = replace(defaults, stop=_stop(body))
+    if max_tokens is not None:
+        sampling = replace(sampling, max_tokens=max_tokens)
+    if temperature is not None:
+        sampling = replace(sampling, temperature=temperature)
+    if top_p:
+        sampling = replace(sampling, top_p=top_p)
+    if seed is not None:
+        sampling = replace(sampling, seed=seed & 0x7FFFFFFF)
+    return sampling, stream, bool(options.get("include_usage"))
+
+
+def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequest:
+    """A /v1/chat/completions body as the request path's objects, or an ApiError that
+    names the field. Fields a request omits take the configured defaults, as in `run`."""
+    if not isinstance(body, dict):
+        raise bad("the body must be a JSON object")
+    _model(body, model_name)
     if body.get("n", 1) != 1:
         raise bad("only n = 1 is supported", "n")
     for unsupported in ("tools", "functions", "response_format"):
@@ -92,22 +169,41 @@ def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequ
     max_tokens = _integer(body, "max_completion_tokens", 1, 1 << 20)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, 1 << 20)
-    temperature = _number(body, "temperature", 0, 2)
-    top_p = _number(body, "top_p", 0, 1)
-    seed = _integer(body, "seed", -(2**63), 2**63 - 1)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad("'stream' must be true or false", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad("'stream_options' must be an object", "stream_options")
-    sampling = defaults
-    if max_tokens is not None:
-        sampling = replace(sampling, max_tokens=max_tokens)
-    if temperature is not None:
-        sampling = replace(sampling, temperature=temperature)
-    if top_p:
-        sampling = replace(sampling, top_p=top_p)
-    if seed is not None:
-        sampling = replace(sampling, seed=seed & 0x7FFFFFFF)
-    return ChatRequest(tuple(messages), sampling, stream, bool(options.get("include_usage")))
+    sampling, stream, include_usage = _common(body, defaults, max_tokens)
+    top = _integer(body, "top_logprobs", 0, 20)
+    if _flag(body, "logprobs"):
+        sampling = replace(sampling, logprobs=top or 0)
+    elif top is not None:
+        raise bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return ChatRequest(tuple(messages), sampling, stream, include_usage, max_tokens)
+
+
+def parse_completion(body: Any, defaults: SamplingParams, model_name: str) -> CompletionRequest:
+    """A /v1/completions body (OpenAI's legacy completions), or an ApiError naming the
+    field. `max_tokens` defaults to 16 as there; the other sampling fields a request omits
+    take the configured defaults."""
+    if not isinstance(body, dict):
+        raise bad("the body must be a JSON object")
+    _model(body, model_name)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise bad("'prompt' must be a string (or a list holding exactly one string)", "prompt")
+    if body.get("n", 1) != 1:
+        raise bad("only n = 1 is supported", "n")
+    if body.get("best_of", 1) not in (None, 1):
+        raise bad("only best_of = 1 is supported", "best_of")
+    if _flag(body, "echo"):
+        raise bad("'echo' is not supported", "echo")
+    if body.get("suffix"):
+        raise bad("'suffix' is not supported (no insertion)", "suffix")
+    max_tokens = _integer(body, "max_tokens", 1, 1 << 20)
+    asked = max_tokens
+    sampling, stream, include_usage = _common(
+        body, defaults, COMPLETIONS_MAX_TOKENS if max_tokens is None else max_tokens
+    )
+    logprobs = _integer(body, "logprobs", 0, 5)
+    if logprobs is not None:
+        sampling = replace(sampling, logprobs=logprobs)
+    return CompletionRequest(prompt, sampling, stream, include_usage, asked, logprobs)
