@@ -179,6 +179,8 @@ async def test_the_server_screen_serves_the_chats_model(
         figures = text_of(screen, "#server-figures")
         assert "store hits 0% (0 of 1)" in figures and "active 0/2" in figures
         assert "TTFT p50" in figures and " ms" in figures
+        # the tick that first counts it compares with one before it ended: a rate above 0
+        assert "requests/s 0.0 " not in figures and "requests/s – " not in figures
 
         # back in the chat: it answers while a server request streams; both are whole
         await pilot.press("escape")
@@ -222,7 +224,7 @@ async def test_the_server_screen_serves_the_chats_model(
     assert registry.list_running(state) == []
 
 
-async def test_no_model_no_server(tmp_path: Path) -> None:
+async def test_no_model_no_server(tmp_path: Path, model_path: Path) -> None:
     app = make_app(tmp_path, None)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
@@ -232,3 +234,13 @@ async def test_no_model_no_server(tmp_path: Path) -> None:
         await pilot.press("ctrl+r")
         await pilot.pause(0.1)
         assert screen.serving is None and notified(app, "no model loaded")
+        [entry] = registry.list_running(tmp_path / "data" / "state")
+        assert entry.model is None
+        # a model loaded in the chat: Start is offered, ps names the model
+        app.chat.load_model(model_path)
+        await ready(pilot)
+        await pilot.pause(1.2)
+        assert not screen.query_one("#server-toggle", Button).disabled
+        assert model_path.name in text_of(screen, "#server-model")
+        [entry] = registry.list_running(tmp_path / "data" / "state")
+        assert entry.model == model_path.name

@@ -6,7 +6,9 @@ chat_commands.py. This file stays small.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -144,14 +146,16 @@ class TuiInferApp(App[None]):
         fd = sys.__stdin__.fileno() if sys.__stdin__ is not None else -1
         if not self.is_headless and fd >= 0 and os.isatty(fd):
             self.set_interval(1.0, lambda: self._check_terminal(fd))
+        if not self.is_headless:
+            # `tui-infer stop PID|PORT` sends SIGTERM: quit as Ctrl+Q does (the server
+            # stops, the terminal is given back), not killed mid-frame
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit)
         self.registration = self._enter_registry()
 
     def _enter_registry(self) -> Any:
         """`tui-infer ps` lists the app (as a server while its Server screen serves)."""
-        try:
-            from tui_infer.core import registry
-        except ImportError:  # pragma: no cover - the registry arrives with `ps`
-            return None
+        from tui_infer.core import registry
+
         state_dir = self.paths.state_dir or self.paths.data_dir / "state"
         model = self._model_path.name if self._model_path is not None else None
         return registry.register("app", None, model, self._requests_served, state_dir)

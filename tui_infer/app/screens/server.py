@@ -17,6 +17,7 @@ app starts; the server's store connection is its own (its hits are not the chat'
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import os
 import threading
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 REFRESH_S = 1.0
+RATE_WINDOW_S = 5.0  # requests/s and tokens/s: between the snapshot this long ago and now
 API_KEY_ENV = "TUI_INFER_API_KEY"
 PROMPT_HEAD = 48  # characters of a prompt in the last-requests table
 
@@ -98,7 +100,8 @@ def figures_text(snap: MetricsSnapshot, requests_s: float | None, tokens_s: floa
         kv = f"{f.kv_tokens / f.kv_cells:.0%}" if f.kv_cells else "–"
         batch = f"queue {f.queued} · active {f.active}/{f.parallel} · KV {kv}"
     return (
-        f"requests/s {per_s(requests_s)} · tokens/s {per_s(tokens_s)} · TTFT p50 {ttft}\n"
+        f"requests/s {per_s(requests_s)} · tokens/s {per_s(tokens_s)} (last "
+        f"{RATE_WINDOW_S:.0f} s) · TTFT p50 {ttft}\n"
         f"{batch} · store hits {hit_rate} ({snap.store_hits} of {looked_up}) · "
         f"{snap.requests} requests"
     )
@@ -179,7 +182,8 @@ class ServerScreen(Screen[None]):
         self._served_before = 0  # requests answered by the servers stopped since
         self.serving: Serving | None = None
         self.busy = False  # starting or stopping
-        self._last: tuple[float, int, int] | None = None  # time, requests, tokens
+        # (time, requests, tokens) of the last RATE_WINDOW_S of snapshots, oldest first
+        self._readings: collections.deque[tuple[float, int, int]] = collections.deque()
         self._shown_recent: tuple[Any, ...] = ()
 
     def compose(self) -> ComposeResult:
@@ -253,12 +257,15 @@ class ServerScreen(Screen[None]):
     def _show_figures(self, serving: Serving) -> None:
         snap = serving.background.metrics.snapshot()
         now = time.monotonic()
+        readings = self._readings
+        while len(readings) > 1 and now - readings[1][0] >= RATE_WINDOW_S:
+            readings.popleft()
         requests_s = tokens_s = None
-        if self._last is not None:
-            t, requests, tokens = self._last
+        if readings:
+            t, requests, tokens = readings[0]
             requests_s = rate((t, requests), (now, snap.requests))
             tokens_s = rate((t, tokens), (now, snap.generated_tokens))
-        self._last = (now, snap.requests, snap.generated_tokens)
+        readings.append((now, snap.requests, snap.generated_tokens))
         self.query_one("#server-figures", Static).update(figures_text(snap, requests_s, tokens_s))
         if snap.recent != self._shown_recent:
             self._shown_recent = snap.recent
@@ -357,7 +364,7 @@ class ServerScreen(Screen[None]):
         self.busy = False
         serving = event.serving
         self.serving = serving
-        self._last = None
+        self._readings.clear()
         if self._chat().engine is not serving.engine:  # the model went while it started
             self._stop("the model was unloaded or replaced")
             return
@@ -403,7 +410,7 @@ class ServerScreen(Screen[None]):
             self._served_before += self.serving.requests()
         self.serving = None
         self._update_registry(None)
-        self._last = None
+        self._readings.clear()
         self._show_address(None)
         self._serving_label()
         if event.error is not None:
