@@ -106,8 +106,6 @@ def test_stop_refuses_what_it_cannot_stop(
     assert main(["stop", "port80"]) == 2
     assert "a port or a pid" in capsys.readouterr().err
     with register("app", None, "chat.gguf", lambda: 0, state_dir):
-        assert main(["stop", str(os.getpid())]) == 2  # the TUI is quit in the TUI
-        assert "quit it there" in capsys.readouterr().err
         assert main(["stop", "1"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"running: pid {os.getpid()} (app)" in err
@@ -119,7 +117,7 @@ from pathlib import Path
 from tui_infer.core.registry import register
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-with register("server", "http://127.0.0.1:" + sys.argv[1], "m.gguf", lambda: 0,
+with register(sys.argv[3], "http://127.0.0.1:" + sys.argv[1], "m.gguf", lambda: 0,
               Path(sys.argv[2])):
     print("registered", flush=True)
     while not stop:
@@ -127,13 +125,14 @@ with register("server", "http://127.0.0.1:" + sys.argv[1], "m.gguf", lambda: 0,
 """
 
 
+@pytest.mark.parametrize("kind", ["server", "app"])
 def test_stop_by_pid_ends_the_process_and_its_entry(
-    state_dir: Path, capsys: pytest.CaptureFixture[str]
+    state_dir: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
-    # a process that registers as a server and exits on SIGTERM (the real server's run is
-    # in test_serve_cli.py, stopped by port)
+    # a process that registers and exits on SIGTERM (the real server's run is in
+    # test_serve_cli.py, stopped by port; the app's in test_server_screen.py)
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER_STANDIN, "8125", str(state_dir)],
+        [sys.executable, "-c", SERVER_STANDIN, "8125", str(state_dir), kind],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -142,7 +141,7 @@ def test_stop_by_pid_ends_the_process_and_its_entry(
         assert [e.pid for e in list_running(state_dir)] == [proc.pid]
         assert main(["stop", str(proc.pid)]) == 0
         assert proc.wait(timeout=5) == 0
-        assert f"stopped the server on http://127.0.0.1:8125 (pid {proc.pid})" in (
+        assert f"stopped the {kind} on http://127.0.0.1:8125 (pid {proc.pid})" in (
             capsys.readouterr().out
         )
         assert list_running(state_dir) == []

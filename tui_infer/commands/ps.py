@@ -34,12 +34,13 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--json", action="store_true", help="one JSON array of objects")
     s = sub.add_parser(
         "stop",
-        help="stop a running tui-infer server gracefully",
-        description="Stop the server listening on PORT, or the one whose pid is PID (see "
-        "'tui-infer ps'): it stops accepting, lets the replies in flight end, and exits. "
-        f"Waits up to {STOP_WAIT_S:.0f} s for it to go.",
+        help="stop a running tui-infer server (or app) gracefully",
+        description="Stop the server listening on PORT, or the server or app whose pid is "
+        "PID (see 'tui-infer ps'): a server stops accepting, lets the replies in flight "
+        "end, and exits; the app quits as Ctrl+Q does. Waits up to "
+        f"{STOP_WAIT_S:.0f} s for it to go.",
     )
-    s.add_argument("target", metavar="PORT|PID", help="the server's port or pid")
+    s.add_argument("target", metavar="PORT|PID", help="a port or a pid from 'tui-infer ps'")
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
@@ -94,6 +95,11 @@ def _describe(e: Entry) -> str:
     return f"{e.address} (pid {e.pid})" if e.address else f"pid {e.pid} ({e.kind})"
 
 
+def _the(e: Entry) -> str:
+    """'the server on http://... (pid N)', 'the app (pid N)'."""
+    return f"the {e.kind} on {e.address} (pid {e.pid})" if e.address else f"the app (pid {e.pid})"
+
+
 def _stop(entries: list[Entry], target: str) -> int:
     if not target.isdigit():
         raise TuiInferError(f"stop takes a port or a pid (a number), got {target!r}")
@@ -103,10 +109,10 @@ def _stop(entries: list[Entry], target: str) -> int:
     found = {e.pid: e for e in by_port + by_pid}
     if not found:
         if not entries:
-            raise TuiInferError(f"no tui-infer server on port or pid {number}: {NOTHING}")
+            raise TuiInferError(f"no tui-infer server or app on port or pid {number}: {NOTHING}")
         running = ", ".join(_describe(e) for e in entries)
         raise TuiInferError(
-            f"no tui-infer server on port or pid {number}; running: {running} "
+            f"no tui-infer server or app on port or pid {number}; running: {running} "
             "('tui-infer ps' lists them)"
         )
     if len(found) > 1:
@@ -115,18 +121,13 @@ def _stop(entries: list[Entry], target: str) -> int:
             f"process, {_describe(by_pid[0])}: stop it by the other one's port or pid"
         )
     entry = next(iter(found.values()))
-    if entry.kind != "server":
-        raise TuiInferError(
-            f"pid {entry.pid} is the tui-infer app (the chat TUI); quit it there, or stop "
-            "its server from its Server screen"
-        )
     import psutil
 
     try:
         proc = psutil.Process(entry.pid)
         proc.terminate()  # SIGTERM: uvicorn stops accepting and ends the streams in flight
     except psutil.NoSuchProcess:
-        print(f"{_describe(entry)} had already stopped")
+        print(f"{_the(entry)} had already stopped")
         return 0
     except psutil.AccessDenied:
         raise TuiInferError(
@@ -136,8 +137,8 @@ def _stop(entries: list[Entry], target: str) -> int:
         proc.wait(timeout=STOP_WAIT_S)
     except psutil.TimeoutExpired:
         raise RunTimeFailure(
-            f"{_describe(entry)} is still running {STOP_WAIT_S:.0f} s after SIGTERM; "
+            f"{_the(entry)} is still running {STOP_WAIT_S:.0f} s after SIGTERM; "
             f"'kill -9 {entry.pid}' ends it at once"
         ) from None
-    print(f"stopped the server on {_describe(entry)}")
+    print(f"stopped {_the(entry)}")
     return 0
