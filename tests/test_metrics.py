@@ -22,7 +22,7 @@ from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.types import GenerationStats, KvCacheUsage, LoadOptions
 from tui_infer.core.static.store import PredictionStore
 from tui_infer.server.app import Server, build_app
-from tui_infer.server.metrics import SchedulerFigures, ServerMetrics, metrics_route
+from tui_infer.server.metrics import SchedulerFigures, ServerMetrics
 
 PROMPT = "What is the capital of France?"
 CHAT = "/v1/chat/completions"
@@ -57,8 +57,6 @@ def serve(tmp_path: Path, model_path: Path, key: str | None = None) -> Iterator[
     store = PredictionStore.in_data_dir(tmp_path / "data")
     server = Server(engine, model_path, store, Settings(temperature=0.0, max_tokens=8), key)
     app = build_app(server)
-    if not any(getattr(r, "path", None) == "/metrics" for r in app.router.routes):
-        app.router.routes.append(metrics_route(server))
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
@@ -96,6 +94,7 @@ def test_the_series_count_store_hits_misses_tokens_and_requests(
         before = scrape(url)
         assert value(before, "tui_infer_info", model=model_path.name, version="0.1.0") == 1
         assert value(before, "tui_infer_parallel") == 2
+        assert server.engine is not None
         assert value(before, "tui_infer_kv_cells_total") == 2 * server.engine.n_ctx
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=60)
         hit = client.chat.completions.create(

@@ -17,17 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tui_infer import __version__
 from tui_infer.core.inference.types import GenerationStats
-
-if TYPE_CHECKING:
-    from starlette.routing import Route
 
 # 1 ms to 30 s (a store hit is ~1 ms; a cold prompt on a CPU takes seconds)
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -235,25 +230,6 @@ class _ScrapeTime:
         )
         for name, doc, value in gauges:
             yield GaugeMetricFamily(f"tui_infer_{name}", doc, value=value)
-
-
-def metrics_route(server: Any) -> Route:
-    """GET /metrics for `build_app`'s routes; `server` is the app's Server (its API key
-    guards this route as it guards the others)."""
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-    async def endpoint(request: Request) -> Response:
-        if (refused := server._refuse(request)) is not None:
-            return refused
-        metrics: ServerMetrics = server.metrics
-        name = getattr(server, "name", None)
-        if name:
-            metrics.model = name
-        return Response(metrics.prometheus(), media_type=CONTENT_TYPE_LATEST)
-
-    return Route("/metrics", endpoint, methods=["GET"])
 
 
 def _median(values: collections.deque[float]) -> float | None:
