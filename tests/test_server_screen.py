@@ -206,14 +206,19 @@ async def test_the_server_screen_serves_the_chats_model(
         [entry] = registry.list_running(state)
         assert (entry.kind, entry.address, entry.requests) == ("app", None, 2)
 
-        # a model reload stops the server: its scheduler is gone
+        # a model reload (from the chat, as Settings does) stops the server: its scheduler
+        # is gone; the screen, hidden, still watches
         await start(pilot, screen)
         assert screen.serving is not None
         port = screen.serving.port
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ServerScreen))
         app.chat.load_model(model_path)
         await wait_for(pilot, lambda: screen.serving is None and not screen.busy, 20)
         assert not port_open(port) and notified(app, "the model was unloaded or replaced")
+        assert "serving" not in app.title
         await ready(pilot)
+        screen = await open_server_screen(pilot)
 
         # the app's exit stops a running server
         await wait_for(pilot, lambda: not screen.query_one("#server-toggle", Button).disabled)
