@@ -246,3 +246,49 @@ def test_close_ends_running_requests(model_path: Path) -> None:
         assert s.stats and s.stats.finish_reason in ("error", "cancelled")
     with pytest.raises(GenerationError):
         eng.chat([Message("user", "Hi")], GREEDY)
+
+
+def test_a_stop_string_ends_its_request_alone_and_frees_its_slot(par: Engine) -> None:
+    from dataclasses import replace
+
+    par.reset()
+    long = SamplingParams(temperature=0, max_tokens=40)
+    story = [Message("user", "Write a short story about a cat.")]
+    other = [Message("user", "Count from 1 to 100.")]
+    full, want_other = alone(par, story, long), alone(par, other, long)
+    stop = full[15:21]
+    stopped = par.chat(story, replace(long, stop=("\x00never", stop)))
+    running = par.chat(other, long)
+    pieces = []
+    for chunk in stopped:
+        pieces.append(chunk.text)
+    assert "".join(pieces) == full[: full.index(stop)]  # no chunk ever held the stop's text
+    assert stopped.stats and stopped.stats.finish_reason == "stop"
+    assert stopped.stats.generated_tokens < 40
+    assert running.text() == want_other  # the other request went on, unchanged
+    assert par.scheduler.figures()[1] == 0
+    # inline, on the llama.cpp thread (as `run` consumes it): the same
+    inline = on_llama_thread(lambda: par.chat(story, replace(long, stop=(stop,))).text())
+    assert inline == full[: full.index(stop)]
+
+
+def test_logprobs_only_for_the_requests_that_ask(par: Engine) -> None:
+    from dataclasses import replace
+
+    par.reset()
+    p = SamplingParams(temperature=0, max_tokens=8, repeat_penalty=1.0)
+    story = [Message("user", "Write a short story about a cat.")]
+    asked = par.chat(story, replace(p, logprobs=4))
+    plain = par.chat(story, p)
+    chunks = list(asked)
+    assert all(c.logprobs == () for c in plain)
+    entries = [e for c in chunks for e in c.logprobs]
+    assert asked.stats and len(entries) == asked.stats.generated_tokens == 8
+    assert "".join(e.token for e in entries) == "".join(c.text for c in chunks)
+    assert [e.offset for e in entries] == [
+        sum(len(x.token) for x in entries[:i]) for i in range(len(entries))
+    ]
+    for e in entries:
+        assert len(e.top) == 4 and e.top[0].token == e.token  # greedy: the most likely
+        assert e.logprob == pytest.approx(e.top[0].logprob) and e.logprob <= 0
+        assert [t.logprob for t in e.top] == sorted((t.logprob for t in e.top), reverse=True)

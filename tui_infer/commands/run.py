@@ -34,6 +34,20 @@ def _read_prompt(args: argparse.Namespace) -> str:
     return prompt
 
 
+def _with_stops(sampling: SamplingParams, args: argparse.Namespace) -> SamplingParams:
+    """`--stop TEXT` (repeatable, up to 4): the reply ends before the first of them."""
+    from dataclasses import replace
+
+    from tui_infer.core.inference.stops import MAX_STOPS
+
+    stops = tuple(getattr(args, "stop", None) or ())
+    if not stops:
+        return sampling
+    if len(stops) > MAX_STOPS or not all(stops):
+        raise TuiInferError(f"--stop takes 1 to {MAX_STOPS} non-empty strings")
+    return replace(sampling, stop=stops)
+
+
 def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     prompt = _read_prompt(args)
     from tui_infer.core import request_path as rp
@@ -45,7 +59,7 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
     from tui_infer.core.static.store import PredictionStore
 
     mode = settings.serve  # the flag, else TUI_INFER_SERVE, else the config's `serve`
-    sampling = SamplingParams.from_settings(settings)
+    sampling = _with_stops(SamplingParams.from_settings(settings), args)
     messages = [Message("user", prompt)]
     system = settings.system or None
     if mode != "live":
