@@ -143,6 +143,7 @@ async def test_the_server_screen_serves_the_chats_model(
         # refused: an open host without a key; a taken port (one line each, no server)
         await start(pilot, screen, host="0.0.0.0")
         assert screen.serving is None and notified(app, "would let other machines in")
+        assert text_of(screen, "#server-status").startswith("not started: host 0.0.0.0")
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()

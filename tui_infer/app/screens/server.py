@@ -311,21 +311,20 @@ class ServerScreen(Screen[None]):
             self._stop(None)
             return
         chat = self._chat()
-        if chat.engine is None or chat.model_path is None:
-            self.notify("no model loaded: load one in the chat first (Ctrl+O)", severity="error")
-            return
         host = self.query_one("#server-host", Input).value.strip()
         port_text = self.query_one("#server-port", Input).value.strip()
-        if not host:
-            self.notify("give a host to listen on (127.0.0.1: this machine only)", severity="error")
-            return
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-            self.notify("the port is a number from 0 to 65535 (0: any free one)", severity="error")
-            return
         key = os.environ.get(API_KEY_ENV) or None
-        refused = refusal(host, key)
-        if refused is not None:
-            self.notify(refused, title="Server not started", severity="error", timeout=10)
+        if chat.engine is None or chat.model_path is None:
+            refused: str | None = "no model loaded: load one in the chat first (Ctrl+O)"
+        elif not host:
+            refused = "give a host to listen on (127.0.0.1: this machine only)"
+        elif not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            refused = "the port is a number from 0 to 65535 (0: any free one)"
+        else:
+            refused = refusal(host, key)
+        if refused is not None or chat.engine is None or chat.model_path is None:
+            self._status(f"not started: {refused}")
+            self.notify(str(refused), title="Server not started", severity="error", timeout=10)
             return
         self.busy = True
         self._status(f"starting on {host}:{port_text}…")
