@@ -1,0 +1,100 @@
+"""schemathesis over the server's own OpenAPI description (GET /openapi.json), against a real
+server: uvicorn on 127.0.0.1, the real model, an API key. Every generated request, valid or
+not, must get an answer within a bound, never a 5xx, with the status, content type, headers
+and body (each server-sent event too) the description declares; a body outside the
+described bounds must be refused, and one inside them answered."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    ignored_auth,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tui_infer.core.config import Settings
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.types import LoadOptions
+from tui_infer.core.static.store import PredictionStore
+from tui_infer.server.runner import BackgroundServer
+
+CTX = 1024
+KEY = "schemathesis-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TIMEOUT_S = 30  # one request, however large its max_tokens: a hang fails the test
+SHORT = 8  # generated max_tokens that would run (they fit the context) are cut to this
+
+
+@pytest.fixture(scope="module")
+def base_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    engine = Engine.load(model_path, LoadOptions(ctx=CTX, threads=2, parallel=2))
+    store = PredictionStore(tmp_path_factory.mktemp("schema") / "store.sqlite3")
+    server = BackgroundServer(
+        engine, model_path, store, Settings(max_tokens=4, temperature=0.0), port=0, api_key=KEY
+    )
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        store.close()
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def api(base_url: str) -> Any:
+    config = schemathesis.Config.from_dict(
+        {
+            "request-timeout": TIMEOUT_S,
+            "generation": {"max-examples": 40},
+            "phases": {"stateful": {"enabled": False}},
+        }
+    )
+    return schemathesis.openapi.from_url(f"{base_url}/openapi.json", config=config, timeout=10)
+
+
+schema = schemathesis.pytest.from_fixture("api")
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+    ignored_auth,
+]
+
+
+def _shortened(case: schemathesis.Case) -> None:
+    """A valid max_tokens that fits the context would generate that many tokens (hundreds,
+    at ~100 tokens/s on two cores): cut it to SHORT. Larger ones stay (a 400, at once)."""
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and SHORT < value <= CTX:
+            body[name] = SHORT
+
+
+@schema.parametrize()
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_the_server_keeps_to_its_openapi_description(case: schemathesis.Case) -> None:
+    _shortened(case)
+    case.call_and_validate(headers=AUTH, checks=CHECKS, timeout=TIMEOUT_S)
