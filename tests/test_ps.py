@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tui_infer.cli import main
+from tui_infer.commands.ps import uptime
 from tui_infer.core.registry import HEARTBEAT_S, list_running, processes_dir, register
 
 
@@ -149,3 +150,11 @@ def test_stop_by_pid_ends_the_process_and_its_entry(
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.4, "0s"), (59.9, "59s"), (125, "2m 05s"), (7384, "2h 03m"), (200000, "2d 07h")],
+)
+def test_uptime_is_short_and_whole(seconds: float, shown: str) -> None:
+    assert uptime(seconds) == shown
