@@ -51,7 +51,11 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--port", type=int, default=8080, help="port (8080; 0: any free one)")
     p.add_argument("--parallel", type=int, default=None, help="requests decoded at once (8)")
     p.add_argument(
-        "--queue", type=int, default=64, help="requests that may wait for a free slot (64)"
+        "--queue",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests that may wait for a free slot (64; more get 429)",
     )
     p.add_argument(
         "--serve",
