@@ -259,12 +259,12 @@ class _Serving:
         queued, active, _ = engine.scheduler.figures()
         if n := queued + active:
             print(f"ending {n} {'reply' if n == 1 else 'replies'} still running", file=sys.stderr)
-        cancel_all = getattr(engine.scheduler, "cancel_all", None)
-        if cancel_all is not None:
-            cancel_all()  # each ends at the driver's next step
-        else:
-            # (close() waits for the step lock, which a busy driver may hold for a while)
-            engine.scheduler.close()  # every request ends; the model is freed in run()
+        from tui_infer.core.inference.llama_thread import on_llama_thread
+
+        # On the llama.cpp thread, where the scheduler's driver steps: the driver lets a
+        # waiting job in after its current step. (From here, close() would wait for the step
+        # lock, which a driver stepping on a busy CPU takes again at once, step after step.)
+        on_llama_thread(engine.scheduler.close)  # every request ends; the model: in run()
 
     def _load(self, server: Any, uv: Any) -> None:
         import time
