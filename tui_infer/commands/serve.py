@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 QUEUE_MAX = 100_000
 # Once the grace for in-flight replies is over (runner.GRACE_S), the ones still running are
-# ended: their streams get this long to send their last chunk and [DONE] (a decode step of
-# a loaded CPU can take a few hundred ms) before uvicorn cuts the connections.
+# ended: their streams get this long to send their last chunk and [DONE] before uvicorn cuts
+# the connections. Ending takes one decode step: measured up to 3 s on this 2-core machine
+# while other test runs shared it (4 s a token), 0.05 s otherwise.
 END_MARGIN_S = 5.0
 KEY_ON_COMMAND_LINE = (
     "warning: --api-key is visible to other users of this machine (ps, /proc); prefer "
