@@ -374,12 +374,13 @@ def _schemas() -> dict[str, Any]:
             "required": ["prompt"],
             "properties": {
                 "prompt": {
-                    "description": "Plain text, no chat template (or a list of exactly one).",
+                    "description": "Plain text, no chat template (or a list of exactly one); "
+                    "not empty (a model that adds no BOS token would have nothing to go on).",
                     "anyOf": [
-                        {"type": "string"},
+                        {"type": "string", "minLength": 1},
                         {
                             "type": "array",
-                            "items": {"type": "string"},
+                            "items": {"type": "string", "minLength": 1},
                             "minItems": 1,
                             "maxItems": 1,
                         },
