@@ -130,6 +130,7 @@ class Level:
 
     tokens: int = 0
     wall: float = 0.0
+    foreign: float = 0.0  # cores other programs took meanwhile
     ttft: list[float] = field(default_factory=list)
 
     @property
@@ -262,6 +263,50 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def busy_seconds() -> float:
+    """CPU seconds every process of the machine has used (all cores, from /proc/stat)."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def own_seconds(pids: list[int]) -> float:
+    """CPU seconds used by this process and the servers (and their threads)."""
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
+class Foreign:
+    """How many cores other programs took while the block ran (other helpers' tests)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.cores = 0.0
+
+    def __enter__(self) -> Foreign:
+        self.t0, self.b0, self.o0 = time.perf_counter(), busy_seconds(), own_seconds(self.pids)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        other = (busy_seconds() - self.b0) - (own_seconds(self.pids) - self.o0)
+        self.cores = max(0.0, other / wall)
+
+
+def wait_quiet(pids: list[int], limit: float = 0.25, patience: float = 60.0) -> float:
+    """Wait (up to `patience` s) for a second in which other programs take under `limit`
+    cores; returns what they took in the last second sampled."""
+    deadline = time.monotonic() + patience
+    while True:
+        with Foreign(pids) as f:
+            time.sleep(1.0)
+        if f.cores < limit or time.monotonic() > deadline:
+            return f.cores
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -312,12 +357,14 @@ def main() -> int:
             str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
             "-t", str(a.threads), "-tb", str(a.threads), "-np", str(a.slots),
             "-c", str(a.slots * a.ctx), "--cont-batching", "-b", "512", "-ub", "512",
-            "-fa", "on", "--temp", "0", "--repeat-penalty", "1.0", "--no-webui",
+            "-fa", "on", "--no-kv-unified", "--temp", "0", "--repeat-penalty", "1.0",
+            "--no-webui",
         ],
         port,
         scratch / "llama-server.log",
     )  # fmt: skip
     servers = [ours, theirs]
+    pids = [os.getpid(), ours.popen.pid, theirs.popen.pid]
     results: dict[str, Any] = {"commit": commit, "load_start": load_average(), "levels": {}}
     try:
         for p in servers:  # warm-up: first decode, first SSE connection
@@ -325,29 +372,35 @@ def main() -> int:
 
         print(
             f"\n{'clients':>7} {'server':<16}{'tok/s':>8}{'tokens':>8}"
-            f"{'TTFT p50':>10}{'p95':>8}  (ms)"
+            f"{'TTFT p50':>10}{'p95':>8} (ms){'others':>8} (cores)"
         )
         for c in a.clients:
             n_req = max(8, 2 * c)
             reps: dict[str, list[Level]] = {p.name: [] for p in servers}
             for r in range(a.reps):
                 for p in servers if r % 2 == 0 else servers[::-1]:
-                    reps[p.name].append(asyncio.run(run_level(p.url, c, n_req, a.tokens)))
+                    wait_quiet(pids)
+                    with Foreign(pids) as f:
+                        lv = asyncio.run(run_level(p.url, c, n_req, a.tokens))
+                    lv.foreign = f.cores
+                    reps[p.name].append(lv)
             row: dict[str, Any] = {}
             for p in servers:
-                lv = reps[p.name]
-                ttft = [t for x in lv for t in x.ttft]
-                tps = statistics.median(x.tps for x in lv)
+                lvs = reps[p.name]
+                ttft = [t for x in lvs for t in x.ttft]
+                tps = statistics.median(x.tps for x in lvs)
                 row[p.name] = {
                     "tps": tps,
-                    "tps_reps": [x.tps for x in lv],
-                    "tokens": [x.tokens for x in lv],
+                    "tps_reps": [x.tps for x in lvs],
+                    "tokens": [x.tokens for x in lvs],
                     "ttft_p50_ms": 1000 * pct(ttft, 0.5),
                     "ttft_p95_ms": 1000 * pct(ttft, 0.95),
+                    "others_cores": [x.foreign for x in lvs],
                 }
                 print(
-                    f"{c:>7} {p.name:<16}{tps:>8.1f}{sum(x.tokens for x in lv):>8}"
+                    f"{c:>7} {p.name:<16}{tps:>8.1f}{sum(x.tokens for x in lvs):>8}"
                     f"{row[p.name]['ttft_p50_ms']:>10.0f}{row[p.name]['ttft_p95_ms']:>8.0f}"
+                    f"{statistics.median(x.foreign for x in lvs):>13.2f}"
                 )
             ratio = row[ours.name]["tps"] / row[theirs.name]["tps"]
             budget = 0.95 if c == 1 else 0.9
@@ -358,6 +411,7 @@ def main() -> int:
             )
             results["levels"][c] = row
 
+        wait_quiet(pids)
         store_body = body_for([{"role": "user", "content": STORE_PROMPT}], 8, False)
         hits = latencies(ours.url, store_body, a.store_requests, want_store=True)
         same = latencies(theirs.url, store_body, max(50, a.store_requests // 3), False)
@@ -379,6 +433,7 @@ def main() -> int:
         n_prompt = 0
         for r in range(a.prefix_reps):
             for p in servers if r % 2 == 0 else servers[::-1]:
+                wait_quiet(pids)
                 warm, cold, n_prompt = prefix_rep(p.url, f"{p.port}-{r}", 8)
                 pre[p.name]["warm"].append(warm)
                 pre[p.name]["cold"].append(cold)
