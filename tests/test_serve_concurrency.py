@@ -189,32 +189,42 @@ def test_a_non_streaming_client_that_leaves_frees_its_sequence(served: Served) -
 
 
 def test_a_slow_reader_does_not_hold_back_a_fast_one(served: Served) -> None:
+    """The slow client reads a chunk every 0.5 s and, after two, stops reading until the
+    fast one has its whole reply: a server that waited on the slow reader would never
+    finish the fast one (the client's timeout fails the test)."""
     idle(served)
     client = served.client()
-    finished: list[str] = []
-    slow_started = threading.Event()
+    prompt = "Name three colours."
+    alone = ask(client, prompt)
+    pieces: list[str] = []
+    slow_started, fast_done = threading.Event(), threading.Event()
 
     def slow() -> None:
         stream = client.chat.completions.create(
             model="default",
-            messages=[{"role": "user", "content": "Name three colours."}],
+            messages=[{"role": "user", "content": prompt}],
             max_tokens=MAX_TOKENS,
             temperature=0,
             stream=True,
         )
-        for i, _ in enumerate(stream):
+        for i, chunk in enumerate(stream):
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
             if i == 2:
                 slow_started.set()
+                fast_done.wait(timeout=180)
             time.sleep(0.5)
-        finished.append("slow")
 
     reader = threading.Thread(target=slow)
     reader.start()
-    assert slow_started.wait(WITHIN_S)
-    assert ask(client, "What do bees make?")
-    finished.append("fast")
-    reader.join(timeout=120)
-    assert finished == ["fast", "slow"]
+    try:
+        assert slow_started.wait(WITHIN_S)
+        assert ask(client, "What do bees make?")
+        assert reader.is_alive()  # the slow one has not read its reply yet
+    finally:
+        fast_done.set()
+        reader.join(timeout=120)
+    assert "".join(pieces) == alone  # and it gets all of it, late
     idle(served)
 
 
