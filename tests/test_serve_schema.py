@@ -33,7 +33,7 @@ from tui_infer.server.runner import BackgroundServer
 CTX = 1024
 KEY = "schemathesis-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-TIMEOUT_S = 30  # one request, however large its max_tokens: a hang fails the test
+TIMEOUT_S = 60  # one request, however large its max_tokens: a hang fails the test
 FUZZ_EXAMPLES = 20  # per operation, after the coverage phase's boundary cases
 SHORT = 2  # generated max_tokens that would run (they fit the context) are cut to this
 

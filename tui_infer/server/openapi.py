@@ -395,6 +395,7 @@ def _schemas() -> dict[str, Any]:
                 },
                 "best_of": {"enum": [1, None], "description": "Only 1 is supported."},
                 "echo": {"enum": [False, None], "description": "Not supported (true: 400)."},
+                # (and `suffix`: insertion is not supported, a non-empty one is a 400)
             },
         },
         "Completion": _answer("text_completion", text_choice),
