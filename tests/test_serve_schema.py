@@ -6,12 +6,16 @@ described bounds must be refused, and one inside them answered."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
+import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.checks import not_a_server_error
@@ -28,7 +32,9 @@ from tui_infer.core.config import Settings
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.types import LoadOptions
 from tui_infer.core.static.store import PredictionStore
-from tui_infer.server.runner import BackgroundServer
+from tui_infer.server.app import Server, build_app
+from tui_infer.server.openapi import document
+from tui_infer.server.runner import BackgroundServer, uvicorn_config
 
 CTX = 1024
 KEY = "schemathesis-key"
@@ -107,6 +113,20 @@ CHECKS = [
     ignored_auth,
 ]
 
+# (a 503 is what loading is: not_a_server_error is left out there, the status is asserted)
+LOADING_CHECKS = [
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
 
 def _shortened(case: Case) -> None:
     """A valid max_tokens that fits the context would generate that many tokens (hundreds,
@@ -129,3 +149,46 @@ def _shortened(case: Case) -> None:
 def test_the_server_keeps_to_its_openapi_description(case: Case) -> None:
     _shortened(case)
     case.call_and_validate(headers=AUTH, checks=CHECKS, timeout=TIMEOUT_S)
+
+
+# ----- while the model loads -----------------------------------------------------------------
+
+
+@pytest.fixture
+def loading_url(model_path: Path, tmp_path: Path) -> Iterator[str]:
+    """A server that listens before its model is loaded (what `tui-infer serve` does)."""
+    store = PredictionStore(tmp_path / "store.sqlite3")
+    server = Server(None, model_path, store, Settings())
+    port = free_port()
+    config = uvicorn_config(build_app(server), "127.0.0.1", port)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not uv.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body", "status"),
+    [
+        ("/health", "GET", None, 503),
+        ("/v1/models", "GET", None, 503),
+        ("/v1/chat/completions", "POST", {"messages": [{"role": "user", "content": "Hi"}]}, 503),
+        ("/v1/completions", "POST", {"prompt": "Hi"}, 503),
+        ("/metrics", "GET", None, 200),
+    ],
+)
+def test_the_loading_state_keeps_to_the_description(
+    loading_url: str, path: str, method: str, body: dict[str, Any] | None, status: int
+) -> None:
+    described = schemathesis.openapi.from_dict(document())
+    case = described[path][method].Case(body=body) if body else described[path][method].Case()
+    response = case.call_and_validate(base_url=loading_url, checks=LOADING_CHECKS, timeout=30)
+    assert response.status_code == status
