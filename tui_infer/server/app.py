@@ -38,7 +38,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -199,7 +199,9 @@ class Server:
             return engine.chat(messages, prepared.sampling, cancel)
 
         shape = _ChatShape(self.name, chat.sampling.logprobs is not None)
-        return await self._live(CHAT, head, t0, start, shape, chat.stream, chat.include_usage)
+        return await self._live(
+            request, CHAT, head, t0, start, shape, chat.stream, chat.include_usage
+        )
 
     async def completions(self, request: Request) -> Response:
         """OpenAI's legacy completions: a plain prompt, no chat template, with BOS when the
@@ -234,7 +236,9 @@ class Server:
             return engine.complete(tokens, req.sampling, cancel)
 
         shape = _TextShape(self.name, req)
-        return await self._live(COMPLETIONS, head, t0, start, shape, req.stream, req.include_usage)
+        return await self._live(
+            request, COMPLETIONS, head, t0, start, shape, req.stream, req.include_usage
+        )
 
     # ----- the request path -----------------------------------------------------------------
 
@@ -271,12 +275,15 @@ class Server:
                 413, f"the body is larger than {MAX_BODY} bytes", "invalid_request_error"
             )
         data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > MAX_BODY:
-                raise ApiError(
-                    413, f"the body is larger than {MAX_BODY} bytes", "invalid_request_error"
-                )
+        try:
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > MAX_BODY:
+                    raise ApiError(
+                        413, f"the body is larger than {MAX_BODY} bytes", "invalid_request_error"
+                    )
+        except ClientDisconnect:  # half a body, then gone: nobody reads the answer
+            raise bad("the client went away before the end of its body") from None
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -385,6 +392,7 @@ class Server:
 
     async def _live(
         self,
+        request: Request,
         route: str,
         head: str,
         t0: float,
@@ -437,19 +445,29 @@ class Server:
 
         extra = {"source": "live"}
         headers = {"x-tui-infer-source": "live"}
+
+        async def watch_disconnect() -> None:
+            # the body is read: the next message is the client going away
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancel.set()
+
         if not streamed:
             pieces: list[str] = []
             logprobs: list[TokenLogprob] = []
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(run_pump)
+                    tg.start_soon(watch_disconnect)  # a client that leaves frees its sequence
                     async for chunk in receive:
                         pieces.append(chunk.text)
                         logprobs.extend(chunk.logprobs)
+                    tg.cancel_scope.cancel()  # the reply is whole: stop watching
             finally:
                 cancel.set()  # (a no-op once the reply ended)
             finish, usage = finish_and_usage()
-            ended(200)
+            gone = stream.stats is not None and stream.stats.finish_reason == "cancelled"
+            ended(499 if gone else 200)  # 499: the client went away before the answer
             body = shape.whole("".join(pieces), finish, usage, logprobs, extra)
             return JSONResponse(body, headers=headers)
 
