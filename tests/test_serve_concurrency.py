@@ -24,12 +24,20 @@ from typing import Any
 import httpx2 as httpx  # (the HTTP client huggingface-hub and openai use)
 import openai
 import pytest
+import schemathesis
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tui_infer.cli import main
 from tui_infer.core.config import Settings
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.types import LoadOptions, Message
 from tui_infer.core.static.store import PredictionStore
+from tui_infer.server.openapi import document
 from tui_infer.server.runner import BackgroundServer
 
 CTX = 512
@@ -315,6 +323,14 @@ def test_a_full_queue_is_a_429_in_openai_shape(one_slot: Served) -> None:
 # ----- the store path, end to end ------------------------------------------------------------
 
 
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -366,6 +382,13 @@ def test_tui_infer_serve_answers_what_tui_infer_batch_published(
             model="default", messages=[{"role": "user", "content": prompt}], max_tokens=3
         )
         assert raw.headers["x-tui-infer-source"] == "live"
+        # a store hit, whole and streamed, keeps to the server's OpenAPI description
+        described = schemathesis.openapi.from_dict(document())["/v1/chat/completions"]["POST"]
+        for stream in (False, True):
+            body: Any = {"messages": [{"role": "user", "content": prompt}], "stream": stream}
+            case = described.Case(body=body, media_type="application/json")
+            answer = case.call_and_validate(base_url=url, checks=CONFORMANCE, timeout=60)
+            assert answer.headers["x-tui-infer-source"] == ["store"]
     finally:
         proc.send_signal(2)
         _, err = proc.communicate(timeout=60)
