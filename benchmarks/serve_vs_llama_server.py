@@ -320,6 +320,7 @@ def main() -> int:
     ap.add_argument("--llama-server", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the servers are stopped too
     binary = a.llama_server or llama_server_binary()
     if not binary.exists():
         print(
