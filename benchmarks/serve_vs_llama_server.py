@@ -6,7 +6,8 @@ project pins, with the CMake flags of our wheel (scripts/llama_cmake_args.py). S
 (the bundled SmolLM2), threads, context per sequence, slots (llama-server
 `-np N -c N*CTX --cont-batching -b 512 -ub 512 -fa on`; tui-infer `--parallel N --ctx CTX`,
 whose batch is 512 with flash attention), greedy (temperature 0, no repeat penalty on
-either), the same chat prompts and max_tokens. Neither is told to ignore the end of text
+either), the same chat prompts (each request a new one, "Story N: ...", the same sequence
+on both) and max_tokens. Neither is told to ignore the end of text
 (tui-infer cannot), so both totals of generated tokens are printed: the ratios are fair
 only when they match.
 
@@ -41,6 +42,7 @@ import _scratch  # noqa: F401  (first: a scratch data dir, never the user's)
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -51,6 +53,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2 as httpx
@@ -65,7 +68,17 @@ TOPICS = [
     "rivers", "bread", "the moon", "chess", "volcanoes", "trains", "bees", "glass",
     "music", "winter", "maps", "copper", "owls", "tea", "bridges", "clocks",
 ]  # fmt: skip
-PROMPTS = [f"Write a long story about {t}, with many details." for t in TOPICS]
+SERIALS: dict[str, Iterator[int]] = {}  # per server: each sees the same prompts, once each
+
+
+def prompt(url: str, i: int) -> str:
+    """The next prompt for this server: one no earlier request sent, so both servers reuse
+    only the template's head (an exact repeat would let llama-server restore the whole
+    prompt from its RAM cache). Both servers get the same sequence of prompts."""
+    n = next(SERIALS.setdefault(url, itertools.count(1)))
+    return f"Story {n}: write a long story about {TOPICS[i % 16]}, with details."
+
+
 STORE_PROMPT = "Say hello in one word."
 PASSAGE = (
     "The harbour town wakes before the sun. Fishing boats leave one after another, their "
@@ -186,7 +199,7 @@ async def run_level(url: str, clients: int, n_requests: int, max_tokens: int) ->
         async def worker() -> None:
             while todo:
                 i = todo.pop(0)
-                msgs = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+                msgs = [{"role": "user", "content": prompt(url, i)}]
                 ttft, n = await stream_one(client, url, body_for(msgs, max_tokens, True))
                 out.ttft.append(ttft)
                 out.tokens += n
