@@ -105,7 +105,7 @@ class Server:
         self.api_key = api_key
         self.name = model_path.name
         self._store_lock = threading.Lock()  # one SQLite connection, many request threads
-        self.metrics = ServerMetrics(self._figures)
+        self.metrics = ServerMetrics(self._figures, model=self.name)
         if engine is not None:
             self.attach(engine)
 

@@ -24,9 +24,8 @@ from starlette.responses import JSONResponse, Response
 
 from tui_infer import __version__
 from tui_infer.core.inference.stops import MAX_STOPS
-from tui_infer.server.requests import MAX_BODY
+from tui_infer.server.requests import MAX_BODY, MAX_TOKENS
 
-MAX_TOKENS = 1 << 20  # parse_chat's bound; the context is the one that matters (a 400)
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs
 MAX_LEGACY_LOGPROBS = 5  # /v1/completions' logprobs
 JSON = "application/json"

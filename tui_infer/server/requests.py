@@ -61,6 +61,7 @@ class CompletionRequest:
     logprobs: int | None  # the legacy field: how many alternatives per token (0..5)
 
 
+MAX_TOKENS = 1 << 20  # a request's bound; the context is the one that matters (a 400)
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -129,7 +130,8 @@ def _common(
     top_p = _number(body, "top_p", 0, 1)
     seed = _integer(body, "seed", -(2**63), 2**63 - 1)
     stream = _flag(body, "stream")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise bad("'stream_options' must be an object", "stream_options")
     sampling = replace(defaults, stop=_stop(body))
@@ -141,7 +143,7 @@ def _common(
         sampling = replace(sampling, top_p=top_p)
     if seed is not None:
         sampling = replace(sampling, seed=seed & 0x7FFFFFFF)
-    return sampling, stream, bool(options.get("include_usage"))
+    return sampling, stream, _flag(options, "include_usage")
 
 
 def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequest:
@@ -166,9 +168,9 @@ def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequ
         if not isinstance(content, str):
             raise bad(f"messages[{i}].content must be text (images are not supported)", "messages")
         messages.append(Message(m["role"], content))
-    max_tokens = _integer(body, "max_completion_tokens", 1, 1 << 20)
-    if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", 1, 1 << 20)
+    newer = _integer(body, "max_completion_tokens", 1, MAX_TOKENS)
+    older = _integer(body, "max_tokens", 1, MAX_TOKENS)  # checked even when the newer wins
+    max_tokens = older if newer is None else newer
     sampling, stream, include_usage = _common(body, defaults, max_tokens)
     top = _integer(body, "top_logprobs", 0, 20)
     if _flag(body, "logprobs"):
@@ -198,7 +200,7 @@ def parse_completion(body: Any, defaults: SamplingParams, model_name: str) -> Co
         raise bad("'echo' is not supported", "echo")
     if body.get("suffix"):
         raise bad("'suffix' is not supported (no insertion)", "suffix")
-    max_tokens = _integer(body, "max_tokens", 1, 1 << 20)
+    max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS)
     asked = max_tokens
     sampling, stream, include_usage = _common(
         body, defaults, COMPLETIONS_MAX_TOKENS if max_tokens is None else max_tokens
