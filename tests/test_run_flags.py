@@ -56,6 +56,24 @@ def test_sampling_flags_change_what_is_generated(
     assert reply(capsys, model_path, "--max-tokens", "2", "--ctx", "1024")["stats"]["n_ctx"] == 1024
 
 
+def test_stop_ends_the_reply_before_the_text(
+    model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = reply(capsys, model_path, "--temperature", "0", "--max-tokens", "24")["reply"]
+    words = whole.split()
+    assert len(words) > 3
+    cut = words[2]
+    stopped = reply(capsys, model_path, "--temperature", "0", "--max-tokens", "24", "--stop", cut)
+    assert stopped["reply"] == whole[: whole.index(cut)]
+    assert stopped["stats"]["finish_reason"] == "stop"
+    # an empty or a fifth stop string is one line naming the flag
+    assert main(["run", "-m", str(model_path), "--stop", "", PROMPT]) == 2
+    five = [a for i in range(5) for a in ("--stop", f"s{i}")]
+    assert main(["run", "-m", str(model_path), *five, PROMPT]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--stop takes") == 2
+
+
 def test_ctrl_c_mid_reply_exits_130(model_path: Path) -> None:
     proc = subprocess.Popen(
         [

@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--stats", action="store_true", help="print the figures to stderr")
     run.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="end the reply before TEXT (repeatable, up to 4; part of the store's key)",
+    )
+    run.add_argument(
         "--serve",
         choices=("store-then-live", "live", "store"),
         help="answer from the prediction store when a published prediction matches "
