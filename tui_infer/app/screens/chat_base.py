@@ -184,10 +184,19 @@ class ChatScreenBase(Screen[None]):
         self.sub_title = f"loading {path.name}…"
         self._show_banner(f"Loading {path} …", "loading")
         self.stats_panel.show_no_model(f"loading {path.name}…")
-        self._load(path, old)
+        self._load(path, old, self._serving(old))
+
+    def _serving(self, engine: Any) -> Any:
+        """The server the Server screen runs on this chat's engine, or None: it stops before
+        the engine closes (its clients get the graceful end, not "model unloaded" errors)."""
+        screen = getattr(self.app, "server_screen", None)
+        serving = getattr(screen, "serving", None)
+        return serving if serving is not None and serving.engine is engine else None
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="model", name="load model")
-    def _load(self, path: Path, old: Any) -> None:
+    def _load(self, path: Path, old: Any, serving: Any) -> None:
+        if serving is not None:
+            serving.stop()  # idempotent; the Server screen's tick then shows why
         with self._engine_lock:
             if old is not None:
                 old.close()
