@@ -24,7 +24,6 @@ pure ASGI middleware (BaseHTTPMiddleware would buffer streams and hide disconnec
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import threading
@@ -51,12 +50,12 @@ from tui_infer.core.inference.types import (
     GenerationStats,
     ReplyStreamLike,
     SamplingParams,
-    TokenChunk,
     TokenLogprob,
 )
 from tui_infer.core.static.store import Prediction, PredictionStore
 from tui_infer.server.metrics import RequestRecord, SchedulerFigures, ServerMetrics
 from tui_infer.server.openapi import openapi_json
+from tui_infer.server.relay import Relay
 from tui_infer.server.requests import (
     MAX_BODY,
     ApiError,
@@ -414,22 +413,6 @@ class Server:
                 busy = ApiError(429, str(exc), "rate_limit_error", headers=RETRY_AFTER)
                 return self._errored(route, head, t0, busy.response())
             return self._errored(route, head, t0, bad(str(exc)).response())
-        send, receive = anyio.create_memory_object_stream[TokenChunk](max_buffer_size=1024)
-
-        def pump() -> None:
-            # reads the scheduler's chunks on a worker thread; ends with the stats
-            try:
-                for chunk in stream:
-                    if chunk.text or chunk.logprobs:
-                        anyio.from_thread.run(send.send, chunk)
-            except anyio.BrokenResourceError:
-                cancel.set()  # the client went away
-            finally:
-                with contextlib.suppress(RuntimeError):
-                    anyio.from_thread.run(send.aclose)
-
-        async def run_pump() -> None:
-            await anyio.to_thread.run_sync(pump, abandon_on_cancel=True)
 
         def finish_and_usage() -> tuple[str, dict[str, int]]:
             s = stream.stats
@@ -457,11 +440,11 @@ class Server:
             logprobs: list[TokenLogprob] = []
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(run_pump)
                     tg.start_soon(watch_disconnect)  # a client that leaves frees its sequence
-                    async for chunk in receive:
-                        pieces.append(chunk.text)
-                        logprobs.extend(chunk.logprobs)
+                    async for chunks in Relay(stream):
+                        for chunk in chunks:
+                            pieces.append(chunk.text)
+                            logprobs.extend(chunk.logprobs)
                     tg.cancel_scope.cancel()  # the reply is whole: stop watching
             finally:
                 cancel.set()  # (a no-op once the reply ended)
@@ -475,12 +458,15 @@ class Server:
             cid = shape.new_id()
             status = 499  # the client went away before the end
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(run_pump)
-                    if (first := shape.opening(cid)) is not None:
-                        yield _sse(first)
-                    async for chunk in receive:
-                        yield _sse(shape.piece(cid, chunk.text, chunk.logprobs))
+                if (first := shape.opening(cid)) is not None:
+                    yield _sse(first)
+                frame = _frame(shape, cid)
+                async for chunks in Relay(stream):
+                    # every chunk that has arrived, in one write
+                    if frame is not None:
+                        yield "".join(frame(c.text) for c in chunks)
+                    else:
+                        yield "".join(_sse(shape.piece(cid, c.text, c.logprobs)) for c in chunks)
                 finish, usage = finish_and_usage()
                 yield _sse(shape.closing(cid, finish, extra))
                 if include_usage:
@@ -489,7 +475,6 @@ class Server:
                 status = 200
             finally:
                 cancel.set()  # a client that went away mid-reply frees its sequence
-                receive.close()
                 ended(status)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -671,6 +656,23 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+_HOLE = "\x00piece\x00"
+_HOLE_JSON = json.dumps(_HOLE)
+
+
+def _frame(shape: _Shape, cid: str) -> Callable[[str], str] | None:
+    """The SSE event of a text piece without log probabilities, made from the chunk's JSON
+    cut once around its text (a json.dumps of the whole chunk per token was measurable on
+    2 cores at 8 streams). None when log probabilities are asked for."""
+    if getattr(shape, "logprobs", False):
+        return None
+    whole = _sse(shape.piece(cid, _HOLE, ()))
+    at = whole.index(_HOLE_JSON)
+    head, tail = whole[:at], whole[at + len(_HOLE_JSON) :]
+    dumps = json.dumps
+    return lambda text: head + dumps(text, ensure_ascii=False) + tail
 
 
 # ----- the application -----------------------------------------------------------------------

@@ -67,7 +67,7 @@ import ctypes
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,33 @@ class SchedulerStream:
         self._sched = scheduler
         self._out: queue.SimpleQueue[TokenChunk | None] = queue.SimpleQueue()
         self._ended = False
+        self._listener: Callable[[], None] | None = None
+
+    def _put(self, item: TokenChunk | None) -> None:
+        """The scheduler's side (the llama.cpp thread): a chunk, or _END."""
+        self._out.put(item)
+        if (listener := self._listener) is not None:
+            listener()
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Consume without a thread: `wake` is called (on the llama.cpp thread; it must
+        only signal) after each chunk and at the end; then read with drain(). Call it
+        before the first drain(); iterating and listening do not mix."""
+        self._listener = wake
+        wake()  # whatever arrived before
+
+    def drain(self) -> tuple[list[TokenChunk], bool]:
+        """The chunks that have arrived (never blocks) and whether the reply has ended
+        (then `stats` is set)."""
+        out: list[TokenChunk] = []
+        q = self._out
+        while not q.empty():
+            item = q.get_nowait()
+            if item is _END:
+                self._ended = True
+                break
+            out.append(item)
+        return out, self._ended
 
     def __iter__(self) -> Iterator[TokenChunk]:
         if self._ended:
@@ -395,7 +422,7 @@ class Scheduler:
                     continue
             else:
                 text = req.decoder.decode(token_piece(lib, vocab, tok, self._buf))
-                req.stream._out.put(
+                req.stream._put(
                     TokenChunk(
                         text,
                         req.n_gen,
@@ -426,7 +453,7 @@ class Scheduler:
         if req.stops is not None:
             text, hit = req.stops.feed(text)
         req.n_released += len(text)
-        req.stream._out.put(
+        req.stream._put(
             TokenChunk(
                 text,
                 req.n_gen,
@@ -569,7 +596,7 @@ class Scheduler:
             tail, reason = self._watched_tail(req, tail, reason)
             logprobs = self._released(req, ended=True)
         if tail or logprobs:
-            req.stream._out.put(
+            req.stream._put(
                 TokenChunk(
                     tail,
                     req.n_gen,
@@ -608,7 +635,7 @@ class Scheduler:
             kv=self._usage(len(slot.cached)),
             error=error,
         )
-        req.stream._out.put(_END)
+        req.stream._put(_END)
 
     @staticmethod
     def _watched_tail(req: _Request, tail: str, reason: str) -> tuple[str, str]:
@@ -642,7 +669,7 @@ class Scheduler:
             kv=self._usage(0),
             error=error,
         )
-        req.stream._out.put(_END)
+        req.stream._put(_END)
 
     def _fail_all(self, error: str) -> None:
         for slot in self._slots:
