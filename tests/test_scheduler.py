@@ -292,3 +292,40 @@ def test_logprobs_only_for_the_requests_that_ask(par: Engine) -> None:
         assert len(e.top) == 4 and e.top[0].token == e.token  # greedy: the most likely
         assert e.logprob == pytest.approx(e.top[0].logprob) and e.logprob <= 0
         assert [t.logprob for t in e.top] == sorted((t.logprob for t in e.top), reverse=True)
+
+
+def test_a_new_conversation_copies_the_shared_head_instead_of_evaluating_it(
+    par: Engine, model_path: Path
+) -> None:
+    """B shares A's system head: it takes an empty slot (A's stays for A's next turn) and
+    the head is copied there from A's slot, not evaluated again. The copied cells hold what
+    A's prompt batch computed, the same cells a one-slot engine reuses in place, so B's
+    greedy reply is the one-slot engine's, token for token."""
+    system = Message("system", "You are a terse assistant who answers in one sentence. " * 3)
+    a = [system, Message("user", "What is the capital of France?")]
+    b = [system, Message("user", "Write a haiku about rain.")]
+    par.reset()
+    copies = par.scheduler.copies
+    sa = par.chat(a, GREEDY)
+    reply_a = sa.text()
+    sb = par.chat(b, GREEDY)
+    got = sb.text()
+    assert par.scheduler.copies == copies + 1
+    assert sa.stats and sb.stats
+    shared = par.scheduler._common(par.tokenize(par.render(a)), par.tokenize(par.render(b)))
+    assert shared > 20
+    assert sb.stats.prompt_tokens_evaluated == sb.stats.prompt_tokens - shared
+    # A's conversation is still whole in its own slot: its next turn evaluates the new part
+    follow = [*a, Message("assistant", reply_a), Message("user", "And Italy?")]
+    s2 = par.chat(follow, GREEDY)
+    s2.text()
+    assert s2.stats and s2.stats.prompt_tokens_evaluated < 20
+
+    one = Engine.load(model_path, LoadOptions(ctx=1024, threads=2, parallel=1))
+    try:
+        one.chat(a, GREEDY).text()
+        s1 = one.chat(b, GREEDY)  # the same head, reused in place
+        assert s1.text() == got
+        assert s1.stats and s1.stats.prompt_tokens_evaluated == sb.stats.prompt_tokens_evaluated
+    finally:
+        one.close()
