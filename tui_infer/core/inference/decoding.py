@@ -112,7 +112,14 @@ class SeqSlot:
 def fill_batch(batch: Any, active: list[Any], cap: int) -> int:
     """Fill `batch` (llama_batch_init'ed for cap tokens) from the slots' pending tokens:
     generating slots' one token each first, then prompt tokens while room remains. A slot
-    whose pending tokens all went in asks for logits at its last one (`logits_at`)."""
+    whose pending tokens all went in asks for logits at its last one (`logits_at`).
+
+    The tokens are written in sequence-id order: with one KV stream per sequence
+    (kv_unified=False) llama.cpp splits a batch into ubatches of consecutive sequence ids
+    taken in batch order (llama_batch_allocr::split_equal, sequential), each one more pass
+    over the weights; generating slots first then prompts, in any other order, cost a pass
+    per break in the ids."""
+    takes: list[tuple[Any, int]] = []
     n = 0
     order = sorted(active, key=lambda s: len(s.pending) > 1) if len(active) > 1 else active
     for slot in order:
@@ -120,7 +127,14 @@ def fill_batch(batch: Any, active: list[Any], cap: int) -> int:
         room = cap - n
         if room <= 0 or not slot.pending:
             continue
-        take = slot.pending[:room]
+        k = min(room, len(slot.pending))
+        takes.append((slot, k))
+        n += k
+    if len(takes) > 1:
+        takes.sort(key=lambda t: t[0].seq)
+    n = 0
+    for slot, k in takes:
+        take = slot.pending[:k]
         seq = slot.seq
         pos = slot.pos
         for j, tok in enumerate(take):
@@ -130,9 +144,9 @@ def fill_batch(batch: Any, active: list[Any], cap: int) -> int:
             batch.seq_id[n][0] = seq
             batch.logits[n] = 0
             n += 1
-        slot.pos += len(take)
+        slot.pos += k
         slot.cached.extend(take)
-        slot.pending = slot.pending[len(take) :]
+        slot.pending = slot.pending[k:]
         if not slot.pending:
             batch.logits[n - 1] = 1
             slot.logits_at = n - 1

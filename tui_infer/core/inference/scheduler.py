@@ -568,30 +568,40 @@ class Scheduler:
         return lo
 
     def _pick(self, prompt: list[int], free: list[_Slot]) -> tuple[_Slot, _Slot | None]:
-        """The free slot where the request costs least, and the slot to copy its head from
-        (or None). Cost: the prompt tokens it must evaluate there plus the cached tokens it
-        would throw away (another conversation's next turn would need them). So a chat's
-        next turn goes back to its own slot, and a new conversation takes an empty slot
-        rather than one holding a conversation; what it shares with any slot (the chat
-        template's system head, a common instruction) is copied there instead of evaluated
-        again, when that pays (see _copy_min). Ties: least recently used."""
+        """The free slot for a request, and the slot to copy its head from (or None).
+
+        First, the running sequences' ids stay consecutive: llama.cpp decodes each run of
+        consecutive ids as its own pass over the weights (see fill_batch), which costs a
+        whole decode step for every step the request runs. Then the cost: the prompt tokens
+        it must evaluate there plus the cached tokens it would throw away (another
+        conversation's next turn would need them), so a chat's next turn goes back to its
+        own slot and a new conversation takes an empty slot rather than one holding a
+        conversation. What the prompt shares with any slot (its own conversation when the
+        ids send it elsewhere, the template's system head, a common instruction) is copied
+        into the chosen slot instead of evaluated again when that pays (see _copy_min).
+        Ties: least recently used."""
         donor, shared = None, 0
         for s in self._slots:
             n = self._common(s.cached, prompt) if not s.forget else 0
             if n > shared:
                 donor, shared = s, n
+        busy = {s.seq for s in self._slots if s.req is not None}
 
-        def cost(s: _Slot) -> tuple[int, float, _Slot | None]:
+        def runs(seq: int) -> int:
+            ids = sorted(busy | {seq})
+            return 1 + sum(1 for a, b in zip(ids, ids[1:], strict=False) if b != a + 1)
+
+        def cost(s: _Slot) -> tuple[int, int, float, _Slot | None]:
             own = self._common(s.cached, prompt)
             kept = (len(prompt) - own) + (len(s.cached) - own)
             if donor is not None and donor is not s and shared - own >= self._copy_min:
                 copied = (len(prompt) - shared) + len(s.cached)  # the copy replaces it all
                 if copied < kept:
-                    return copied, s.last_used, donor
-            return kept, s.last_used, None
+                    return runs(s.seq), copied, s.last_used, donor
+            return runs(s.seq), kept, s.last_used, None
 
-        best = min(free, key=lambda s: cost(s)[:2])
-        return best, cost(best)[2]
+        best = min(free, key=lambda s: cost(s)[:3])
+        return best, cost(best)[3]
 
     def _admit(self, slot: _Slot, req: _Request, donor: _Slot | None = None) -> None:
         lib = self._lib
