@@ -329,3 +329,65 @@ def test_a_new_conversation_copies_the_shared_head_instead_of_evaluating_it(
         assert s1.stats and s1.stats.prompt_tokens_evaluated == sb.stats.prompt_tokens_evaluated
     finally:
         one.close()
+
+
+def test_a_batch_is_written_in_sequence_order() -> None:
+    """llama.cpp decodes each run of consecutive sequence ids as its own pass: generating
+    slots go in first when room is short, but the batch lists them by id."""
+    from types import SimpleNamespace
+
+    from tui_infer.core.inference.decoding import SeqSlot, fill_batch
+
+    cap = 8
+    batch = SimpleNamespace(
+        token=[0] * cap, pos=[0] * cap, n_seq_id=[0] * cap, seq_id=[[0] for _ in range(cap)],
+        logits=[0] * cap, n_tokens=0,
+    )  # fmt: skip
+    prompt = SeqSlot(seq=1, pending=[7] * 10, pos=0)
+    gen = [SeqSlot(seq=2, pending=[5], pos=40), SeqSlot(seq=0, pending=[6], pos=30)]
+    n = fill_batch(batch, [gen[0], prompt, gen[1]], cap)
+    assert n == cap
+    ids = [batch.seq_id[i][0] for i in range(n)]
+    assert ids == [0, 1, 1, 1, 1, 1, 1, 2]  # the generating ones in, the prompt in the rest
+    assert (gen[1].logits_at, gen[0].logits_at, prompt.logits_at) == (0, 7, -1)
+    assert batch.pos[:n] == [30, 0, 1, 2, 3, 4, 5, 40] and len(prompt.pending) == 4
+
+
+def test_running_sequences_keep_consecutive_ids(par: Engine) -> None:
+    """While one request runs in a slot, the next turn of a conversation held in a slot
+    that is not next to it goes next to it instead, its conversation copied there."""
+    par.reset()
+    sched = par.scheduler
+    convs = [[Message("user", p)] for p in PROMPTS[:3]]
+    replies = [par.chat(c, GREEDY).text() for c in convs]  # one at a time: slots 0, 1, 2
+    held = {tuple(s.cached[:3]) for s in sched._slots if s.cached}
+    assert len([s for s in sched._slots if s.cached]) == 3 and held
+    long = par.chat([Message("user", "Count from 1 to 500.")], SamplingParams(0, max_tokens=400))
+    chunks = iter(long)
+    next(chunks)  # it runs
+    running = next(s.seq for s in sched._slots if s.req is not None)
+    # the conversation whose slot is not next to the running one (4 slots: there is one)
+    follows = [
+        c + [Message("assistant", r), Message("user", "Why?")]
+        for c, r in zip(convs, replies, strict=True)
+    ]
+
+    def home(f: list[Message]) -> int:
+        tokens = par.tokenize(par.render(f))
+        idle = [s for s in sched._slots if s.req is None]
+        return max(idle, key=lambda s: sched._common(s.cached, tokens)).seq
+
+    homes = [home(f) for f in follows]
+    assert len(set(homes)) == 3
+    i = next(i for i, h in enumerate(homes) if abs(h - running) != 1)
+    copies = sched.copies
+    s2 = par.chat(follows[i], GREEDY)
+    next(iter(s2))
+    placed = next(s.seq for s in sched._slots if s.req is not None and s.seq != running)
+    long.cancel.set()
+    for _ in chunks:
+        pass
+    s2.text()
+    assert abs(placed - running) == 1  # next to it, not its own slot
+    assert sched.copies == copies + 1  # its conversation copied there, not evaluated
+    assert s2.stats and s2.stats.prompt_tokens_evaluated < 20
