@@ -22,6 +22,7 @@ from tui_infer.cli import main
 from tui_infer.core.config import Settings
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.types import LoadOptions
+from tui_infer.core.models.library import ModelLibrary
 from tui_infer.core.static.store import PredictionStore
 from tui_infer.server.app import Server, build_app
 
@@ -47,7 +48,14 @@ def serve(
 ) -> Iterator[Running]:
     engine = Engine.load(model_path, LoadOptions(ctx=1024, threads=2, parallel=4))
     store = PredictionStore(tmp_path / "data" / "store.sqlite3")
-    server = Server(engine, model_path, store, Settings(**settings), key)  # type: ignore[arg-type]
+    server = Server(
+        engine,
+        model_path,
+        store,
+        Settings(**settings),  # type: ignore[arg-type]
+        key,
+        data_dir=tmp_path / "data",
+    )
     port = free_port()
     config = uvicorn.Config(build_app(server), host="127.0.0.1", port=port, log_level="warning")
     uv = uvicorn.Server(config)
@@ -70,9 +78,25 @@ def running(tmp_path: Path, model_path: Path) -> Iterator[Running]:
     yield from serve(tmp_path, model_path, temperature=0.0, max_tokens=8)
 
 
-def test_models_and_health(running: Running, model_path: Path) -> None:
+def test_models_and_health(running: Running, model_path: Path, tmp_path: Path) -> None:
     client = running.client()
-    assert [m.id for m in client.models.list()] == [model_path.name]
+    # the loaded model first, then the library's others (the loaded file not twice)
+    assert [m.id for m in client.models.list()][0] == model_path.name
+    other = tmp_path / "other-model.gguf"
+    other.write_bytes(model_path.read_bytes())
+    with ModelLibrary(tmp_path / "data") as library:
+        library.import_file(other)
+        library.import_file(model_path)
+    listed = client.models.list().data
+    assert listed[0].id == model_path.name and listed[0].model_extra == {"loaded": True}
+    assert "other-model" in [m.id for m in listed[1:]]
+    assert len(listed) == len({m.id for m in listed})
+    assert all(m.model_extra == {"loaded": False} for m in listed[1:])
+    # naming a listed model that is not loaded: 404 naming the loaded one
+    with pytest.raises(openai.NotFoundError, match=model_path.name):
+        client.chat.completions.create(
+            model="other-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert httpx.get(f"{running.url}/health").json()["status"] == "ready"
 
 

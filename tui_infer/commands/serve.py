@@ -214,7 +214,9 @@ class _Serving:
 
         host, port = self.sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-        server = Server(None, self.target.path, self.store, self.settings, self.key)
+        server = Server(
+            None, self.target.path, self.store, self.settings, self.key, self.paths.data_dir
+        )
         uv = _uvicorn_server(uvicorn_config(build_app(server, self.cors), host, port), self)
         loader = threading.Thread(
             target=self._load, args=(server, uv), name="tui-infer-load", daemon=True

@@ -25,7 +25,9 @@ pure ASGI middleware (BaseHTTPMiddleware would buffer streams and hide disconnec
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import sqlite3
 import threading
 import time
 import uuid
@@ -95,8 +97,10 @@ class Server:
         store: PredictionStore,
         settings: Settings,
         api_key: str | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.engine: ChatEngine | None = None
+        self.data_dir = data_dir  # its model library is listed by /v1/models
         self.target: rp.LoadedModel | None = None
         self.model_path = model_path
         self.store = store
@@ -144,8 +148,34 @@ class Server:
     async def models(self, request: Request) -> Response:
         if (refused := self._gate(request)) is not None:
             return refused
-        data = {"id": self.name, "object": "model", "created": 0, "owned_by": "tui-infer"}
-        return JSONResponse({"object": "list", "data": [data]})
+        loaded = {"id": self.name, "object": "model", "created": 0, "owned_by": "tui-infer"}
+        others = await anyio.to_thread.run_sync(self._library)
+        return JSONResponse({"object": "list", "data": [{**loaded, "loaded": True}, *others]})
+
+    def _library(self) -> list[dict[str, Any]]:
+        """The library's other models (a request naming one gets 404 model_not_found until
+        loading on demand exists); none when the library cannot be read."""
+        if self.data_dir is None:
+            return []
+        from tui_infer.core.models.library import ModelLibrary
+
+        try:
+            with ModelLibrary(self.data_dir) as library:
+                entries = library.entries()
+        except (TuiInferError, OSError, sqlite3.Error):
+            return []
+        loaded = os.path.realpath(self.model_path)
+        return [
+            {
+                "id": e.name,
+                "object": "model",
+                "created": int(e.added_at),
+                "owned_by": e.repo.split("/")[0] if e.repo else "tui-infer",
+                "loaded": False,
+            }
+            for e in entries
+            if os.path.realpath(e.path) != loaded and e.status == "ok"
+        ]
 
     async def chat(self, request: Request) -> Response:
         """OpenAI's chat completions: the store first (stop strings are part of the key),

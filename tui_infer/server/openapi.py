@@ -407,6 +407,11 @@ def _schemas() -> dict[str, Any]:
                 "object": {"const": "model"},
                 "created": {"type": "integer"},
                 "owned_by": {"type": "string"},
+                "loaded": {
+                    "type": "boolean",
+                    "description": "The one this server answers with (listed first); the "
+                    "others are in its library (naming one: 404 model_not_found).",
+                },
             },
         },
         "ModelList": {
@@ -492,10 +497,10 @@ def document() -> dict[str, Any]:
             },
             "/v1/models": {
                 "get": {
-                    "summary": "The loaded model.",
+                    "summary": "The loaded model, then the library's other models.",
                     "responses": {
                         "200": {
-                            "description": "A list holding the loaded model.",
+                            "description": "The loaded model first, then the library's.",
                             "content": {JSON: {"schema": _ref("ModelList")}},
                         },
                         "401": _UNAUTHORIZED,

@@ -49,8 +49,9 @@ class BackgroundServer:
         port: int = 8080,
         api_key: str | None = None,
         cors: str | None = None,
+        data_dir: Path | None = None,
     ) -> None:
-        self.server = Server(engine, model_path, store, settings, api_key)
+        self.server = Server(engine, model_path, store, settings, api_key, data_dir)
         self.host = host
         self._uv = uvicorn.Server(uvicorn_config(build_app(self.server, cors), host, port))
         self._thread: threading.Thread | None = None

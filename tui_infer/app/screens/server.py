@@ -350,7 +350,9 @@ class ServerScreen(Screen[None]):
             self.post_message(ServerStopped(f"the prediction store: {exc}"))
             return
         try:
-            background = BackgroundServer(engine, model_path, store, settings, host, port, key)
+            background = BackgroundServer(
+                engine, model_path, store, settings, host, port, key, data_dir=self.data_dir
+            )
             background.start()
         except TuiInferError as exc:
             store.close()
