@@ -184,6 +184,36 @@ def test_a_published_prediction_answers_from_the_store(
         assert live.model_extra and live.model_extra["x_tui_infer"]["source"] == "live"
 
 
+def test_store_only_misses_become_the_next_batch(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--serve store: a miss is 404 not_precomputed (chat and plain completions) and is
+    recorded as in the CLI; `store misses` turns it into a batch input; once that batch is
+    published the same request is a hit."""
+    question = [{"role": "user", "content": "Name a primary colour."}]
+    for running in serve(tmp_path, model_path, temperature=0.0, max_tokens=8, serve="store"):
+        client = running.client()
+        with pytest.raises(openai.NotFoundError) as miss:
+            client.chat.completions.create(model="default", messages=question)  # type: ignore[arg-type]
+        assert miss.value.code == "not_precomputed"
+        with pytest.raises(openai.NotFoundError) as plain:
+            client.completions.create(model="default", prompt="Once upon a time")
+        assert plain.value.code == "not_precomputed"
+
+        out = tmp_path / "misses.jsonl"
+        assert main(["store", "misses", "-o", str(out)]) == 0
+        [row] = [json.loads(line) for line in out.read_text().splitlines()]
+        assert row["messages"] == question and row["max_tokens"] == 8
+        argv = ["batch", str(out), "-o", str(tmp_path / "o.jsonl"), "-m", str(model_path)]
+        assert main([*argv, "--temperature", "0", "--max-tokens", "8", "--publish"]) == 0
+        capsys.readouterr()
+
+        hit = client.chat.completions.with_raw_response.create(model="default", messages=question)  # type: ignore[arg-type]
+        assert hit.headers["x-tui-infer-source"] == "store"
+        assert hit.headers["x-tui-infer-run"].isdigit()
+        assert hit.parse().choices[0].message.content
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
