@@ -15,8 +15,10 @@ knows how, and `stale_runs()` (shown by `store stats`) names the runs it could n
 the reason: nothing stops matching silently. A miss can be explained: `near_miss()` finds
 the same conversation precomputed under other parameters or another template.
 
-Hit and miss counts are kept in memory and written on flush_counters()/close()
-so that a lookup is a single indexed read (product budget: 20,000/s).
+Hit and miss counts are kept in memory and written on flush_counters()/close(), and by
+a lookup at most once a minute (FLUSH_EVERY_S: another process's `store drift` sees a
+running server's traffic), so that a lookup is a single indexed read (product budget:
+20,000/s). They are kept as totals and per hour (table lookup_hours, read by drift.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,10 +115,24 @@ MIGRATIONS = [
     """
     DROP TABLE IF EXISTS model_hashes;
     """,
+    # 4: lookups counted per model and hour (the start of the hour, unix seconds), for
+    # `store drift`: the hit rate over time (lookup_counts keeps the all-time totals)
+    """
+    CREATE TABLE lookup_hours (
+        model_sha256 TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0,
+        misses INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (model_sha256, hour)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 # What the store serves: a finished answer, not an error or a prompt that did not fit.
 SERVABLE = ("stop", "length")
+
+HOUR_S = 3600
+FLUSH_EVERY_S = 60.0  # a lookup writes the counts it holds at most this often
 
 
 # ----- records ------------------------------------------------------------------------------
@@ -218,11 +234,16 @@ class ModelStats:
 class PredictionStore:
     """The store file. Safe to share between threads (one lock) and processes (WAL)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        """clock: the wall clock lookups and misses are counted by (tests give their own)."""
         self.path = path
         self._conn = connect(path, MIGRATIONS, _register_functions)
         self._lock = threading.RLock()
+        self._clock = clock
         self._counts: dict[str, list[int]] = {}  # model sha256 -> [hits, misses], unflushed
+        # (model sha256, hour start) -> [hits, misses], unflushed
+        self._hours: dict[tuple[str, int], list[int]] = {}
+        self._flushed_at = clock()
         self._digests = DigestCache(path.parent / HASHES_FILE)  # opened on first use
         self.session_hits = 0
         self.session_misses = 0
@@ -563,14 +584,19 @@ class PredictionStore:
                 "ORDER BY published_at DESC, run_id DESC LIMIT 1",
                 (key,),
             ).fetchone()
+            now = self._clock()
             c = self._counts.setdefault(model_sha256, [0, 0])
-            if row is None:
-                c[1] += 1
+            h = self._hours.setdefault((model_sha256, int(now // HOUR_S) * HOUR_S), [0, 0])
+            hit = 0 if row is None else 1
+            c[1 - hit] += 1
+            h[1 - hit] += 1
+            if hit:
+                self.session_hits += 1
+            else:
                 self.session_misses += 1
-                return None
-            c[0] += 1
-            self.session_hits += 1
-        return _prediction(row)
+            if now - self._flushed_at >= FLUSH_EVERY_S:
+                self.flush_counters()
+        return _prediction(row) if row is not None else None
 
     def record_miss(
         self,
@@ -580,7 +606,7 @@ class PredictionStore:
         messages: Iterable[Message],
     ) -> None:
         """Remember a request the store could not answer (exported by `store misses`)."""
-        now = time.time()
+        now = self._clock()
         with self._lock, self._write():
             self._conn.execute(
                 "INSERT INTO misses (key, model_sha256, params_json, messages_json, count, "
@@ -597,9 +623,11 @@ class PredictionStore:
             )
 
     def misses(self, model_sha256: str | None = None) -> list[dict[str, Any]]:
-        """Missed requests not answered since: each {'key', 'messages', 'params', 'count'}."""
+        """Missed requests not answered since: each {'key', 'messages', 'params', 'count',
+        'first_at', 'last_at'}."""
         sql = (
-            "SELECT m.key, m.model_sha256, m.params_json, m.messages_json, m.count FROM misses m "
+            "SELECT m.key, m.model_sha256, m.params_json, m.messages_json, m.count, m.first_at, "
+            "m.last_at FROM misses m "
             "WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.key = m.key "
             "AND p.status = 'published')"
         )
@@ -616,12 +644,15 @@ class PredictionStore:
                 "params": json.loads(r[2]),
                 "messages": json.loads(r[3]),
                 "count": r[4],
+                "first_at": r[5],
+                "last_at": r[6],
             }
             for r in rows
         ]
 
     def flush_counters(self) -> None:
         with self._lock:
+            self._flushed_at = self._clock()
             pending = {k: v for k, v in self._counts.items() if v[0] or v[1]}
             if not pending:
                 return
@@ -633,7 +664,56 @@ class PredictionStore:
                         "misses = misses + excluded.misses",
                         (sha, hits, misses),
                     )
+                for (sha, hour), (hits, misses) in self._hours.items():
+                    self._conn.execute(
+                        "INSERT INTO lookup_hours (model_sha256, hour, hits, misses) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT(model_sha256, hour) DO UPDATE SET "
+                        "hits = hits + excluded.hits, misses = misses + excluded.misses",
+                        (sha, hour, hits, misses),
+                    )
             self._counts.clear()
+            self._hours.clear()
+
+    def lookup_hours(
+        self, model_sha256: str | None = None, since: float = 0.0
+    ) -> list[tuple[str, int, int, int]]:
+        """(model sha256, hour start, hits, misses) per model and hour from `since` on,
+        oldest first (unflushed counts included)."""
+        self.flush_counters()
+        sql = "SELECT model_sha256, hour, hits, misses FROM lookup_hours WHERE hour >= ?"
+        args: tuple[Any, ...] = (int(since // HOUR_S) * HOUR_S,)
+        if model_sha256 is not None:
+            sql += " AND model_sha256 = ?"
+            args += (model_sha256,)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY hour, model_sha256", args).fetchall()
+        return [(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def published_messages(
+        self, model_sha256: str | None = None, limit: int = 50_000
+    ) -> list[tuple[int, str, list[dict[str, str]]]]:
+        """(run id, item id, messages) of the newest `limit` published predictions: what a
+        miss is compared with to tell a new kind of request from a near one."""
+        sql = "SELECT run_id, item_id, messages_json FROM predictions WHERE status = 'published'"
+        args: tuple[Any, ...] = ()
+        if model_sha256 is not None:
+            sql += " AND model_sha256 = ?"
+            args = (model_sha256,)
+        with self._lock:
+            rows = self._conn.execute(
+                sql + " ORDER BY published_at DESC, run_id DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), json.loads(r[2])) for r in rows]
+
+    def model_sha256s(self) -> list[str]:
+        """Every model the store has predictions, misses or counted lookups for."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT model_sha256 FROM predictions UNION SELECT model_sha256 FROM misses "
+                "UNION SELECT model_sha256 FROM lookup_counts UNION "
+                "SELECT model_sha256 FROM lookup_hours"
+            ).fetchall()
+        return sorted(str(r[0]) for r in rows)
 
     def stats(self) -> tuple[list[ModelStats], int]:
         """Per-model figures, and the store file's size in bytes (with its WAL)."""
