@@ -48,6 +48,22 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--rejects", type=Path, help="where malformed lines go (OUTPUT.rejects.jsonl)")
     p.add_argument("--publish", action="store_true", help="publish the run when it completes")
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="decode on a Ray cluster (ADDRESS such as head:6379; none: start Ray here); "
+        "needs pip install 'tui-infer[ray]'",
+    )
+    p.add_argument(
+        "--ray-actors", type=int, default=1, help="Ray actors, each with --threads (default 1)"
+    )
+    p.add_argument(
+        "--ray-send-model",
+        action="store_true",
+        help="send the model through Ray even to nodes that have its path (sha256-checked)",
+    )
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
@@ -277,7 +293,23 @@ def _run_todo(
         )
     by_id = {b.id: (pos, b) for pos, b in todo}
     progress = BatchProgress()
-    runner = BatchRunner.load(model_path, opts, parallel=parallel, kv_unified=args.kv_unified)
+    runner: Any
+    if getattr(args, "ray", None) is not None:  # the same loop, decoded by Ray actors
+        from tui_infer.core.static.ray_batch import RayRunner
+
+        runner = RayRunner.start(
+            args.ray or None,
+            model_path,
+            model_sha,
+            opts,
+            parallel,
+            args.kv_unified,
+            args.ray_actors,
+            args.ray_send_model,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    else:
+        runner = BatchRunner.load(model_path, opts, parallel=parallel, kv_unified=args.kv_unified)
     bar = _Bar(total, already, progress) if sys.stderr.isatty() else None
     try:
         for res in runner.run([b for _, b in todo], sampling, run_seed, system, None, progress):

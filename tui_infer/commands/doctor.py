@@ -49,6 +49,9 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     t.add_row("python", f"{platform.python_version()} ({sys.executable})")
     for dist in ("llama-cpp-python", "textual", "huggingface-hub", "nvidia-ml-py"):
         t.add_row(dist, _version(dist))
+    ray = _version("ray")  # the optional extra behind `batch --ray`
+    hint = " (pip install 'tui-infer[ray]' for batch --ray)" if ray == "not installed" else ""
+    t.add_row("ray", ray + hint)
 
     import llama_cpp
 
