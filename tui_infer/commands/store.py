@@ -39,6 +39,32 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     exp.add_argument("-o", "--output", type=Path, required=True)
     mis = ss.add_parser("misses", help="requests the store missed, as the next batch's input")
     mis.add_argument("-o", "--output", type=Path, required=True)
+    drift = ss.add_parser(
+        "drift",
+        help="hit rate and misses over time, the top misses, the share unlike anything stored",
+        description="Is the store still answering what is asked? The hit rate and misses per "
+        "hour or day, the most frequent requests still missed, and how many of them are "
+        "near nothing stored (a near prediction is a suggestion, never served).",
+    )
+    drift.add_argument(
+        "-m",
+        "--model",
+        default=argparse.SUPPRESS,
+        help="only this model: a name, a .gguf path or a sha256 prefix (store stats shows "
+        "them); default: every model",
+    )
+    drift.add_argument("--by", choices=("hour", "day"), default="hour", help="bucket size")
+    drift.add_argument(
+        "--last", type=int, metavar="N", help="buckets shown (default: 48 hours or 30 days)"
+    )
+    drift.add_argument("--limit", type=int, default=10, metavar="N", help="top misses shown")
+    drift.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="similarity (0-1, character trigrams) from which a stored prompt is near a miss",
+    )
+    drift.add_argument("--json", action="store_true", help="one JSON object")
 
 
 def _when(t: float | None) -> str:
@@ -51,7 +77,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, [json.dumps(r, ensure_ascii=False) for r in rows], parents=False)
 
 
-READ_ONLY = ("runs", "show", "stats", "export", "misses")
+READ_ONLY = ("runs", "show", "stats", "export", "misses", "drift")
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
@@ -169,6 +195,8 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
             "(give it to 'tui-infer batch' as INPUT)"
         )
         return 0
+    if cmd == "drift":
+        return _drift(store, args)
     raise AssertionError(cmd)
 
 
@@ -191,3 +219,114 @@ def _pred_dict(p: Any) -> dict[str, Any]:
         "created_at": p.created_at,
         "published_at": p.published_at,
     }
+
+
+def _drift_model(store: Any, arg: str | None) -> str | None:
+    """-m as a model sha256: a sha256 prefix the store knows, else a name or a path."""
+    import re
+
+    from tui_infer.core.errors import ModelNotFoundError, TuiInferError
+    from tui_infer.core.models.resolve import resolve_model
+
+    if not arg:
+        return None
+    low = arg.lower()
+    if re.fullmatch(r"[0-9a-f]{6,64}", low):
+        known = [s for s in store.model_sha256s() if s.startswith(low)]
+        if len(known) > 1:
+            raise TuiInferError(f"-m {arg}: {len(known)} models' sha256 start so; give more of it")
+        if known:
+            return str(known[0])
+    path = resolve_model(arg)
+    if path is None or not path.is_file():
+        raise ModelNotFoundError(
+            f"-m {arg}: no such model file; give a model name, a .gguf path or a sha256 "
+            "prefix ('tui-infer store stats' lists the store's models)"
+        )
+    if str(store.path) == ":memory:":
+        return "-"  # no store yet: nothing to show for any model, and nothing to hash into
+    return str(store.model_sha256(path))
+
+
+def _drift(store: Any, args: argparse.Namespace) -> int:
+    from tui_infer.core.errors import TuiInferError
+    from tui_infer.core.static.drift import drift
+
+    if args.last is not None and args.last < 1:
+        raise TuiInferError(f"--last must be at least 1, got {args.last}")
+    if args.limit < 0:
+        raise TuiInferError(f"--limit must be 0 or more, got {args.limit}")
+    if not 0.0 < args.threshold <= 1.0:
+        raise TuiInferError(
+            f"--threshold must be above 0 and at most 1, got {args.threshold} "
+            "(0.5: half the trigrams shared)"
+        )
+    sha = _drift_model(store, getattr(args, "model", None))
+    report = drift(store, sha, by=args.by, span=args.last, top=args.limit, threshold=args.threshold)
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        return 0
+    print(_drift_text(report, str(store.path) == ":memory:"))
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _one_line(text: str, width: int) -> str:
+    line = " ".join(text.split())
+    return repr(line if len(line) <= width else line[: width - 1] + "…")
+
+
+def _drift_text(report: Any, no_store: bool) -> str:
+    from tui_infer.commands.tables import Table
+
+    unit = report.by
+    fmt = "%Y-%m-%d %H:00" if unit == "hour" else "%Y-%m-%d"
+    who = f"model {report.model_sha256[:12]}" if report.model_sha256 else "every model"
+    out = [
+        f"store drift per {unit}, the last {len(report.buckets)} {unit}s "
+        f"(since {time.strftime(fmt, time.localtime(report.since))}), {who}"
+    ]
+    if no_store:
+        out.append("store: none yet ('tui-infer batch' makes one)")
+    out.append(
+        f"lookups: {report.hits + report.misses}: {report.hits} hits, {report.misses} misses, "
+        f"hit rate {_pct(report.hit_rate)}"
+    )
+    t = Table(unit, "hits", "misses", "hit rate", right=("hits", "misses", "hit rate"))
+    for b in report.buckets:
+        if b.lookups:
+            t.add_row(
+                time.strftime(fmt, time.localtime(b.start)), b.hits, b.misses, _pct(b.hit_rate)
+            )
+    if t.rows:
+        out += ["", *t.lines(), f"({unit}s without lookups are left out; --json has them all)"]
+    out.append("")
+    if not report.open_misses:
+        out.append("no missed request left unanswered in this window")
+        return "\n".join(out)
+    out.append(
+        f"missed and still unanswered: {report.open_misses} requests, asked "
+        f"{report.missed_requests} times; unlike anything stored: {report.unlike} "
+        f"({_pct(report.unlike_share)} of the asks; similarity below {report.threshold:g})"
+    )
+    if report.top:
+        t = Table("asked", "last", "prompt", "nearest stored (a suggestion, never served)")
+        t.right = {0}
+        for m in report.top:
+            near = "nothing alike: a new kind of request"
+            if m.near is not None:
+                near = m.near.why
+                if m.near.run_id is not None:
+                    near += f": {_one_line(m.near.prompt, 40)}"
+            t.add_row(
+                m.count,
+                time.strftime("%m-%d %H:%M", time.localtime(m.last_at)),
+                _one_line(m.prompt, 50),
+                near,
+            )
+        out += ["", f"top {len(report.top)} misses:", *t.lines()]
+        out.append("'tui-infer store misses -o next.jsonl' writes them all as a batch's input")
+    return "\n".join(out)
