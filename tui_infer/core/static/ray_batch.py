@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +218,24 @@ class Decoder:
             yield row  # one block per finished prompt: the driver writes it at once
 
 
+def send_saved_token() -> None:
+    """Send this machine's Ray token to an explicit address, as ray.init does for 'auto'.
+
+    Clusters that `ray start` makes (Ray 2.5x) require a token; ray.init sends the saved one
+    (~/.ray/auth_token) only to a cluster it finds itself, unless RAY_AUTH_MODE=token was
+    set before Ray was imported. An explicit RAY_AUTH_MODE is left as it is.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray: its own rules apply
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def _no_restarts() -> dict[str, Any]:
     """An actor that fails (a model that does not load) fails the batch, not again and again."""
     return {"max_restarts": 0}
@@ -308,12 +328,15 @@ class RayRunner:
             common: dict[str, Any] = dict(
                 include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
             )
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            if address:
+                send_saved_token()
             try:
                 if address:
                     ray.init(address=address, **common)
-                else:
+                else:  # "local": a new instance even when `ray start` runs on this machine
                     need = actors * options.threads
-                    ray.init(num_cpus=max(os.cpu_count() or 1, need), **common)
+                    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), **common)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
@@ -364,7 +387,13 @@ class RayRunner:
             log,
         )
         if log is not None:
-            log(describe(runner, address))
+            if not started_here:
+                where = "the Ray cluster this process is connected to"
+            elif address:
+                where = f"the Ray cluster at {address}"
+            else:
+                where = "a local Ray instance"
+            log(describe(runner, where))
         return runner
 
     def run(
@@ -395,28 +424,12 @@ class RayRunner:
         per_actor = math.ceil(len(rows) / self.actors)
         batch_size = max(1, min(per_actor, max(256, self.parallel * 16)))
         source = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size))
-        ds = source.map_batches(
-            Decoder,
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_cpus=self.options.threads,
-            ray_remote_args_fn=_no_restarts,
-            fn_constructor_kwargs=dict(
-                model_path=str(self.model_path),
-                sha256=self.sha256,
-                size=self.size,
-                source=self._source,
-                options=self.options,
-                parallel=self.parallel,
-                kv_unified=self.kv_unified,
-                sampling=sampling,
-                run_seed=run_seed,
-                system=system,
-                send_model=self.send_model,
-                cache_dir=str(self.cache_dir) if self.cache_dir else None,
-            ),
-        )
+        extra: dict[str, Any] = {}
+        if "ray_remote_args_fn" in inspect.signature(source.map_batches).parameters:
+            extra["ray_remote_args_fn"] = _no_restarts  # deprecated in 2.5x, gone in 2.64
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray's deprecation notices are not the user's
+            ds = self._map(ray, source, batch_size, extra, sampling, run_seed, system)
         t0 = time.perf_counter()
         batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
         try:
@@ -443,6 +456,40 @@ class RayRunner:
             if close is not None:
                 close()
         self.stats.model_sends = int(self._ray.get(self._source.streams.remote()))
+
+    def _map(
+        self,
+        ray: Any,
+        source: Any,
+        batch_size: int,
+        extra: dict[str, Any],
+        sampling: SamplingParams,
+        run_seed: int,
+        system: str | None,
+    ) -> Any:
+        """The dataset of results: `source` through the pool of Decoder actors."""
+        return source.map_batches(
+            Decoder,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+            num_cpus=self.options.threads,
+            **extra,
+            fn_constructor_kwargs=dict(
+                model_path=str(self.model_path),
+                sha256=self.sha256,
+                size=self.size,
+                source=self._source,
+                options=self.options,
+                parallel=self.parallel,
+                kv_unified=self.kv_unified,
+                sampling=sampling,
+                run_seed=run_seed,
+                system=system,
+                send_model=self.send_model,
+                cache_dir=str(self.cache_dir) if self.cache_dir else None,
+            ),
+        )
 
     def close(self) -> None:
         if self._closed:
@@ -475,9 +522,8 @@ def _user_error(exc: BaseException) -> TuiInferError | None:
     return None
 
 
-def describe(runner: RayRunner, address: str | None) -> str:
+def describe(runner: RayRunner, where: str) -> str:
     """The one stderr line saying where the batch runs."""
-    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
     return (
         f"tui-infer: decoding on {where}: {runner.actors} actor(s) x {runner.options.threads} "
         f"thread(s), {runner.parallel} sequences each (Ray ready in {runner.stats.startup_s:.1f} s)"
