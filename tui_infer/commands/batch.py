@@ -308,6 +308,10 @@ def _run_todo(
             args.ray_send_model,
             log=lambda line: print(line, file=sys.stderr),
         )
+    elif getattr(args, "ray_actors", 1) != 1 or getattr(args, "ray_send_model", False):
+        from tui_infer.core.errors import TuiInferError
+
+        raise TuiInferError("--ray-actors and --ray-send-model go with --ray [ADDRESS]")
     else:
         runner = BatchRunner.load(model_path, opts, parallel=parallel, kv_unified=args.kv_unified)
     bar = _Bar(total, already, progress) if sys.stderr.isatty() else None
