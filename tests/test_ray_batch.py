@@ -266,6 +266,8 @@ def test_more_actors_than_the_cluster_holds_is_a_usage_error(
     assert "lower --ray-actors or --threads" in err
     assert main([*argv, "--ray-actors", "0"]) == 2
     assert "--ray-actors must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*argv[:-2], "--ray-actors", "2"]) == 2  # without --ray: not run locally
+    assert "--ray-actors and --ray-send-model go with --ray [ADDRESS]" in capsys.readouterr().err
     assert not out.exists()
 
 
