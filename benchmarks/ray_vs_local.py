@@ -85,7 +85,7 @@ def on_ray(
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=200)
-    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--parallel", type=int, default=8, help="sequences per runner (per actor)")
     ap.add_argument("--threads", type=int, default=2, help="local threads; split over actors")
     ap.add_argument("--ctx", type=int, default=4096)

@@ -117,9 +117,13 @@ def _same_rows(ray_rows: list[dict], local_rows: list[dict]) -> None:
 def test_ray_batch_matches_local_and_publishes(
     ray_address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: Path
 ) -> None:
-    src = _write_prompts(tmp_path / "in.txt")
+    src = tmp_path / "in.jsonl"  # a line's own max_tokens travels with it to the actor
+    lines = [{"id": f"q{i}", "prompt": p} for i, p in enumerate(PROMPTS)]
+    lines[0]["max_tokens"] = 3
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
     flags = ("--max-tokens", "10", "--parallel", "2", "--threads", "1")
     local = _local_batch(tmp_path, src, *flags)
+    assert local[0]["generated_tokens"] <= 3 < max(r["generated_tokens"] for r in local)
     out = tmp_path / "ray.jsonl"
     argv = ["batch", str(src), "-o", str(out), *flags, "--ray", ray_address, "--ray-actors", "2"]
     assert main(argv) == 0

@@ -22,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 import logging
 import math
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -37,7 +37,7 @@ from typing import Any
 
 from tui_infer.core.errors import ModelFileError, TuiInferError
 from tui_infer.core.inference.batched import BatchItem, BatchProgress, BatchResult
-from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
+from tui_infer.core.inference.types import LoadOptions, SamplingParams
 
 RAY_HINT = "pip install 'tui-infer[ray]'"
 CHUNK_BYTES = 8 << 20  # one object of the model's transfer
@@ -148,38 +148,12 @@ def receive_model(source: Any, sha256: str, size: int, cache_dir: Path) -> Path:
 
 
 def _encode(items: Iterable[BatchItem]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": b.id,
-            "messages": json.dumps([[m.role, m.content] for m in b.messages]),
-            "max_tokens": -1 if b.max_tokens is None else b.max_tokens,
-        }
-        for b in items
-    ]
+    """Dataset rows: each item pickled whole, so every field it has reaches the actor."""
+    return [{"id": b.id, "item": pickle.dumps(b)} for b in items]
 
 
 def _decode(batch: dict[str, Any]) -> list[BatchItem]:
-    return [
-        BatchItem(
-            str(i),
-            tuple(Message(r, c) for r, c in json.loads(str(m))),
-            None if int(t) < 0 else int(t),
-        )
-        for i, m, t in zip(batch["id"], batch["messages"], batch["max_tokens"], strict=True)
-    ]
-
-
-_COLUMNS = (
-    "id",
-    "text",
-    "finish_reason",
-    "prompt_tokens",
-    "prompt_tokens_evaluated",
-    "generated_tokens",
-    "ttft_s",
-    "total_s",
-    "seed",
-)
+    return [pickle.loads(bytes(x)) for x in batch["item"]]
 
 
 class Decoder:
@@ -213,9 +187,8 @@ class Decoder:
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list[Any]]]:
         for res in self._runner.run(_decode(batch), self._sampling, self._run_seed, self._system):
-            row = {c: [getattr(res, c)] for c in _COLUMNS if c != "seed"}
-            row["seed"] = [-1 if res.seed is None else res.seed]
-            yield row  # one block per finished prompt: the driver writes it at once
+            # one block per finished prompt: the driver writes it to the store at once
+            yield {"id": [res.id], "result": [pickle.dumps(res)]}
 
 
 def send_saved_token() -> None:
@@ -242,18 +215,9 @@ def _no_restarts() -> dict[str, Any]:
 
 
 def _result(batch: dict[str, Any], i: int) -> BatchResult:
-    seed = int(batch["seed"][i])
-    return BatchResult(
-        id=str(batch["id"][i]),
-        text=str(batch["text"][i]),
-        finish_reason=str(batch["finish_reason"][i]),
-        prompt_tokens=int(batch["prompt_tokens"][i]),
-        prompt_tokens_evaluated=int(batch["prompt_tokens_evaluated"][i]),
-        generated_tokens=int(batch["generated_tokens"][i]),
-        ttft_s=float(batch["ttft_s"][i]),
-        total_s=float(batch["total_s"][i]),
-        seed=None if seed < 0 else seed,
-    )
+    res = pickle.loads(bytes(batch["result"][i]))
+    assert isinstance(res, BatchResult)
+    return res
 
 
 @dataclass
