@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 ok, 1 failed while running, 2 usage or bad input, 3 not "
         "precomputed, 4 model or run not found, 5 batch finished with rejected lines, "
         "130 interrupted.",
+        # the top parser sees every argument: with abbreviations on, a subcommand's own
+        # option such as `store misses --top` was refused as ambiguous (--top-p, --top-k);
+        # the subcommands keep theirs
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"tui-infer {__version__}")
     parser.add_argument(
@@ -96,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--serve",
-        choices=("store-then-live", "live", "store"),
+        choices=("store-then-live", "live", "store", "store-any-sample"),
         help="answer from the prediction store when a published prediction matches "
         "(store-then-live, the default; or the 'serve' setting), never (live), or only "
-        "(store: a miss exits 3)",
+        "(store: a miss exits 3); store-any-sample also serves a prediction published for "
+        "the same prompt under other sampling parameters (temperature, seed, ...)",
     )
 
     doctor = sub.add_parser("doctor", help="versions, backend, devices, paths, default model")

@@ -23,10 +23,11 @@ from tui_infer.core.errors import ExitCode
 
 if TYPE_CHECKING:
     from tui_infer.core.config import Settings
-    from tui_infer.core.inference.types import LoadOptions
+    from tui_infer.core.inference.batched import BatchItem
+    from tui_infer.core.inference.types import LoadOptions, SamplingParams
     from tui_infer.core.paths import Paths
     from tui_infer.core.request_path import PreparedRequest
-    from tui_infer.core.static.batch_input import Reject
+    from tui_infer.core.static.batch_input import InputItem, Reject
 
 
 def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -34,16 +35,22 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         "batch",
         help="run the model over a file of prompts into the prediction store",
         description="Answer every prompt of INPUT (JSONL with 'prompt' or 'messages' and "
-        "optional 'id' and 'max_tokens'; a text file, one prompt per line; or CSV) with "
+        "optional 'id', 'max_tokens' and sampling fields; a text file, one prompt per line; "
+        "CSV; or OpenAI's batch input format, found by its content) with "
         "several sequences decoded at once. Predictions are kept in the store (staged until "
-        "published) and written to OUTPUT as JSONL in input order. Rerunning the same command "
-        "resumes an interrupted run. Greedy unless --temperature is given.",
+        "published) and written to OUTPUT as JSONL in input order (for an OpenAI input, in "
+        "OpenAI's batch output format). Rerunning the same command "
+        "resumes an interrupted run. Greedy unless --temperature (or the line) says otherwise.",
     )
     model_flags(p)
     p.add_argument("input", type=Path, help="JSONL, text or CSV file of prompts")
     p.add_argument("-o", "--output", type=Path, required=True, help="JSONL file to write")
     p.add_argument("--parallel", type=int, help="sequences decoded at once (default: 8 on CPU)")
-    p.add_argument("--format", choices=("jsonl", "text", "csv"), help="default: from extension")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "text", "csv", "openai"),
+        help="default: openai when the first line has a custom_id, else from the extension",
+    )
     p.add_argument("--column", help="the CSV column holding the prompt (default: 'prompt')")
     p.add_argument("--rejects", type=Path, help="where malformed lines go (OUTPUT.rejects.jsonl)")
     p.add_argument("--publish", action="store_true", help="publish the run when it completes")
@@ -70,9 +77,9 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     from tui_infer.core.errors import TuiInferError
     from tui_infer.core.files import atomic_write
     from tui_infer.core.inference.types import SamplingParams
-    from tui_infer.core.request_path import prepare, resolve_target
+    from tui_infer.core.request_path import resolve_target
     from tui_infer.core.static import store as st
-    from tui_infer.core.static.batch_input import Reject, read_input  # noqa: F811
+    from tui_infer.core.static.batch_input import Reject, read_batch_input  # noqa: F811
     from tui_infer.core.static.keys import normalize_params, params_hash, template_sha256
 
     if args.parallel is not None and args.parallel < 1:
@@ -86,18 +93,9 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             raise MissingFolderError(
                 f"{out.parent}: no such folder; create it or write {out.name} somewhere else"
             )
-    items, rejects = read_input(args.input, args.format, args.column)
+    read = read_batch_input(args.input, args.format, args.column)
+    items, rejects, in_format = read.items, read.rejects, read.format
     rejects_path = args.rejects or args.output.with_name(args.output.name + ".rejects.jsonl")
-    if rejects:
-        _write_rejects(rejects_path, rejects)
-        for r in rejects[:10]:
-            print(f"tui-infer: line {r.line} skipped: {r.reason}", file=sys.stderr)
-        if len(rejects) > 10:
-            print(f"tui-infer: ... {len(rejects) - 10} more", file=sys.stderr)
-        print(
-            f"tui-infer: {len(rejects)} malformed line(s) written to {rejects_path}",
-            file=sys.stderr,
-        )
 
     target = resolve_target(settings, paths)
     model_path = target.path
@@ -109,16 +107,23 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         raise TuiInferError(f"--max-tokens must be at least 1, got {sampling.max_tokens}")
     system = settings.system or None
 
-    from tui_infer.core.inference.batched import BatchItem
-
     batch_items: list[BatchItem] = []
     prepared: list[PreparedRequest] = []  # each line's request: its key and parameters
     store = st.PredictionStore.in_data_dir(paths.data_dir)
     try:
         model_sha = store.model_sha256(model_path)
+        items, mismatched = _with_this_model(items, model_sha, template_sha256(template_source))
+        rejects = sorted(rejects + mismatched, key=lambda r: r.line)
+        _report_rejects(rejects_path, rejects)
+        if not items:
+            raise TuiInferError(
+                f"{args.input}: none of its lines can run (line {rejects[0].line}: "
+                f"{rejects[0].reason})"
+            )
+        _note_models(items, model_path)
         for it in items:
-            req = prepare(store, target, it.messages, sampling, system, it.max_tokens, model_sha)
-            batch_items.append(BatchItem(it.id, req.messages, it.max_tokens))
+            req, b = _line_request(store, target, it, sampling, system, model_sha)
+            batch_items.append(b)
             prepared.append(req)
         run_params = normalize_params(sampling)
         signature = hashlib.sha256(
@@ -227,6 +232,15 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                     ensure_ascii=False,
                 )
             )
+        if in_format == "openai":
+            lines = _openai_lines(
+                items,
+                prepared,
+                preds,
+                sorted(rejects + too_long, key=lambda r: r.line),
+                run_id,
+                model_path.name,
+            )
         atomic_write(args.output, lines, parents=False)
         if too_long:
             rejects = sorted(rejects + too_long, key=lambda r: r.line)
@@ -255,6 +269,144 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     )
     print(summary)
     return int(ExitCode.REJECTED_LINES) if rejects else int(ExitCode.OK)
+
+
+def _report_rejects(path: Path, rejects: list[Reject]) -> None:
+    """The input's malformed lines: said on stderr (the first ten), written to `path`."""
+    if not rejects:
+        return
+    _write_rejects(path, rejects)
+    for r in rejects[:10]:
+        print(f"tui-infer: line {r.line} skipped: {r.reason}", file=sys.stderr)
+    if len(rejects) > 10:
+        print(f"tui-infer: ... {len(rejects) - 10} more", file=sys.stderr)
+    print(f"tui-infer: {len(rejects)} malformed line(s) written to {path}", file=sys.stderr)
+
+
+def _with_this_model(
+    items: list[InputItem], model_sha: str, template_sha: str
+) -> tuple[list[InputItem], list[Reject]]:
+    """A `store misses` line names the model and template it missed with: run under others,
+    its prediction would answer another key, never that request. Such lines are rejects."""
+    from tui_infer.core.static.batch_input import Reject
+
+    keep, rejects = [], []
+    for it in items:
+        if it.model_sha256 and it.model_sha256 != model_sha:
+            why = (
+                f"missed with another model (sha256 {it.model_sha256[:12]}, this one is "
+                f"{model_sha[:12]}); run this line with -m that model"
+            )
+        elif it.template_sha256 and it.template_sha256 != template_sha:
+            why = (
+                f"missed with another chat template (sha256 {it.template_sha256[:12]}); run "
+                "it with the [templates] setting it was asked under"
+            )
+        else:
+            keep.append(it)
+            continue
+        rejects.append(Reject(it.line, why, it.id))
+    return keep, rejects
+
+
+def _note_models(items: list[InputItem], model_path: Path) -> None:
+    """An OpenAI line's body.model is not what answers it: the run's -m is. Said once."""
+    named = sorted({it.model for it in items if it.model})
+    if named:
+        shown = ", ".join(repr(n) for n in named[:3]) + (" ..." if len(named) > 3 else "")
+        print(
+            f"tui-infer: note: body.model ({shown}) is ignored: every line is answered by "
+            f"{model_path.name} (-m)",
+            file=sys.stderr,
+        )
+
+
+def _line_request(
+    store: Any,
+    target: Any,
+    it: InputItem,
+    sampling: SamplingParams,
+    system: str | None,
+    model_sha: str,
+) -> tuple[PreparedRequest, BatchItem]:
+    """A line's request, keyed with its own sampling fields over the run's (a raw prompt
+    through no chat template), and the item the runner decodes for it. A sampled line with
+    a seed is decoded with that very seed: its prediction is that seed's sample."""
+    from tui_infer.core.inference.batched import BatchItem
+    from tui_infer.core.request_path import prepare, prepare_raw
+
+    own = replace(sampling, **it.sampling) if it.sampling else sampling
+    if it.raw_prompt is not None:
+        req = prepare_raw(store, target, it.raw_prompt, own, it.max_tokens, model_sha)
+    else:
+        req = prepare(store, target, it.messages, own, system, it.max_tokens, model_sha)
+    per_item = own if (it.sampling or own.seed >= 0) else None
+    return req, BatchItem(it.id, req.messages, it.max_tokens, per_item, it.raw_prompt)
+
+
+def _openai_lines(
+    items: list[InputItem],
+    prepared: list[PreparedRequest],
+    preds: dict[str, Any],
+    rejects: list[Reject],
+    run_id: int,
+    model_name: str,
+) -> list[str]:
+    """OpenAI's batch output format (as vLLM's run_batch writes it), one line per input
+    line in input order: {id, custom_id, response: {status_code, request_id, body}, error};
+    a chat.completion or text_completion body with usage, or for a rejected line
+    status_code 400, body null and error {code, message}. Ids are stable across reruns."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    done_ids = set()
+    for it, req in zip(items, prepared, strict=True):
+        p = preds[it.id]
+        if p.finish_reason == "overflow":
+            continue  # in `rejects`
+        done_ids.add(it.line)
+        tag = hashlib.sha256(f"{run_id}\x1f{it.id}".encode()).hexdigest()[:24]
+        usage = {
+            "prompt_tokens": p.prompt_tokens,
+            "completion_tokens": p.generated_tokens,
+            "total_tokens": p.prompt_tokens + p.generated_tokens,
+        }
+        choice: dict[str, Any] = {"index": 0}
+        if it.raw_prompt is not None:
+            obj, cid = "text_completion", f"cmpl-{tag}"
+            choice["text"] = p.output
+        else:
+            obj, cid = "chat.completion", f"chatcmpl-{tag}"
+            choice["message"] = {"role": "assistant", "content": p.output}
+        choice["logprobs"] = None
+        choice["finish_reason"] = p.finish_reason
+        body = {
+            "id": cid,
+            "object": obj,
+            "created": int(p.created_at),
+            "model": model_name,
+            "choices": [choice],
+            "usage": usage,
+            "x_tui_infer": {"run": run_id, "key": req.key},
+        }
+        rows.append((it.line, _openai_row(tag, it.id, 200, body, None)))
+    for r in rejects:
+        if r.line in done_ids:
+            continue
+        tag = hashlib.sha256(f"{run_id}\x1freject\x1f{r.line}".encode()).hexdigest()[:24]
+        error = {"code": "invalid_request", "message": f"line {r.line}: {r.reason}"}
+        rows.append((r.line, _openai_row(tag, r.custom_id, 400, None, error)))
+    rows.sort(key=lambda row: row[0])
+    return [json.dumps(row, ensure_ascii=False) for _, row in rows]
+
+
+def _openai_row(
+    tag: str, custom_id: str | None, status: int, body: Any, error: Any
+) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{tag}",
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": f"req_{tag}", "body": body},
+        "error": error,
+    }
 
 
 def _write_rejects(path: Path, rejects: list[Reject]) -> None:

@@ -155,7 +155,7 @@ def _from_store(
     """--serve: answer from a published prediction (exit code), or None to go live."""
     from tui_infer.core.request_path import explain_miss, lookup
 
-    hit = lookup(store, request)
+    hit = lookup(store, request, mode=mode)
     if hit is None:
         why = explain_miss(store, request)
         if mode == "store":

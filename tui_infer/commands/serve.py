@@ -60,8 +60,9 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     )
     p.add_argument(
         "--serve",
-        choices=("store-then-live", "live", "store"),
-        help="answer from the store first (default), never, or only",
+        choices=("store-then-live", "live", "store", "store-any-sample"),
+        help="answer from the store first (default), never, or only; store-any-sample: "
+        "also from a prediction for the same messages under other sampling parameters",
     )
     p.add_argument("--api-key-file", type=Path, help="a file holding the API key clients send")
     p.add_argument(

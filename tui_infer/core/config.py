@@ -22,7 +22,9 @@ else:  # pragma: no cover
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 OVERFLOW_POLICIES = ("ask", "refuse", "drop-oldest")  # ask: the TUI asks; run refuses
-SERVE_MODES = ("store-then-live", "live", "store")  # the prediction store, then the model
+# the prediction store, then the model; store-any-sample: the store also answers a request
+# from a prediction for the same messages under other sampling parameters
+SERVE_MODES = ("store-then-live", "live", "store", "store-any-sample")
 
 
 def default_threads() -> int:

@@ -16,7 +16,11 @@ straight line:
 3. **look the store up** (`lookup`): a published prediction answers at once; a miss is
    recorded (the long tail, exported as the next batch's input) unless the caller only
    peeks, and `explain_miss` says when the same conversation was precomputed under other
-   parameters or another template (never served: the key is what was rendered).
+   parameters or another template (not served, unless the caller chose
+   `store-any-sample`: then the newest published prediction for the same messages answers
+   whatever its sampling parameters). A miss keeps every part of its key (messages,
+   template, all sampling parameters, stop strings): `store misses -o` writes it as a line
+   that `batch` runs with exactly those, so that once published the request is a hit.
 4. **otherwise schedule it** on the loaded model (`core.inference`: the engine for one
    sequence, the batched decoder for many) and stream chunks and figures back.
 
@@ -37,9 +41,12 @@ from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
 from tui_infer.core.models.gguf import GgufHeader, read_header
 from tui_infer.core.models.resolve import NO_MODEL_HELP, resolve_model
 from tui_infer.core.static.keys import (
+    RAW_ROLE,
+    RAW_TEMPLATE,
     describe_difference,
     normalize_params,
     normalized_messages,
+    raw_prompt_key,
     request_key,
     template_sha256,
 )
@@ -110,6 +117,12 @@ class PreparedRequest:
     key: str
     model_sha256: str
     template_source: str
+    raw: bool = False  # a raw prompt (no chat template): messages is one "prompt" message
+
+    @property
+    def template_sha(self) -> str:
+        """The template part of the key (RAW_TEMPLATE for a raw prompt)."""
+        return RAW_TEMPLATE if self.raw else template_sha256(self.template_source)
 
 
 def with_system(messages: Iterable[Message], system: str | None) -> tuple[Message, ...]:
@@ -145,17 +158,52 @@ def prepare(
     return PreparedRequest(msgs, sampling, params, key, sha, target.template_source)
 
 
+def prepare_raw(
+    store: PredictionStore,
+    target: KeyTarget,
+    prompt: str,
+    sampling: SamplingParams,
+    max_tokens: int | None = None,
+    model_sha256: str | None = None,
+) -> PreparedRequest:
+    """A raw prompt (OpenAI's /v1/completions): rendered through no chat template, the text
+    exactly as given, keyed as such (never the key of a chat request with the same text)."""
+    if max_tokens is not None:
+        sampling = replace(sampling, max_tokens=max_tokens)
+    sha = model_sha256 or store.model_sha256(target.path)
+    params = normalize_params(sampling)
+    key = raw_prompt_key(sha, params, prompt)
+    msgs = (Message(RAW_ROLE, prompt),)
+    return PreparedRequest(msgs, sampling, params, key, sha, "", raw=True)
+
+
+# store-any-sample: as store-then-live, but a request whose exact key misses is answered by
+# the newest published prediction for the same messages whatever its sampling parameters
+SERVE_MODES = ("store-then-live", "live", "store", "store-any-sample")
+ANY_SAMPLE = "store-any-sample"
+
+
 def lookup(
-    store: PredictionStore, request: PreparedRequest, record_miss: bool = True
+    store: PredictionStore,
+    request: PreparedRequest,
+    record_miss: bool = True,
+    mode: str | None = None,
 ) -> Prediction | None:
-    """The published answer to this request, or None (recorded as a miss unless told not to)."""
+    """The published answer to this request, or None (recorded as a miss unless told not to).
+    With mode store-any-sample, a miss of the exact key is answered by a published prediction
+    for the same messages under any sampling parameters (then it is no miss)."""
     hit = store.lookup(request.key, request.model_sha256)
+    if hit is None and mode == ANY_SAMPLE and not request.raw:
+        hit = store.any_sample(request.model_sha256, request.messages, request.template_sha)
     if hit is None and record_miss:
-        store.record_miss(request.key, request.model_sha256, request.params, request.messages)
+        store.record_miss(
+            request.key,
+            request.model_sha256,
+            request.params,
+            request.messages,
+            request.template_sha,
+        )
     return hit
-
-
-SERVE_MODES = ("store-then-live", "live", "store")
 
 
 def explain_miss(store: PredictionStore, request: PreparedRequest) -> str | None:
@@ -166,6 +214,4 @@ def explain_miss(store: PredictionStore, request: PreparedRequest) -> str | None
     if found is None:
         return None
     params, template_sha = found
-    return describe_difference(
-        params, template_sha, request.params, template_sha256(request.template_source)
-    )
+    return describe_difference(params, template_sha, request.params, request.template_sha)

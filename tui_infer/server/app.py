@@ -335,7 +335,7 @@ class Server:
             )
             if self.settings.serve == "live":
                 return prepared, None, None
-            hit = rp.lookup(self.store, prepared)
+            hit = rp.lookup(self.store, prepared, mode=self.settings.serve)
             why = rp.explain_miss(self.store, prepared) if hit is None else None
         self.metrics.store(hit is not None)
         return prepared, hit, why

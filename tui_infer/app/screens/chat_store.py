@@ -85,7 +85,7 @@ class StoreServing(ChatScreenBase):
                 self.session.messages_for(turns),
                 SamplingParams.from_settings(self.settings),
             )
-            hit = rp.lookup(self.store, request)
+            hit = rp.lookup(self.store, request, mode=mode)
         except (TuiInferError, OSError) as exc:
             if mode == "store":
                 self.post_message(NotPrecomputed(text, f"the prediction store failed: {exc}"))

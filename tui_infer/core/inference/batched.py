@@ -72,6 +72,10 @@ class BatchItem:
     id: str
     messages: tuple[Message, ...]
     max_tokens: int | None = None  # None: the run's
+    # this item's own sampling (None: the run's); its seed, when not -1, is the item's
+    # sampling seed itself (else one from the run seed and the id); its stop strings end it
+    sampling: SamplingParams | None = None
+    raw_prompt: str | None = None  # a plain prompt: no chat template, BOS as the vocab says
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class _Slot(SeqSlot):
     n_gen: int = 0
     t_start: float = 0.0
     t_first: float = 0.0
+    stops: tuple[str, ...] = ()  # the item's stop strings
 
 
 @dataclass
@@ -327,7 +332,9 @@ class BatchRunner:
                         if slot.n_gen == 1:
                             slot.t_first = now
                         slot.pieces.append(self._piece(tok, buf))
-                        if slot.n_gen >= slot.max_tokens or slot.pos + 1 >= self.n_ctx_seq:
+                        if slot.stops and self._stopped(slot):
+                            done_reason = "stop"  # the reply holds a stop string: cut there
+                        elif slot.n_gen >= slot.max_tokens or slot.pos + 1 >= self.n_ctx_seq:
                             done_reason = "length"
                         else:
                             slot.pending = [tok]
@@ -365,7 +372,12 @@ class BatchRunner:
         run_seed: int,
     ) -> BatchResult | None:
         """Put `item` in `slot`; a prompt that cannot fit a slot is answered 'overflow' at once."""
-        tokens = self.tokenize(self.render(item.messages))
+        if item.raw_prompt is not None:
+            tokens = self.tokenize(item.raw_prompt)
+            if self._lib.llama_vocab_get_add_bos(self._vocab):
+                tokens.insert(0, int(self._lib.llama_vocab_bos(self._vocab)))
+        else:
+            tokens = self.tokenize(self.render(item.messages))
         t0 = time.perf_counter()
         if len(tokens) >= self.n_ctx_seq:
             return BatchResult(item.id, "", "overflow", len(tokens), 0, 0, 0.0, 0.0, None)
@@ -378,7 +390,14 @@ class BatchRunner:
                 self._lib.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
             slot.has_prefix = False
             kept = 0
-        seed = None if sampling.greedy else item_seed(run_seed, item.id)
+        if item.sampling is not None:
+            sampling = item.sampling
+        if sampling.greedy:
+            seed = None
+        elif item.sampling is not None and sampling.seed >= 0:
+            seed = sampling.seed
+        else:
+            seed = item_seed(run_seed, item.id)
         if slot.sampler is not None:
             self._lib.llama_sampler_free(slot.sampler)
         slot.sampler = make_sampler(self._lib, self._n_vocab, sampling, seed)
@@ -390,11 +409,23 @@ class BatchRunner:
         slot.uses_prefix = uses_prefix
         slot.max_tokens = item.max_tokens if item.max_tokens is not None else sampling.max_tokens
         slot.seed = seed
+        slot.stops = sampling.stop
         slot.pieces = []
         slot.n_gen = 0
         slot.t_start = t0
         slot.t_first = 0.0
         return None
+
+    @staticmethod
+    def _stopped(slot: _Slot) -> bool:
+        """Whether the reply now holds one of its stop strings: then it is cut before the
+        first of them (the stop string is not part of the reply)."""
+        text = b"".join(slot.pieces).decode("utf-8", errors="ignore")
+        cuts = [i for s in slot.stops if (i := text.find(s)) >= 0]
+        if not cuts:
+            return False
+        slot.pieces = [text[: min(cuts)].encode("utf-8")]
+        return True
 
     def _fill(self, batch: Any, active: list[_Slot], cap: int) -> int:
         """Generating slots' one token each first, then prompt tokens while room remains."""

@@ -14,6 +14,11 @@ Normalization:
   sampled ones keep them all, with seed None when it is random (-1). Stop strings are
   kept (as a list, in the request's order) only when there are some, so that every key
   made before they existed stays the same.
+- a raw prompt (an OpenAI `/v1/completions` line: no chat template) is keyed with the
+  template part RAW_TEMPLATE (not a sha256, so never a real template's) and one message
+  of role "prompt" holding the text exactly as given (no whitespace is stripped: a
+  completion prompt's trailing space changes the continuation). Its key can never be the
+  key of a chat request with the same text.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ KEY_VERSION = 1
 # or ValueError with the reason it cannot be done. Empty while the recipe is version 1.
 Rekeyer = Callable[[str, str, dict[str, Any], list[dict[str, str]]], str]
 REKEYERS: dict[int, Rekeyer] = {}
+
+# The template part of a raw prompt's key: rendered through no template.
+RAW_TEMPLATE = "raw-prompt"
+RAW_ROLE = "prompt"
 
 
 def normalize_messages(messages: Iterable[Message]) -> list[dict[str, str]]:
@@ -98,6 +107,16 @@ def request_key(
     return key_from(
         model_sha256, template_sha256(template_source), params, normalize_messages(messages)
     )
+
+
+def raw_prompt_messages(prompt: str) -> list[dict[str, str]]:
+    """A raw prompt as the key and the store hold it: one "prompt" message, text exact."""
+    return [{"role": RAW_ROLE, "content": prompt}]
+
+
+def raw_prompt_key(model_sha256: str, params: dict[str, Any], prompt: str) -> str:
+    """The key of a raw (no chat template) prompt: never a chat request's key."""
+    return key_from(model_sha256, RAW_TEMPLATE, params, raw_prompt_messages(prompt))
 
 
 def messages_json(messages: Iterable[Message]) -> str:

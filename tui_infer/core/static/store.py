@@ -126,6 +126,12 @@ MIGRATIONS = [
         PRIMARY KEY (model_sha256, hour)
     ) WITHOUT ROWID;
     """,
+    # 5: a miss keeps the template it was rendered with (the rest of its key is kept
+    # already): `store misses` writes it, `batch` checks it before running the line
+    """
+    ALTER TABLE misses ADD COLUMN template_sha256 TEXT NOT NULL DEFAULT '';
+    CREATE INDEX misses_count ON misses(count);
+    """,
 ]
 
 # What the store serves: a finished answer, not an error or a prompt that did not fit.
@@ -604,13 +610,15 @@ class PredictionStore:
         model_sha256: str,
         params: dict[str, Any],
         messages: Iterable[Message],
+        template_sha256: str = "",
     ) -> None:
-        """Remember a request the store could not answer (exported by `store misses`)."""
+        """Remember a request the store could not answer (exported by `store misses`), with
+        every part of its key: messages, template, all sampling parameters, stop strings."""
         now = self._clock()
         with self._lock, self._write():
             self._conn.execute(
                 "INSERT INTO misses (key, model_sha256, params_json, messages_json, count, "
-                "first_at, last_at) VALUES (?, ?, ?, ?, 1, ?, ?) "
+                "first_at, last_at, template_sha256) VALUES (?, ?, ?, ?, 1, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
                 (
                     key,
@@ -619,24 +627,32 @@ class PredictionStore:
                     messages_json(messages),
                     now,
                     now,
+                    template_sha256,
                 ),
             )
 
-    def misses(self, model_sha256: str | None = None) -> list[dict[str, Any]]:
-        """Missed requests not answered since: each {'key', 'messages', 'params', 'count',
-        'first_at', 'last_at'}."""
+    def misses(
+        self, model_sha256: str | None = None, top: int | None = None, min_count: int = 1
+    ) -> list[dict[str, Any]]:
+        """Missed requests not answered since, most missed first (then the oldest): each
+        {'key', 'model_sha256', 'template_sha256', 'messages', 'params', 'count',
+        'first_at', 'last_at'}; at most `top` of them, each missed `min_count` times or more."""
         sql = (
             "SELECT m.key, m.model_sha256, m.params_json, m.messages_json, m.count, m.first_at, "
-            "m.last_at FROM misses m "
+            "m.last_at, m.template_sha256 FROM misses m "
             "WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.key = m.key "
-            "AND p.status = 'published')"
+            "AND p.status = 'published') AND m.count >= ?"
         )
-        args: tuple[Any, ...] = ()
+        args: tuple[Any, ...] = (min_count,)
         if model_sha256:
             sql += " AND m.model_sha256 = ?"
-            args = (model_sha256,)
+            args += (model_sha256,)
+        sql += " ORDER BY m.count DESC, m.first_at, m.key"
+        if top is not None:
+            sql += " LIMIT ?"
+            args += (top,)
         with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY m.first_at", args).fetchall()
+            rows = self._conn.execute(sql, args).fetchall()
         return [
             {
                 "key": r[0],
@@ -646,9 +662,38 @@ class PredictionStore:
                 "count": r[4],
                 "first_at": r[5],
                 "last_at": r[6],
+                "template_sha256": r[7],
             }
             for r in rows
         ]
+
+    def any_sample(
+        self, model_sha256: str, messages: Iterable[Message], template_sha256: str
+    ) -> Prediction | None:
+        """--serve store-any-sample: the newest published prediction for the same model and
+        messages whatever its sampling parameters (one made with this template first).
+        Called right after lookup() missed: when it answers, that miss is counted a hit."""
+        mkey = messages_key(model_sha256, messages_json(messages))
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {', '.join('p.' + c.strip() for c in _PRED_COLS.split(','))} "
+                "FROM predictions p JOIN runs r ON r.id = p.run_id "
+                "WHERE p.messages_key = ? AND p.status = 'published' "
+                "ORDER BY r.template_sha256 = ? DESC, p.published_at DESC, p.run_id DESC "
+                "LIMIT 1",
+                (mkey, template_sha256),
+            ).fetchone()
+            if row is None:
+                return None
+            hour = int(self._clock() // HOUR_S) * HOUR_S
+            for counts in (self._counts.get(model_sha256), self._hours.get((model_sha256, hour))):
+                if counts is not None and counts[1] > 0:
+                    counts[1] -= 1
+                    counts[0] += 1
+            if self.session_misses > 0:
+                self.session_misses -= 1
+                self.session_hits += 1
+        return _prediction(row)
 
     def flush_counters(self) -> None:
         with self._lock:
