@@ -41,6 +41,8 @@ class TuiInferApp(App[None]):
         Binding("f3", "models", "Models", show=False),
         Binding("f9", "batch", "Batch", show=False),
         Binding("f4", "server", "Server", show=False),
+        # priority, as F7: the chat's input box (a TextArea) takes F6 for "select line"
+        Binding("f6", "drift", "Drift", show=False, priority=True),
     ]
 
     def __init__(
@@ -216,6 +218,12 @@ class TuiInferApp(App[None]):
         if not isinstance(self.screen, BatchScreen):
             self.push_screen(BatchScreen(self.store, self.settings, self.chat.model_path))
 
+    def action_drift(self) -> None:
+        from tui_infer.app.screens.drift import DriftScreen
+
+        if not isinstance(self.screen, DriftScreen):
+            self.push_screen(DriftScreen(self.store, self.settings, self.chat.model_path))
+
     def action_server(self) -> None:
         """Installed once: the server it starts keeps running while the chat is shown."""
         from tui_infer.app.screens.server import ServerScreen
@@ -239,6 +247,11 @@ class TuiInferApp(App[None]):
             "Batch runs",
             "Review, publish and roll back the prediction store's runs; start a batch (F9)",
             self.action_batch,
+        )
+        yield SystemCommand(
+            "Drift",
+            "The store's hit rate and misses over time; batch the top misses next (F6)",
+            self.action_drift,
         )
         yield SystemCommand(
             "Models", "The library, import, remove, the hub, downloads (F3)", self.action_models
