@@ -193,6 +193,8 @@ def test_top_misses_and_the_share_unlike_anything_stored(tmp_path: Path) -> None
         spain_line = [{"role": "user", "content": "What is the capital of Spain?"}]
         assert lines[1]["messages"] == spain_line
         assert lines[1]["max_tokens"] == 16 and lines[1]["misses"] == 3
+        assert lines[1]["temperature"] == 0.0 and lines[1]["model_sha256"] == SHA
+        assert lines[1]["template_sha256"] == spain.template_sha256 != ""
         # the near prediction is a suggestion: the request still misses
         assert store.lookup(request(store, "What is the capital of Spain?").key, SHA) is None
 

@@ -30,10 +30,12 @@ pytestmark = pytest.mark.anyio
 SIZE = (140, 40)
 STORED = "What is the capital of France?"
 MISSED = ["What is the capital of Spain?", "Write a haiku about the sea."]
+MAX_TOKENS = 48
 
 
 def publish_batch(tmp_path: Path, model_path: Path, prompts: list[str]) -> None:
-    """`tui-infer batch --publish` on the prompts, greedy, 8 tokens."""
+    """`tui-infer batch --publish` on the prompts, greedy (a reply that ends by itself: one
+    cut at max_tokens is flagged, and publishing waits for its review)."""
     src = tmp_path / "prompts.txt"
     src.write_text("\n".join(prompts) + "\n", encoding="utf-8")
     env = {**os.environ, "TUI_INFER_DATA_DIR": str(tmp_path / "data")}
@@ -49,7 +51,7 @@ def publish_batch(tmp_path: Path, model_path: Path, prompts: list[str]) -> None:
             "-m",
             str(model_path),
             "--max-tokens",
-            "8",
+            str(MAX_TOKENS),
             "--ctx",
             "512",
             "--publish",
@@ -76,7 +78,7 @@ async def test_drift_view_shows_the_misses_and_batches_them(
 ) -> None:
     publish_batch(tmp_path, model_path, [STORED])
     rec = Recorder()
-    app = make_app(tmp_path, model_path, temperature=0.0, max_tokens=8, ctx=512)
+    app = make_app(tmp_path, model_path, temperature=0.0, max_tokens=MAX_TOKENS, ctx=512)
     async with app.run_test(size=SIZE, message_hook=rec) as pilot:
         await ready(pilot)
         chat = app.chat
@@ -129,7 +131,8 @@ async def test_drift_view_shows_the_misses_and_batches_them(
         [written] = list((tmp_path / "data" / "batches").glob("drift-*.jsonl"))
         lines = [json.loads(line) for line in written.read_text().splitlines()]
         assert sorted(line["messages"][-1]["content"] for line in lines) == sorted(MISSED)
-        assert all(line["max_tokens"] == 8 for line in lines)
+        assert all(line["max_tokens"] == MAX_TOKENS for line in lines)
+        assert all(line["model_sha256"] == app.store.model_sha256(model_path) for line in lines)
         await wait_for(pilot, lambda: batch.process is None, timeout=120)
         run = app.store.runs()[-1]
         assert run.id == 2 and run.status == "done" and run.n_done == 2

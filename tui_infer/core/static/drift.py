@@ -154,6 +154,7 @@ class MissedRequest:
     first_at: float
     last_at: float
     near: NearStored | None  # None: unlike anything stored
+    template_sha256: str = ""  # "" for misses recorded before the template was kept
 
     @property
     def prompt(self) -> str:
@@ -337,6 +338,7 @@ def drift(
             first_at=m["first_at"],
             last_at=m["last_at"],
             near=near(m),
+            template_sha256=m.get("template_sha256") or "",
         )
         for m in missed
     ]
@@ -356,16 +358,18 @@ def drift(
 
 
 def batch_lines(report: DriftReport) -> list[dict[str, Any]]:
-    """The top misses as the next batch's input lines (the shape `store misses -o` writes)."""
-    return [
-        {
-            "id": m.key[:16],
-            "messages": m.messages,
-            "max_tokens": m.params.get("max_tokens"),
-            "misses": m.count,
-        }
-        for m in report.top
-    ]
+    """The top misses as the next batch's input lines, in the shape `store misses -o` writes:
+    every part of the key (messages, parameters, model, template), so a batch makes exactly
+    the predictions that answer them."""
+    lines = []
+    for m in report.top:
+        line: dict[str, Any] = {"id": m.key[:16], "messages": m.messages, **m.params}
+        line["model_sha256"] = m.model_sha256
+        if m.template_sha256:
+            line["template_sha256"] = m.template_sha256
+        line["misses"] = m.count
+        lines.append(line)
+    return lines
 
 
 __all__ = [
