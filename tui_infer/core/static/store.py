@@ -591,15 +591,21 @@ class PredictionStore:
                 (key,),
             ).fetchone()
             now = self._clock()
-            c = self._counts.setdefault(model_sha256, [0, 0])
-            h = self._hours.setdefault((model_sha256, int(now // HOUR_S) * HOUR_S), [0, 0])
-            hit = 0 if row is None else 1
-            c[1 - hit] += 1
-            h[1 - hit] += 1
-            if hit:
-                self.session_hits += 1
-            else:
+            c = self._counts.get(model_sha256)
+            if c is None:
+                c = self._counts[model_sha256] = [0, 0]
+            hour = (model_sha256, int(now // HOUR_S) * HOUR_S)
+            h = self._hours.get(hour)
+            if h is None:
+                h = self._hours[hour] = [0, 0]
+            if row is None:
+                c[1] += 1
+                h[1] += 1
                 self.session_misses += 1
+            else:
+                c[0] += 1
+                h[0] += 1
+                self.session_hits += 1
             if now - self._flushed_at >= FLUSH_EVERY_S:
                 self.flush_counters()
         return _prediction(row) if row is not None else None
