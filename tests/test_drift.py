@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import time
 from pathlib import Path
 
@@ -289,3 +290,24 @@ def test_store_drift_command(
         assert said in err and len(err.strip().splitlines()) == 1, err
     with PredictionStore(data / "store.sqlite3") as store:
         assert store.stats()[0][0].hits == 3  # nothing the store had was lost
+
+
+def test_a_locked_store_does_not_fail_a_lookup_and_keeps_its_counts(tmp_path: Path) -> None:
+    """The once-a-minute write of the counts is the only write a hit makes: when it cannot
+    be made (another process holds the file's write lock past the busy timeout; a full
+    disk) the hit is still served, and the counts are written at the next chance."""
+    clock = Clock(T0)
+    path = tmp_path / "store.sqlite3"
+    with PredictionStore(path, clock=clock) as store:
+        publish(store, STORED)
+        store.flush_counters()
+        store._conn.execute("PRAGMA busy_timeout = 0")  # (10 s by default: a slow test)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer, mid-transaction
+        ask(store, STORED[0])
+        clock.t = T0 + FLUSH_EVERY_S + 1
+        hit = store.lookup(request(store, STORED[0]).key, SHA)  # its write fails: served
+        assert hit is not None and hit.output == "answer 0"
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.lookup_hours(SHA) == [(SHA, int(T0), 2, 0)]

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_infer.core.db import StoreError, connect, transaction
-from tui_infer.core.errors import NotFoundError
+from tui_infer.core.errors import NotFoundError, TuiInferError
 from tui_infer.core.inference.types import Message
 from tui_infer.core.models.digest import HASHES_FILE, DigestCache
 from tui_infer.core.static import keys
@@ -607,7 +607,12 @@ class PredictionStore:
                 h[0] += 1
                 self.session_hits += 1
             if now - self._flushed_at >= FLUSH_EVERY_S:
-                self.flush_counters()
+                try:
+                    self.flush_counters()
+                except (sqlite3.Error, TuiInferError):
+                    # a full disk or a locked file must not fail a lookup (a hit does not
+                    # need the disk): the counts stay in memory, tried again in a minute
+                    self._flushed_at = now
         return _prediction(row) if row is not None else None
 
     def record_miss(
