@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn every failure into one line and a documented exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command line as typed, for a batch run's provenance (secrets redacted there)
+    args.argv = ["tui-infer", *(sys.argv[1:] if argv is None else argv)]
     from tui_infer.core.errors import ExitCode, TuiInferError
     from tui_infer.core.paths import default_paths
 

@@ -53,7 +53,16 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     )
     p.add_argument("--column", help="the CSV column holding the prompt (default: 'prompt')")
     p.add_argument("--rejects", type=Path, help="where malformed lines go (OUTPUT.rejects.jsonl)")
-    p.add_argument("--publish", action="store_true", help="publish the run when it completes")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="publish the run when it completes, unless verification flags answers",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --publish: publish even with flagged answers not rejected",
+    )
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
     p.add_argument(
         "--ray",
@@ -152,6 +161,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                 n_items=len(batch_items),
                 input_path=str(args.input.resolve()),
                 llama_cpp_version=getattr(llama_cpp, "__version__", ""),
+                provenance=_provenance(args, model_path, model_sha, target, settings),
             )
             resumed = 0
         else:
@@ -247,7 +257,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             _write_rejects(rejects_path, rejects)
             for r in too_long[:10]:
                 print(f"tui-infer: line {r.line} rejected: {r.reason}", file=sys.stderr)
-        published = store.publish(run_id) if args.publish else None
+        published, refused = _publish(store, run_id, args)
     finally:
         store.close()
     summary = (
@@ -265,10 +275,47 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     summary += (
         f"; published {published} predictions"
         if published is not None
+        else "; staged, not published (flagged answers: see below)"
+        if refused
         else f"; staged: 'tui-infer store publish {run_id}' serves them"
     )
     print(summary)
+    if refused:
+        print(f"tui-infer: {refused}", file=sys.stderr)
+        return int(ExitCode.FAILURE)
     return int(ExitCode.REJECTED_LINES) if rejects else int(ExitCode.OK)
+
+
+def _provenance(
+    args: argparse.Namespace, model_path: Path, model_sha: str, target: Any, settings: Settings
+) -> dict[str, Any]:
+    """What makes this run (static/provenance.py): versions, backend, the input's sha256,
+    the command line with any secret redacted."""
+    from tui_infer.core.static import provenance
+
+    argv = getattr(args, "argv", None) or ["tui-infer", *sys.argv[1:]]
+    return provenance.collect(
+        argv=argv,
+        model_path=model_path,
+        model_sha256=model_sha,
+        input_path=args.input.resolve(),
+        options=target.load_options(settings),
+        n_layer=target.header.n_layer,
+    )
+
+
+def _publish(store: Any, run_id: int, args: argparse.Namespace) -> tuple[int | None, str]:
+    """--publish through the verification gate (as `store publish`): (how many were
+    published, or None; why it was refused, or "")."""
+    if not args.publish:
+        return None, ""
+    from tui_infer.core.static import verify
+
+    hint = f"'tui-infer store publish {run_id} --force' (or --publish --force here)"
+    try:
+        return verify.publish(store, run_id, args.force, hint), ""
+    except verify.FlaggedRunError as exc:
+        return None, str(exc)
 
 
 def _report_rejects(path: Path, rejects: list[Reject]) -> None:
@@ -485,6 +532,8 @@ def _run_todo(
                 total_s=res.total_s,
                 seed=res.seed,
                 params=prepared[pos].params,
+                mean_logprob=res.mean_logprob,
+                min_logprob=res.min_logprob,
             )
             if bar:
                 bar.update()

@@ -24,11 +24,53 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     )
     ss = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
     ss.add_parser("runs", help="list the runs")
-    show = ss.add_parser("show", help="a run's predictions")
+    show = ss.add_parser("show", help="a run's provenance and predictions, with their flags")
     show.add_argument("run", type=int)
     show.add_argument("--json", action="store_true", help="one JSON object per line")
-    pub = ss.add_parser("publish", help="serve a run's staged predictions")
+    show.add_argument(
+        "--flagged", action="store_true", help="only the predictions verification flagged"
+    )
+    pub = ss.add_parser(
+        "publish",
+        help="serve a run's staged predictions (refused while flagged ones are not reviewed)",
+        description="Serve the run's staged predictions. The run is verified first (the "
+        "built-in checks, and what 'store verify' found): while a flagged prediction is "
+        "neither rejected nor forced through, nothing is published and the command exits 1.",
+    )
     pub.add_argument("run", type=int)
+    pub.add_argument(
+        "--force", action="store_true", help="publish even with flagged predictions not rejected"
+    )
+    ver = ss.add_parser(
+        "verify",
+        help="flag what should not be served without a look",
+        description="Check a run's answers: cut off at max tokens, empty, degenerate "
+        "repetition, control characters or broken UTF-8, a mean token logprob far below the "
+        "run's own (a robust outlier), and, when asked, a sample recomputed one sequence at a "
+        "time that answers differently, and your own checks. The report is kept with the run; "
+        "'store publish' refuses a run whose flagged predictions are not rejected.",
+    )
+    ver.add_argument("run", type=int)
+    ver.add_argument(
+        "--resample",
+        metavar="SHARE",
+        help="recompute this share of the run alone (e.g. 5%%) and flag answers that differ",
+    )
+    ver.add_argument(
+        "--check-regex", metavar="RE", help="flag answers this regular expression does not find"
+    )
+    ver.add_argument(
+        "--check-json-schema",
+        type=Path,
+        metavar="FILE",
+        help="flag answers that are not JSON valid under this schema",
+    )
+    ver.add_argument(
+        "--check-cmd",
+        metavar="CMD",
+        help="a shell command reading the rows as JSONL on stdin and answering "
+        "'ID pass' or 'ID fail REASON' per line on stdout",
+    )
     rej = ss.add_parser("reject", help="reject predictions of a run by id")
     rej.add_argument("run", type=int)
     rej.add_argument("ids", nargs="+", metavar="ID")
@@ -100,6 +142,8 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         path = Path(":memory:")
     store = PredictionStore(path)
     try:
+        if args.store_command == "verify":
+            return _verify(store, args, settings, paths)
         return _dispatch(store, args)
     finally:
         store.close()
@@ -107,7 +151,6 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
 def _dispatch(store: Any, args: argparse.Namespace) -> int:
     cmd = args.store_command
-    out = sys.stdout
     if cmd == "runs":
         runs = store.runs()
         if not runs:
@@ -138,24 +181,9 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
         t.print()
         return 0
     if cmd == "show":
-        preds = store.predictions(args.run)
-        for p in preds:
-            if args.json:
-                out.write(json.dumps(_pred_dict(p), ensure_ascii=False) + "\n")
-            else:
-                prompt = p.prompt.replace("\n", " ")
-                reply = p.output.replace("\n", " ")
-                print(
-                    f"{p.item_id}  [{p.status}, {p.finish_reason}, {p.generated_tokens} tok]  "
-                    f"{prompt[:60]!r} -> {reply[:80]!r}"
-                )
-        if not preds:
-            print(f"run {args.run} has no predictions yet")
-        return 0
+        return _show(store, args)
     if cmd == "publish":
-        n = store.publish(args.run)
-        print(f"run {args.run}: published {n} predictions")
-        return 0
+        return publish(store, args.run, args.force, f"'tui-infer store publish {args.run} --force'")
     if cmd == "reject":
         n = store.reject(args.run, args.ids)
         print(f"run {args.run}: rejected {n} predictions")
@@ -185,7 +213,12 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
             print(f"run {run_id}: {n} predictions answer no request: {reason}")
         return 0
     if cmd == "export":
-        rows = [_pred_dict(p) for p in store.predictions(args.run)]
+        from tui_infer.core.static.verify import report_flags
+
+        preds = store.predictions(args.run)
+        flags = report_flags(store, args.run)
+        prov = store.provenance(args.run)
+        rows = [{**_pred_dict(p, flags), "provenance": prov} for p in preds]
         _write_jsonl(args.output, rows)
         print(f"run {args.run}: {len(rows)} predictions written to {args.output}")
         return 0
@@ -221,7 +254,141 @@ def _misses(store: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _pred_dict(p: Any) -> dict[str, Any]:
+def publish(store: Any, run_id: int, force: bool, force_hint: str) -> int:
+    """Publish through the verification gate (store publish and batch --publish): refused,
+    exit 1, while flagged predictions are not rejected, unless forced."""
+    from tui_infer.core.static import verify
+
+    g = verify.gate(store, run_id)
+    n = verify.publish(store, run_id, force, force_hint)
+    line = f"run {run_id}: published {n} predictions"
+    if force and not g.clear:
+        what = ", ".join(f"{c} {k}" for c, k in g.counts().items())
+        line += f" ({len(g.unreviewed)} flagged and not reviewed, published with --force: {what})"
+    print(line)
+    return 0
+
+
+def _flag_text(flags: list[tuple[str, str]]) -> str:
+    return ", ".join(check for check, _ in flags)
+
+
+def _show(store: Any, args: argparse.Namespace) -> int:
+    """`store show RUN [--json] [--flagged]`: provenance and report first (text), then the
+    predictions, each with its flags and its tokens' log-probabilities."""
+    from tui_infer.core.static.provenance import describe
+    from tui_infer.core.static.verify import report_flags
+
+    preds = store.predictions(args.run)
+    flags = report_flags(store, args.run)
+    shown = [p for p in preds if p.item_id in flags] if args.flagged else preds
+    if args.json:
+        for p in shown:
+            sys.stdout.write(json.dumps(_pred_dict(p, flags), ensure_ascii=False) + "\n")
+        return 0
+    run = store.run(args.run)
+    print(
+        f"run {run.id} · {run.status} · {run.n_done}/{run.n_items} done · created "
+        f"{_when(run.created_at)}"
+    )
+    for line in describe(store.provenance(args.run)):
+        print(f"  {line}")
+    report = store.verification(args.run)
+    n_flagged = sum(1 for p in preds if p.item_id in flags)
+    checked = "verified " + _when(report.created_at) if report else "not verified yet"
+    print(f"  flags: {n_flagged} of {len(preds)} predictions ({checked})")
+    print()
+    for p in shown:
+        prompt = p.prompt.replace("\n", " ")
+        reply = p.output.replace("\n", " ")
+        lp = f", lp {p.mean_logprob:.2f}" if p.mean_logprob is not None else ""
+        mark = f"  FLAGGED: {_flag_text(flags[p.item_id])}" if p.item_id in flags else ""
+        print(
+            f"{p.item_id}  [{p.status}, {p.finish_reason}, {p.generated_tokens} tok{lp}]  "
+            f"{prompt[:60]!r} -> {reply[:80]!r}{mark}"
+        )
+        if args.flagged:
+            for check, detail in flags[p.item_id]:
+                print(f"    {check}: {detail}")
+    if not preds:
+        print(f"run {args.run} has no predictions yet")
+    elif args.flagged and not shown:
+        print(f"run {args.run}: nothing flagged")
+    return 0
+
+
+def _verify(store: Any, args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    """`store verify RUN [--resample SHARE] [--check-regex RE] [--check-json-schema FILE]
+    [--check-cmd CMD]`: the report, kept with the run, and what to do next."""
+    from tui_infer.core.static import verify
+
+    checks = verify.Checks(
+        resample=verify.parse_fraction(args.resample) if args.resample else 0.0,
+        regex=args.check_regex,
+        json_schema=args.check_json_schema,
+        check_cmd=args.check_cmd,
+    )
+    outcome = verify.verify_run(store, args.run, checks, _runner_opener(store, settings, paths))
+    by_item = outcome.by_item()
+    for item, flags in by_item.items():
+        for f in flags:
+            print(f"{item}  {f.check}: {f.detail}")
+    counts: dict[str, int] = {}
+    for f in outcome.flags:
+        counts[f.check] = counts.get(f.check, 0) + 1
+    what = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    summary = f"run {args.run}: {outcome.checked} predictions checked, {len(by_item)} flagged"
+    summary += f" ({what})" if what else ""
+    if outcome.resampled:
+        differ = counts.get("resample", 0)
+        summary += f"; {len(outcome.resampled)} recomputed alone, {differ} differ"
+    print(summary)
+    for note in outcome.notes:
+        print(f"  {note}")
+    g = verify.gate(store, args.run)
+    if g.clear:
+        print(f"nothing to review: 'tui-infer store publish {args.run}' serves it")
+    else:
+        print(
+            f"review: 'tui-infer store show {args.run} --flagged'; reject: 'tui-infer store "
+            f"reject {args.run} ID...'; then 'tui-infer store publish {args.run}'"
+        )
+    return 0
+
+
+def _runner_opener(store: Any, settings: Settings, paths: Paths) -> Callable[[Any], Any]:
+    """For --resample: a one-sequence BatchRunner of the run's model, once the file and
+    its chat template are checked to be the ones the run was made with."""
+
+    def open_runner(run: Any) -> Any:
+        from tui_infer.core.errors import TuiInferError
+        from tui_infer.core.inference.batched import BatchRunner
+        from tui_infer.core.request_path import target_for
+        from tui_infer.core.static.keys import template_sha256
+
+        path = Path(run.model_path)
+        if not path.is_file():
+            raise TuiInferError(
+                f"--resample needs run {run.id}'s model, {path}: no such file; put it back "
+                "or verify without --resample"
+            )
+        if store.model_sha256(path) != run.model_sha256:
+            raise TuiInferError(
+                f"--resample: {path} is not the file run {run.id} was made with (sha256 "
+                f"differs); verify without --resample"
+            )
+        target = target_for(path, paths.config_file)
+        if template_sha256(target.template_source) != store.run_template_sha256(run.id):
+            raise TuiInferError(
+                f"--resample: {path.name}'s chat template is not the one run {run.id} used "
+                "(a [templates] entry changed?); verify without --resample"
+            )
+        return BatchRunner.load(path, target.load_options(settings), parallel=1)
+
+    return open_runner
+
+
+def _pred_dict(p: Any, flags: dict[str, list[tuple[str, str]]] | None = None) -> dict[str, Any]:
     return {
         "run": p.run_id,
         "id": p.item_id,
@@ -239,6 +406,9 @@ def _pred_dict(p: Any) -> dict[str, Any]:
         "model_sha256": p.model_sha256,
         "created_at": p.created_at,
         "published_at": p.published_at,
+        "mean_logprob": p.mean_logprob,
+        "min_logprob": p.min_logprob,
+        "flags": [{"check": c, "detail": d} for c, d in (flags or {}).get(p.item_id, [])],
     }
 
 

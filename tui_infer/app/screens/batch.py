@@ -1,8 +1,12 @@
 """The batch screen: the prediction store's runs, a run's predictions, and the review.
 
 Runs are listed with their status and counts (done/total, rejected, tokens); the one
-highlighted shows its predictions below. Space marks rows, x rejects the marked rows
-(or the highlighted one), p publishes the run, u rolls back the latest published run.
+highlighted shows its predictions below, each with the flags verification gave it
+(core/static/verify.py: cut off, empty, repetition, ...); f cycles the filter (every row,
+the flagged ones, one check's). Space marks rows, x rejects the marked rows (or the
+highlighted one), p publishes the run (through the same gate as `store publish`: with
+flagged rows not rejected it asks before publishing anyway), u rolls back the latest
+published run.
 A batch started from the CLI shows its progress here: the screen re-reads the store
 every second while a run is running. n starts a batch from a file path in the app: a
 `tui-infer batch` process (its own model, its own memory) waited on by a thread worker.
@@ -30,6 +34,7 @@ from textual.worker import Worker, WorkerState
 from tui_infer.app.screens.dialogs import ConfirmScreen, TextPromptScreen
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.static import verify
 
 POLL_S = 1.0
 PROMPT_WIDTH = 40
@@ -62,6 +67,7 @@ class BatchScreen(Screen[None]):
         Binding("space", "mark", "Mark row"),
         Binding("x", "reject", "Reject"),
         Binding("p", "publish", "Publish"),
+        Binding("f", "filter", "Filter flags"),
         Binding("u", "rollback", "Rollback"),
         Binding("r", "refresh", "Refresh"),
         Binding("n", "new_batch", "New batch"),
@@ -72,7 +78,7 @@ class BatchScreen(Screen[None]):
     BatchScreen #batch-status { height: auto; padding: 0 1; }
     BatchScreen #batch-progress-row { height: 1; padding: 0 1; }
     BatchScreen #batch-progress-label { width: auto; margin-right: 2; }
-    BatchScreen #prediction-detail { height: 6; border-top: solid $primary; padding: 0 1; }
+    BatchScreen #prediction-detail { height: 8; border-top: solid $primary; padding: 0 1; }
     BatchScreen .section { text-style: bold; padding: 0 1; }
     """
 
@@ -87,6 +93,8 @@ class BatchScreen(Screen[None]):
         self.process: subprocess.Popen[bytes] | None = None  # a batch the app started
         self._runs: dict[int, Any] = {}
         self._predictions: dict[str, Any] = {}
+        self._flags: dict[str, list[tuple[str, str]]] = {}  # item id -> [(check, detail)]
+        self.flag_filter: str | None = None  # None: every row; "flagged"; or a check's name
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -108,7 +116,7 @@ class BatchScreen(Screen[None]):
             "run", "status", "done", "rejected", "tokens", "model", "created", "published"
         )
         preds = self.query_one("#predictions", DataTable)
-        preds.add_columns(" ", "id", "status", "prompt", "output", "tokens", "finish")
+        preds.add_columns(" ", "id", "status", "prompt", "output", "tokens", "finish", "flags")
         if self.store is None:
             self._status("the prediction store could not be opened (see the notification)")
             return
@@ -168,9 +176,15 @@ class BatchScreen(Screen[None]):
         preds = self._call("reading the run", lambda: self.store.predictions(run_id))
         if preds is None:
             return
+        flags = self._call("verifying the run", lambda: verify.report_flags(self.store, run_id))
         if run_id != self.run_id:
             self.marked.clear()
+            self.flag_filter = None
         self.run_id = run_id
+        self._flags = flags or {}
+        if self.flag_filter not in (None, "flagged", *self._checks()):
+            self.flag_filter = None
+        preds = [p for p in preds if self._passes(p.item_id)]
         self._predictions = {p.item_id: p for p in preds}
         self.marked &= set(self._predictions)
         table = self.query_one("#predictions", DataTable)
@@ -185,13 +199,42 @@ class BatchScreen(Screen[None]):
                 clip(p.output, OUTPUT_WIDTH),
                 f"{p.prompt_tokens}+{p.generated_tokens}",
                 p.finish_reason,
+                ", ".join(check for check, _ in self._flags.get(p.item_id, [])),
                 key=p.item_id,
             )
         if preds:
             table.move_cursor(row=min(row, len(preds) - 1))
         run = self._runs.get(run_id)
         title = f"Predictions of run {run_id}" + (f" ({run.status})" if run else "")
+        n_flagged = len(self._flags)
+        title += f" · {n_flagged} flagged" if n_flagged else " · nothing flagged"
+        if self.flag_filter is not None:
+            title += f" · showing {self.flag_filter} ({len(preds)}; f: next filter)"
         self.query_one("#predictions-title", Label).update(title)
+
+    def _checks(self) -> list[str]:
+        """The checks that flagged something in the shown run, in verify's order."""
+        found = {check for flags in self._flags.values() for check, _ in flags}
+        return [c for c in verify.CHECKS if c in found]
+
+    def _passes(self, item_id: str) -> bool:
+        if self.flag_filter is None:
+            return True
+        flags = self._flags.get(item_id, [])
+        if self.flag_filter == "flagged":
+            return bool(flags)
+        return any(check == self.flag_filter for check, _ in flags)
+
+    def action_filter(self) -> None:
+        """Every row -> the flagged ones -> each check's -> every row."""
+        if self.run_id is None:
+            return
+        cycle: list[str | None] = [None, "flagged", *self._checks()] if self._flags else [None]
+        at = cycle.index(self.flag_filter) if self.flag_filter in cycle else 0
+        self.flag_filter = cycle[(at + 1) % len(cycle)]
+        if len(cycle) == 1:
+            self.notify("nothing in this run is flagged", title="Review")
+        self.show_run(self.run_id)
 
     def _show_progress(self) -> None:
         running = [r for r in self._runs.values() if r.status == "running"]
@@ -236,9 +279,18 @@ class BatchScreen(Screen[None]):
         if p is None:
             detail.update("")
             return
+        lp = (
+            f" · logprob mean {p.mean_logprob:.2f}, min {p.min_logprob:.2f}"
+            if p.mean_logprob is not None and p.min_logprob is not None
+            else ""
+        )
+        flags = "".join(
+            f"\n⚑ {check}: {detail}" for check, detail in self._flags.get(p.item_id, [])
+        )
         detail.update(
             f"[{p.item_id}] {p.status} · {p.finish_reason} · {p.prompt_tokens} prompt + "
-            f"{p.generated_tokens} generated tokens\n> {clip(p.prompt, 400)}\n{p.output}"
+            f"{p.generated_tokens} generated tokens{lp}{flags}\n> {clip(p.prompt, 400)}\n"
+            f"{p.output}"
         )
 
     # ----- review ------------------------------------------------------------------------
@@ -283,7 +335,30 @@ class BatchScreen(Screen[None]):
             self.notify("no run selected", severity="warning")
             return
         run_id = self.run_id
-        n = self._call("publishing", lambda: self.store.publish(run_id))
+        gate = self._call("verifying the run", lambda: verify.gate(self.store, run_id))
+        if gate is None:
+            return
+        if gate.clear:
+            self._publish(run_id, force=False)
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._publish(run_id, force=True)
+
+        what = ", ".join(f"{check} {n}" for check, n in gate.counts().items())
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Run {run_id} has {len(gate.unreviewed)} flagged prediction(s) not rejected "
+                f"({what}). f shows them, x rejects them. Publish anyway?",
+                yes="Publish anyway",
+            ),
+            confirmed,
+        )
+
+    def _publish(self, run_id: int, force: bool) -> None:
+        hint = "p here, then Publish anyway"
+        n = self._call("publishing", lambda: verify.publish(self.store, run_id, force, hint))
         if n is None:
             return
         self.notify(

@@ -22,6 +22,11 @@ are then free, but attention spans every sequence's cells).
 Loading, the batch filling, the slot's decoding state and the sampler come from
 scheduler.py, which serves live requests (the chat, `run`, the server) the same way;
 this runner is the offline one: a whole input file, results as items finish.
+
+Each generated token's log-probability under the model's raw distribution (a log-softmax
+of the row of logits it was sampled from) is folded into a running mean and minimum per
+sequence: what `store verify` judges an answer's confidence by. Only the logits within
+_LSE_WINDOW of the row's maximum enter the sum (the rest add less than 1e-4 nats).
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import io
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tui_infer.core.errors import ModelFileError, TuiInferError
 from tui_infer.core.inference import llama_log
@@ -59,6 +67,9 @@ from tui_infer.core.inference.types import (
 from tui_infer.core.models.gguf import read_header
 
 _PLACEHOLDER = "\x00tui-infer-prefix\x00"
+# logits further than this below the row's maximum are left out of the log-sum-exp: each
+# weighs under e^-20 of the top one, all of a 250k vocabulary under 1e-3 of the sum
+_LSE_WINDOW = 20.0
 
 
 class BatchError(TuiInferError):
@@ -89,6 +100,9 @@ class BatchResult:
     ttft_s: float  # from the slot taking the item to its first token
     total_s: float
     seed: int | None  # the item's sampling seed (None when greedy)
+    # the generated tokens' log-probabilities (None when no token was generated)
+    mean_logprob: float | None = None
+    min_logprob: float | None = None
 
 
 def item_seed(run_seed: int, item_id: str) -> int:
@@ -112,6 +126,8 @@ class _Slot(SeqSlot):
     t_start: float = 0.0
     t_first: float = 0.0
     stops: tuple[str, ...] = ()  # the item's stop strings
+    lp_sum: float = 0.0  # the generated tokens' log-probabilities: their sum and minimum
+    lp_min: float = 0.0
 
 
 @dataclass
@@ -240,6 +256,16 @@ class BatchRunner:
     def _piece(self, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
         return token_piece(self._lib, self._vocab, token, buf)
 
+    def _token_logprob(self, at: int, tok: int) -> float:
+        """log p(tok) under the raw distribution of the logits row `at` (as scheduler.py's
+        _logprob, in float32 and over the logits near the maximum: ~30 us a token)."""
+        ptr = self._lib.llama_get_logits_ith(self._ctx, at)
+        row = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        top = float(row.max())
+        near = np.compress(row > top - _LSE_WINDOW, row)
+        total = float(np.exp(near - top).sum(dtype=np.float64))
+        return float(row[tok]) - top - math.log(total)
+
     # ----- the loop ------------------------------------------------------------------------
 
     def run(
@@ -332,6 +358,10 @@ class BatchRunner:
                         if slot.n_gen == 1:
                             slot.t_first = now
                         slot.pieces.append(self._piece(tok, buf))
+                        lp = self._token_logprob(slot.logits_at, tok)
+                        slot.lp_sum += lp
+                        if slot.n_gen == 1 or lp < slot.lp_min:
+                            slot.lp_min = lp
                         if slot.stops and self._stopped(slot):
                             done_reason = "stop"  # the reply holds a stop string: cut there
                         elif slot.n_gen >= slot.max_tokens or slot.pos + 1 >= self.n_ctx_seq:
@@ -414,6 +444,8 @@ class BatchRunner:
         slot.n_gen = 0
         slot.t_start = t0
         slot.t_first = 0.0
+        slot.lp_sum = 0.0
+        slot.lp_min = 0.0
         return None
 
     @staticmethod
@@ -451,6 +483,8 @@ class BatchRunner:
             ttft_s=(slot.t_first - slot.t_start) if slot.n_gen else 0.0,
             total_s=now - slot.t_start,
             seed=slot.seed,
+            mean_logprob=slot.lp_sum / slot.n_gen if slot.n_gen else None,
+            min_logprob=slot.lp_min if slot.n_gen else None,
         )
         slot.item = None
         slot.pending = []

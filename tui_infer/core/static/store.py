@@ -132,6 +132,27 @@ MIGRATIONS = [
     ALTER TABLE misses ADD COLUMN template_sha256 TEXT NOT NULL DEFAULT '';
     CREATE INDEX misses_count ON misses(count);
     """,
+    # 6: verify before publish: each prediction's token log-probabilities (mean and
+    # minimum), the verification report (its checks and the rows they flagged) and the
+    # run's provenance (versions, backend, input sha256, command line)
+    """
+    ALTER TABLE predictions ADD COLUMN mean_logprob REAL;
+    ALTER TABLE predictions ADD COLUMN min_logprob REAL;
+    ALTER TABLE runs ADD COLUMN provenance_json TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE verify_reports (
+        run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+        checks_json TEXT NOT NULL,
+        n_predictions INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE verify_flags (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        item_id TEXT NOT NULL,
+        check_name TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (run_id, item_id, check_name)
+    );
+    """,
 ]
 
 # What the store serves: a finished answer, not an error or a prompt that did not fit.
@@ -180,6 +201,9 @@ class Prediction:
     created_at: float
     status: str  # staged, published, rejected
     published_at: float | None
+    # the generated tokens' log-probabilities (None: no token, or made before they were kept)
+    mean_logprob: float | None = None
+    min_logprob: float | None = None
 
     @property
     def prompt(self) -> str:
@@ -189,7 +213,8 @@ class Prediction:
 
 _PRED_COLS = (
     "run_id, item_id, position, key, model_sha256, messages_json, output, finish_reason, "
-    "prompt_tokens, generated_tokens, ttft_s, total_s, seed, created_at, status, published_at"
+    "prompt_tokens, generated_tokens, ttft_s, total_s, seed, created_at, status, published_at, "
+    "mean_logprob, min_logprob"
 )
 
 
@@ -220,7 +245,21 @@ def _prediction(row: Sequence[Any]) -> Prediction:
         created_at=row[13],
         status=row[14],
         published_at=row[15],
+        mean_logprob=row[16],
+        min_logprob=row[17],
     )
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """A run's verification: the checks that ran (name -> what they were given) and, per
+    flagged item id, (check, detail) pairs; stale when predictions were added since."""
+
+    run_id: int
+    checks: dict[str, Any]
+    n_predictions: int
+    created_at: float
+    flags: dict[str, list[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -372,12 +411,14 @@ class PredictionStore:
         n_items: int,
         input_path: str = "",
         llama_cpp_version: str = "",
+        provenance: dict[str, Any] | None = None,
     ) -> int:
+        """`provenance`: what made the run (static/provenance.py), shown by `store show`."""
         with self._lock, self._write():
             cur = self._conn.execute(
                 "INSERT INTO runs (signature, model_sha256, model_path, template_sha256, "
-                "params_json, params_hash, input_path, n_items, created_at, llama_cpp_version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "params_json, params_hash, input_path, n_items, created_at, llama_cpp_version, "
+                "provenance_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     signature,
                     model_sha256,
@@ -389,9 +430,22 @@ class PredictionStore:
                     n_items,
                     time.time(),
                     llama_cpp_version,
+                    json.dumps(provenance or {}, sort_keys=True),
                 ),
             )
             return int(cur.lastrowid or 0)
+
+    def provenance(self, run_id: int) -> dict[str, Any]:
+        """What made the run ({} for a run made before provenance was kept)."""
+        self.run(run_id)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT provenance_json, llama_cpp_version FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+        prov: dict[str, Any] = json.loads(row[0] or "{}")
+        if not prov and row[1]:
+            prov = {"llama_cpp_version": row[1]}
+        return prov
 
     def set_run_status(self, run_id: int, status: str) -> None:
         with self._lock, self._write():
@@ -426,15 +480,18 @@ class PredictionStore:
         total_s: float,
         seed: int | None,
         params: dict[str, Any] | None = None,
+        mean_logprob: float | None = None,
+        min_logprob: float | None = None,
     ) -> None:
         """One committed transaction per prediction: a kill -9 keeps every finished one.
-        `params` are the normalized sampling parameters in its key."""
+        `params` are the normalized sampling parameters in its key; the log-probabilities
+        are its generated tokens' mean and minimum (what `store verify` judges)."""
         msgs = messages_json(messages)
         with self._lock, self._write():
             self._conn.execute(
                 f"INSERT OR IGNORE INTO predictions ({_PRED_COLS}, key_version, params_json, "
                 "messages_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'staged', "
-                "NULL, ?, ?, ?)",
+                "NULL, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     item_id,
@@ -450,6 +507,8 @@ class PredictionStore:
                     total_s,
                     seed,
                     time.time(),
+                    mean_logprob,
+                    min_logprob,
                     keys.KEY_VERSION,
                     json.dumps(params or {}, sort_keys=True),
                     messages_key(model_sha256, msgs),
@@ -508,6 +567,92 @@ class PredictionStore:
                 (run_id,),
             ).fetchall()
         return [_prediction(r) for r in rows]
+
+    # ----- verification (static/verify.py decides; the report is kept here) ----------------
+
+    def save_verification(
+        self,
+        run_id: int,
+        checks: dict[str, Any],
+        flags: Iterable[tuple[str, str, str]],
+        *,
+        keep_other_checks: bool = False,
+    ) -> None:
+        """Keep a verification of the run: `checks` (name -> what it was given) and the
+        (item id, check, detail) it flagged. It replaces the run's report; with
+        keep_other_checks the flags and entries of checks not named here stay."""
+        self.run(run_id)
+        with self._lock, self._write():
+            old = self._conn.execute(
+                "SELECT checks_json FROM verify_reports WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            merged = dict(checks)
+            if keep_other_checks and old is not None:
+                merged = {**json.loads(old[0]), **checks}
+                self._conn.executemany(
+                    "DELETE FROM verify_flags WHERE run_id = ? AND check_name = ?",
+                    [(run_id, name) for name in checks],
+                )
+            else:
+                self._conn.execute("DELETE FROM verify_flags WHERE run_id = ?", (run_id,))
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO verify_flags (run_id, item_id, check_name, detail) "
+                "VALUES (?, ?, ?, ?)",
+                [(run_id, item, check, detail) for item, check, detail in flags],
+            )
+            n = self._conn.execute(
+                "SELECT COUNT(*) FROM predictions WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            self._conn.execute(
+                "INSERT OR REPLACE INTO verify_reports (run_id, checks_json, n_predictions, "
+                "created_at) VALUES (?, ?, ?, ?)",
+                (run_id, json.dumps(merged, sort_keys=True), n, time.time()),
+            )
+
+    def verification(self, run_id: int) -> VerifyReport | None:
+        """The run's kept verification, or None when it was never verified."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT checks_json, n_predictions, created_at FROM verify_reports "
+                "WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            flags: dict[str, list[tuple[str, str]]] = {}
+            for item, check, detail in self._conn.execute(
+                "SELECT f.item_id, f.check_name, f.detail FROM verify_flags f "
+                "LEFT JOIN predictions p ON p.run_id = f.run_id AND p.item_id = f.item_id "
+                "WHERE f.run_id = ? ORDER BY p.position, f.check_name",
+                (run_id,),
+            ):
+                flags.setdefault(item, []).append((check, detail))
+        return VerifyReport(run_id, json.loads(row[0]), row[1], row[2], flags)
+
+    def prediction_params(self, run_id: int) -> dict[str, dict[str, Any]]:
+        """item id -> the normalized sampling parameters it was made with (in its key)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT item_id, params_json FROM predictions WHERE run_id = ?", (run_id,)
+            ).fetchall()
+        return {r[0]: json.loads(r[1] or "{}") for r in rows}
+
+    def run_template_sha256(self, run_id: int) -> str:
+        """The sha256 of the chat template the run's prompts were rendered with."""
+        self.run(run_id)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT template_sha256 FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+        return str(row[0])
+
+    def prediction_count(self, run_id: int) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM predictions WHERE run_id = ?", (run_id,)
+                ).fetchone()[0]
+            )
 
     # ----- review: publish, reject, rollback ----------------------------------------------
 
@@ -801,4 +946,5 @@ __all__ = [
     "PredictionStore",
     "RunInfo",
     "StoreError",
+    "VerifyReport",
 ]
