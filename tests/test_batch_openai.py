@@ -120,11 +120,19 @@ def test_openai_batch_runs_and_writes_openai_output(
     src.write_text(
         "\n".join(
             [
-                line("chat-1", model="gpt-4o-mini", max_tokens=6, temperature=0),
+                line("chat-1", model="gpt-4o-mini", max_tokens=48, temperature=0, stop="."),
                 line("bad-url", "/v1/embeddings", model="gpt-4o-mini", input="x"),
-                line("text-1", TEXT, model="gpt-4o-mini", prompt=ONCE, max_tokens=6, temperature=0),
-                line("seeded-a", max_tokens=6, temperature=0.9, seed=11),
-                line("seeded-b", max_tokens=6, temperature=0.9, seed=11),
+                line(
+                    "text-1",
+                    TEXT,
+                    model="gpt-4o-mini",
+                    prompt=ONCE,
+                    max_tokens=48,
+                    stop=".",
+                    temperature=0,
+                ),
+                line("seeded-a", max_tokens=48, temperature=0.7, seed=42, stop="."),
+                line("seeded-b", max_tokens=48, temperature=0.7, seed=42, stop="."),
             ]
         )
         + "\n"
@@ -146,14 +154,14 @@ def test_openai_batch_runs_and_writes_openai_output(
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
     assert choice["finish_reason"] in ("stop", "length")
     usage = body["usage"]
-    assert 0 < usage["completion_tokens"] <= 6
+    assert 0 < usage["completion_tokens"] <= 48
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert bad["response"]["status_code"] == 400 and bad["response"]["body"] is None
     assert bad["error"]["message"].startswith("line 2: unknown url")
     tbody = text["response"]["body"]
     assert tbody["object"] == "text_completion" and tbody["choices"][0]["text"]
     # no chat template: the continuation the engine gives the plain prompt, token for token
-    live = engine.complete(ONCE, SamplingParams(temperature=0.0, max_tokens=6))
+    live = engine.complete(ONCE, SamplingParams(temperature=0.0, max_tokens=48, stop=(".",)))
     assert tbody["choices"][0]["text"] == "".join(c.text for c in live)
     assert tbody["usage"]["prompt_tokens"] == len(engine.tokenize_prompt(ONCE))
     # a line's seed is its sample's seed: the same request under two ids, the same text
@@ -163,8 +171,8 @@ def test_openai_batch_runs_and_writes_openai_output(
     assert reject["line"] == 2 and reject["custom_id"] == "bad-url"
 
     # published: the chat line answers the same request from `run`; the raw one does not
-    ask = ["run", "--temperature", "0", "--max-tokens", "6", "--serve", "store", "--json"]
-    assert main([*ask, QUESTION]) == 0
+    ask = ["run", "--temperature", "0", "--max-tokens", "48", "--stop", ".", "--serve", "store"]
+    assert main([*ask, "--json", QUESTION]) == 0
     served = json.loads(capsys.readouterr().out)
     assert served["source"] == "store" and served["reply"] == choice["message"]["content"]
 

@@ -12,7 +12,9 @@ from typing import Any
 import openai
 import pytest
 
+from tests.support.pilot import Recorder, make_app, ready, send, wait_for
 from tests.test_serve import serve
+from tui_infer.app.screens.chat import NotPrecomputed, ServedFromStore
 from tui_infer.cli import main
 
 PROMPT = "Name a colour."
@@ -31,7 +33,7 @@ def ask(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, 
 def test_a_sampled_seeded_run_misses_then_is_a_hit(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    request = ["--temperature", "0.7", "--seed", "42", "--max-tokens", "8", "--stop", "\n\n"]
+    request = ["--temperature", "0.7", "--seed", "42", "--max-tokens", "48", "--stop", "."]
     code, live = ask(capsys, *request, PROMPT)
     assert code == 0 and live["source"] == "live"
 
@@ -41,8 +43,8 @@ def test_a_sampled_seeded_run_misses_then_is_a_hit(
     [miss] = rows(nxt)
     # every part of the key: not only max_tokens
     assert miss["messages"] == [{"role": "user", "content": PROMPT}]
-    assert miss["temperature"] == 0.7 and miss["seed"] == 42 and miss["max_tokens"] == 8
-    assert miss["stop"] == ["\n\n"] and miss["top_p"] == 0.95 and miss["top_k"] == 40
+    assert miss["temperature"] == 0.7 and miss["seed"] == 42 and miss["max_tokens"] == 48
+    assert miss["stop"] == ["."] and miss["top_p"] == 0.95 and miss["top_k"] == 40
     assert miss["repeat_penalty"] == 1.1 and miss["min_p"] == 0.05
     assert len(miss["model_sha256"]) == 64 and len(miss["template_sha256"]) == 64
 
@@ -58,7 +60,7 @@ def test_a_sampled_seeded_run_misses_then_is_a_hit(
     assert rows(nxt) == []
 
     # another seed is another sample: not served, unless any sample will do
-    other = ["--temperature", "0.7", "--seed", "7", "--max-tokens", "8", "--stop", "\n\n"]
+    other = ["--temperature", "0.7", "--seed", "7", "--max-tokens", "48", "--stop", "."]
     assert ask(capsys, *other, "--serve", "store", PROMPT)[0] == 3
     code, any_sample = ask(capsys, *other, "--serve", "store-any-sample", PROMPT)
     assert code == 0 and any_sample["source"] == "store"
@@ -70,20 +72,21 @@ def test_a_plain_run_with_a_random_seed_closes_the_loop(
 ) -> None:
     """A plain `run` samples at temperature 0.7 with a random seed: its miss is batched as
     sampled (not greedy), and a random-seed request is then served that one sample."""
-    code, live = ask(capsys, "--max-tokens", "6", PROMPT)
+    request = ["--max-tokens", "48", "--stop", "."]
+    code, live = ask(capsys, *request, PROMPT)
     assert code == 0 and live["source"] == "live"
     nxt = tmp_path / "next.jsonl"
     assert main(["store", "misses", "-o", str(nxt)]) == 0
     [miss] = rows(nxt)
     assert miss["temperature"] == 0.7 and miss["seed"] is None
-    assert main(["batch", str(nxt), "-o", str(tmp_path / "o.jsonl"), "--publish"]) == 0
+    # (the batch's --seed makes its run seed, so the line's random seed, repeatable)
+    argv = ["batch", str(nxt), "-o", str(tmp_path / "o.jsonl"), "--seed", "5", "--publish"]
+    assert main(argv) == 0
     capsys.readouterr()
-    code, hit = ask(capsys, "--max-tokens", "6", PROMPT)
+    code, hit = ask(capsys, *request, PROMPT)
     assert code == 0 and hit["source"] == "store"
     # a greedy request for the same prompt is another key
-    assert (
-        ask(capsys, "--temperature", "0", "--max-tokens", "6", "--serve", "store", PROMPT)[0] == 3
-    )
+    assert ask(capsys, *request, "--temperature", "0", "--serve", "store", PROMPT)[0] == 3
 
 
 def test_store_misses_top_and_min_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,7 +143,7 @@ def test_the_server_round_trip_with_a_sampled_seeded_request(
     tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     question = [{"role": "user", "content": PROMPT}]
-    sampled: dict[str, Any] = {"temperature": 0.7, "seed": 42, "max_tokens": 8, "stop": ["\n\n"]}
+    sampled: dict[str, Any] = {"temperature": 0.7, "seed": 42, "max_tokens": 48, "stop": ["."]}
     for running in serve(tmp_path, model_path, serve="store"):
         client = running.client()
         with pytest.raises(openai.NotFoundError) as miss:
@@ -150,7 +153,7 @@ def test_the_server_round_trip_with_a_sampled_seeded_request(
         nxt = tmp_path / "next.jsonl"
         assert main(["store", "misses", "-o", str(nxt)]) == 0
         [line] = rows(nxt)
-        assert line["temperature"] == 0.7 and line["seed"] == 42 and line["stop"] == ["\n\n"]
+        assert line["temperature"] == 0.7 and line["seed"] == 42 and line["stop"] == ["."]
         out = tmp_path / "o.jsonl"
         argv = ["batch", str(nxt), "-o", str(out), "-m", str(model_path), "--publish"]
         assert main(argv) == 0
@@ -165,6 +168,32 @@ def test_the_server_round_trip_with_a_sampled_seeded_request(
         assert hit.headers["x-tui-infer-source"] == "store"
         assert hit.parse().choices[0].message.content == made["output"]
         # the same from `run`: the one key, whatever the front end
-        request = ["--temperature", "0.7", "--seed", "42", "--max-tokens", "8", "--stop", "\n\n"]
+        request = ["--temperature", "0.7", "--seed", "42", "--max-tokens", "48", "--stop", "."]
         code, served = ask(capsys, *request, "-m", str(model_path), "--serve", "store", PROMPT)
         assert code == 0 and served["reply"] == made["output"]
+
+
+@pytest.mark.anyio
+async def test_the_chat_round_trip(tmp_path: Path, model_path: Path) -> None:
+    """The chat at temperature 0.7 with seed 42, serve = "store": refused and recorded; its
+    miss batched and published; the same message in a new chat is served from the store."""
+    rec = Recorder()
+    settings: dict[str, Any] = {"temperature": 0.7, "seed": 42, "max_tokens": 64, "ctx": 512}
+    app = make_app(tmp_path, model_path, serve="store", **settings)
+    async with app.run_test(size=(120, 40), message_hook=rec) as pilot:
+        await ready(pilot)
+        await send(pilot, PROMPT)
+        await wait_for(pilot, lambda: bool(rec.of(NotPrecomputed)))
+        nxt = tmp_path / "next.jsonl"
+        assert main(["store", "misses", "-o", str(nxt)]) == 0
+        [line] = rows(nxt)
+        assert line["temperature"] == 0.7 and line["seed"] == 42 and line["max_tokens"] == 64
+        out = tmp_path / "o.jsonl"
+        argv = ["batch", str(nxt), "-o", str(out), "-m", str(model_path), "--ctx", "512"]
+        assert main([*argv, "--publish"]) == 0
+        [made] = rows(out)
+
+        await app.chat.action_new_chat()
+        await send(pilot, PROMPT)
+        await wait_for(pilot, lambda: bool(rec.of(ServedFromStore)))
+        assert rec.of(ServedFromStore)[0].prediction.output == made["output"]
