@@ -144,8 +144,25 @@ def test_ray_batch_matches_local_and_publishes(
         assert run.status == "done"
     finally:
         store.close()
-    assert main(["store", "publish", str(got[0]["run"])]) == 0
-    assert f"published {len(PROMPTS)}" in capsys.readouterr().out
+    # review and publish decide as for the local run (a gate holding cut-off answers, say)
+    run_id = str(got[0]["run"])
+    local_env = {**_env(), "TUI_INFER_DATA_DIR": str(tmp_path / "local-data")}
+    there = subprocess.run(
+        [sys.executable, "-m", "tui_infer", "store", "publish", run_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=local_env,
+    )
+    here = main(["store", "publish", run_id])
+    captured = capsys.readouterr()
+    assert (here, captured.out, captured.err) == (there.returncode, there.stdout, there.stderr)
+    if here != 0:
+        assert main(["store", "publish", run_id, "--force"]) == 0
+        captured = capsys.readouterr()
+    assert f"published {len(PROMPTS)}" in captured.out
+    assert main(["store", "rollback"]) == 0
+    capsys.readouterr()
 
     # a rerun decodes nothing: every row is in the store
     assert main(argv) == 0
@@ -196,10 +213,10 @@ def test_a_received_model_with_another_sha256_is_refused(
 
 def test_killed_ray_batch_resumes(ray_address: str, tmp_path: Path) -> None:
     """kill -9 of the driver keeps the rows that arrived; the rerun decodes only the rest."""
-    prompts = [f"Write one sentence about the number {i}." for i in range(10)]
+    prompts = [f"Write one sentence about the number {i}." for i in range(14)]
     src = _write_prompts(tmp_path / "in.txt", prompts)
     out = tmp_path / "out.jsonl"
-    flags = ("--max-tokens", "24", "--parallel", "1", "--threads", "1")
+    flags = ("--max-tokens", "32", "--parallel", "1", "--threads", "1")
     cmd = [sys.executable, "-m", "tui_infer", "batch", str(src), "-o", str(out), *flags]
     proc = subprocess.Popen(
         [*cmd, "--ray", ray_address],
