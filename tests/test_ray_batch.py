@@ -322,3 +322,24 @@ def test_doctor_says_ray_is_installed() -> None:
     assert done.returncode == 0, done.stderr
     line = next(x for x in done.stdout.splitlines() if x.split()[:1] == ["ray"])
     assert line.split()[1] == ray.__version__
+
+
+def test_an_actor_s_error_reaches_the_user_as_one_line(
+    ray_address: str, tmp_path: Path, model_path: Path
+) -> None:
+    """A node that receives a model with another sha256 fails the run with that reason."""
+    from tui_infer.core.inference.batched import BatchItem
+    from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
+    from tui_infer.core.static.ray_batch import ModelTransferError, RayRunner
+
+    opts = LoadOptions(ctx=512, threads=1)
+    items = [BatchItem("a", (Message("user", "Say hi."),))]
+    runner = RayRunner.start(
+        None, model_path, "f" * 64, opts, 1, send_model=True, cache_dir=tmp_path / "cache"
+    )
+    try:
+        with pytest.raises(ModelTransferError, match="rerun the batch"):
+            list(runner.run(items, SamplingParams(temperature=0.0, max_tokens=4)))
+    finally:
+        runner.close()
+    assert not list((tmp_path / "cache").glob("*.gguf"))

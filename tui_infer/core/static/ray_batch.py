@@ -176,16 +176,25 @@ class Decoder:
     ) -> None:
         from tui_infer.core.inference.batched import BatchRunner
 
-        path = Path(model_path)
-        if send_model or not has_model(path, sha256, size):
-            cache = Path(cache_dir) if cache_dir else default_cache_dir()
-            path = receive_model(source, sha256, size, cache)
-        self._runner = BatchRunner.load(path, options, parallel=parallel, kv_unified=kv_unified)
+        # A failure here is kept and raised by the first call: an actor whose creation
+        # fails reaches the driver as a bare ActorDiedError, a failed call as itself.
+        self._error: TuiInferError | None = None
+        self._runner: BatchRunner | None = None
+        try:
+            path = Path(model_path)
+            if send_model or not has_model(path, sha256, size):
+                cache = Path(cache_dir) if cache_dir else default_cache_dir()
+                path = receive_model(source, sha256, size, cache)
+            self._runner = BatchRunner.load(path, options, parallel=parallel, kv_unified=kv_unified)
+        except TuiInferError as exc:
+            self._error = exc
         self._sampling = sampling
         self._run_seed = run_seed
         self._system = system
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list[Any]]]:
+        if self._error is not None or self._runner is None:
+            raise self._error or TuiInferError("the model was not loaded")
         for res in self._runner.run(_decode(batch), self._sampling, self._run_seed, self._system):
             # one block per finished prompt: the driver writes it to the store at once
             yield {"id": [res.id], "result": [pickle.dumps(res)]}
