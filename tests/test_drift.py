@@ -208,7 +208,7 @@ def test_nearest_prompts_finds_what_a_full_comparison_finds() -> None:
     stored = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 7))) for _ in range(300)]
     queries = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 7))) for _ in range(200)]
     for threshold in (0.3, 0.5, 0.7, 1.0):
-        index = NearestPrompts(stored, threshold)
+        index = NearestPrompts(stored, threshold, candidates=len(stored))
         found_any = 0
         for q in queries:
             sims = [similarity(q, s) for s in stored]
@@ -220,6 +220,13 @@ def test_nearest_prompts_finds_what_a_full_comparison_finds() -> None:
             else:
                 assert got is None
         assert found_any  # the threshold was reached by some queries
+    # capped (the default: a bounded cost per miss), it still finds what is at or above
+    # the threshold, if not always the very nearest, and compares no more than the cap
+    capped = NearestPrompts(stored, 0.5, candidates=20)
+    for q in queries:
+        got = capped.nearest(q)
+        assert got is None or similarity(q, stored[got[0]]) == got[1] >= 0.5
+    assert sum(capped.nearest(q) is not None for q in queries) > 0
     assert trigrams("  AB ") == frozenset({"ab"}) and similarity("Hi there", "hi  THERE") == 1.0
     with pytest.raises(ValueError):
         NearestPrompts(stored, 0.0)

@@ -32,8 +32,11 @@ BY = ("hour", "day")
 SPAN = {"hour": 48, "day": 30}  # buckets shown unless told otherwise
 SIMILAR_AT = 0.5  # trigram Jaccard from which a stored prompt counts as near a miss
 TOP = 10
-COMPARED = 5_000  # the most frequent misses compared with the store (the rest not looked at)
+COMPARED = 2_000  # the most frequent misses compared with the store (the rest not looked at)
 STORED = 50_000  # the newest published predictions per model a miss is compared with
+# stored texts compared in full with one miss at most: those sharing its rarest trigrams
+# (50,000 stored and 2,000 misses of look-alike text: over 10 minutes uncapped, ~4 s so)
+CANDIDATES = 100
 
 
 # ----- similarity ---------------------------------------------------------------------------
@@ -74,23 +77,34 @@ class NearestPrompts:
 
     Prefix filtering: order all trigrams rarest first; two sets with Jaccard >= t share at
     least ceil(t * |x|) trigrams, so they share one among the first |x| - ceil(t * |x|) + 1
-    of each. Only those prefixes are indexed and probed, and rare trigrams have short lists.
-    Exact: every text at least `threshold` alike is found and compared in full.
+    of each. Only those prefixes are indexed and probed, rarest first, and rare trigrams
+    have short lists. Exact up to `candidates` texts per query: every text at least
+    `threshold` alike is found unless more than that many share the query's prefix, and then
+    those sharing its rarest trigrams are the ones compared (cheap, bounded, and a suggestion
+    only).
     """
 
-    def __init__(self, texts: Sequence[str], threshold: float = SIMILAR_AT) -> None:
+    def __init__(
+        self, texts: Sequence[str], threshold: float = SIMILAR_AT, candidates: int = CANDIDATES
+    ) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold {threshold} is not in (0, 1]")
         self.threshold = threshold
+        self.candidates = candidates
         self._sets = [trigrams(t) for t in texts]
-        self._rarity = Counter(g for s in self._sets for g in s)
+        counts = Counter(g for s in self._sets for g in s)
+        # one global order, rarest first (ties by the trigram); a trigram no stored text has
+        # comes first, and matches nothing
+        order = sorted(counts, key=lambda g: (counts[g], g))
+        self._rank = {g: i for i, g in enumerate(order)}
         self._index: dict[str, list[int]] = {}
         for i, s in enumerate(self._sets):
             for g in self._prefix(s):
                 self._index.setdefault(g, []).append(i)
 
     def _prefix(self, s: frozenset[str]) -> list[str]:
-        ordered = sorted(s, key=lambda g: (self._rarity.get(g, 0), g))
+        rank = self._rank
+        ordered = sorted(s, key=lambda g: rank.get(g, -1))
         # the epsilon keeps 0.7 * 10 from rounding up to 8
         keep = len(ordered) - math.ceil(self.threshold * len(ordered) - 1e-9) + 1
         return ordered[:keep]
@@ -106,6 +120,8 @@ class NearestPrompts:
             for i in self._index.get(g, ()):
                 if i in seen:
                     continue
+                if len(seen) >= self.candidates:
+                    return best
                 seen.add(i)
                 s = self._sets[i]
                 shared = len(q & s)
