@@ -52,6 +52,7 @@ def test_a_sampled_seeded_run_misses_then_is_a_hit(
     assert main(["batch", str(nxt), "-o", str(out), "--publish"]) == 0  # greedy run, sampled line
     capsys.readouterr()
     [made] = rows(out)
+    assert made["output"] == live["reply"]  # the line's seed is its sample's: the same text
 
     code, hit = ask(capsys, *request, PROMPT)
     assert code == 0 and hit["source"] == "store" and hit["reply"] == made["output"]
