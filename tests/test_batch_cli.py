@@ -61,7 +61,10 @@ def test_jsonl_batch_with_malformed_lines_publish_and_serve(
     assert main([*ask, "What is the capital of France?"]) == 3
     assert "not precomputed" in capsys.readouterr().err
 
-    assert main(["store", "publish", str(run_id)]) == 0
+    # "b" is cut off at its 4 tokens: flagged, so publishing waits for a review or --force
+    assert main(["store", "publish", str(run_id)]) == 1
+    assert f"run {run_id} not published" in capsys.readouterr().err
+    assert main(["store", "publish", str(run_id), "--force"]) == 0
     assert "published 3" in capsys.readouterr().out
     assert main([*ask, "What is the capital of France?"]) == 0
     served = json.loads(capsys.readouterr().out)
@@ -83,7 +86,8 @@ def test_jsonl_batch_with_malformed_lines_publish_and_serve(
 
     # the misses file is the next batch's input
     out2 = tmp_path / "out2.jsonl"
-    assert main(["batch", str(misses), "-o", str(out2), "--max-tokens", "5", "--publish"]) == 0
+    next_batch = ["batch", str(misses), "-o", str(out2), "--max-tokens", "5"]
+    assert main([*next_batch, "--publish", "--force"]) == 0  # 5 tokens: cut off, flagged
     assert "published 1" in capsys.readouterr().out
     assert main([*live, "--serve", "store", "What is the capital of France?"]) == 0
     assert json.loads(capsys.readouterr().out)["source"] == "store"

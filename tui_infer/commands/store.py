@@ -259,10 +259,10 @@ def publish(store: Any, run_id: int, force: bool, force_hint: str) -> int:
     exit 1, while flagged predictions are not rejected, unless forced."""
     from tui_infer.core.static import verify
 
-    g = verify.gate(store, run_id)
-    n = verify.publish(store, run_id, force, force_hint)
+    n = verify.publish(store, run_id, force, force_hint)  # refused: FlaggedRunError, exit 1
     line = f"run {run_id}: published {n} predictions"
-    if force and not g.clear:
+    g = verify.gate(store, run_id) if force else None
+    if g is not None and not g.clear:
         what = ", ".join(f"{c} {k}" for c, k in g.counts().items())
         line += f" ({len(g.unreviewed)} flagged and not reviewed, published with --force: {what})"
     print(line)
