@@ -52,7 +52,7 @@ def test_batch_run_and_chat_share_one_key(
     src.write_text(json.dumps({"id": "q", "prompt": PROMPT}) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
     argv = ["batch", str(src), "-o", str(out), "-m", str(model_path), "--max-tokens", "8"]
-    assert main([*argv, "--publish"]) == 0
+    assert main([*argv, "--publish", "--force"]) == 0
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     capsys.readouterr()
 

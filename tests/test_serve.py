@@ -159,7 +159,7 @@ def test_a_published_prediction_answers_from_the_store(
     src = tmp_path / "in.txt"
     src.write_text(PROMPT + "\n")
     argv = ["batch", str(src), "-o", str(tmp_path / "o.jsonl"), "-m", str(model_path)]
-    assert main([*argv, "--max-tokens", "8", "--publish"]) == 0
+    assert main([*argv, "--max-tokens", "8", "--publish", "--force"]) == 0
     stored = json.loads((tmp_path / "o.jsonl").read_text())["output"]
     capsys.readouterr()
     for running in serve(tmp_path, model_path, temperature=0.0, max_tokens=8):
@@ -205,7 +205,7 @@ def test_store_only_misses_become_the_next_batch(
         [row] = [json.loads(line) for line in out.read_text().splitlines()]
         assert row["messages"] == question and row["max_tokens"] == 8
         argv = ["batch", str(out), "-o", str(tmp_path / "o.jsonl"), "-m", str(model_path)]
-        assert main([*argv, "--temperature", "0", "--max-tokens", "8", "--publish"]) == 0
+        assert main([*argv, "--temperature", "0", "--max-tokens", "8", "--publish", "--force"]) == 0
         capsys.readouterr()
 
         hit = client.chat.completions.with_raw_response.create(model="default", messages=question)  # type: ignore[arg-type]

@@ -347,7 +347,7 @@ def test_tui_infer_serve_answers_what_tui_infer_batch_published(
     src.write_text(prompt + "\n")
     out = tmp_path / "o.jsonl"
     argv = ["batch", str(src), "-o", str(out), "-m", str(model_path), "--max-tokens", "8"]
-    assert main([*argv, "--publish"]) == 0
+    assert main([*argv, "--publish", "--force"]) == 0
     stored = json.loads(out.read_text())["output"]
     assert stored
     capsys.readouterr()
