@@ -595,7 +595,9 @@ class Scheduler:
             own = self._common(s.cached, prompt)
             kept = (len(prompt) - own) + (len(s.cached) - own)
             if donor is not None and donor is not s and shared - own >= self._copy_min:
-                copied = (len(prompt) - shared) + len(s.cached)  # the copy replaces it all
+                # the copy replaces the whole sequence, but its first `own` tokens are the
+                # donor's too (both are the prompt's head): it loses what `kept` loses
+                copied = (len(prompt) - shared) + (len(s.cached) - own)
                 if copied < kept:
                     return runs(s.seq), copied, s.last_used, donor
             return runs(s.seq), kept, s.last_used, None
