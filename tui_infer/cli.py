@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from tui_infer.core.paths import Paths
 
 EXIT_BAD_INPUT = 2
-PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats", "serve", "ps")
+PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats", "serve", "ps", "bundle")
 # commands whose parser another command's module adds, and that module
 SHARED_MODULES = {"stop": "ps"}
 
