@@ -81,6 +81,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     # None: no log probabilities; n: each token's own and the n most likely (0..20), live only
     logprobs: int | None = None
+    # structured output (grammar.py): a GBNF grammar llama.cpp's grammar sampler keeps the
+    # reply in, and the JSON schema (normalized JSON) it was compiled from; in the key
+    grammar: str | None = None
+    json_schema: str | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> SamplingParams:
