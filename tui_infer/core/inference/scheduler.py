@@ -627,7 +627,7 @@ class Scheduler:
         slot.forget = False
         if slot.sampler is not None:
             lib.llama_sampler_free(slot.sampler)
-        slot.sampler = make_sampler(lib, self._n_vocab, req.sampling, req.seed)
+        slot.sampler = make_sampler(lib, self._n_vocab, req.sampling, req.seed, self._vocab)
         req.t_admit = time.perf_counter()
         req.evaluated = len(slot.pending)
         req.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
