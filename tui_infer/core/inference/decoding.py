@@ -26,10 +26,26 @@ def token_piece(lib: Any, vocab: Any, token: int, buf: ctypes.Array[ctypes.c_cha
     return buf.raw[:n]
 
 
-def make_sampler(lib: Any, n_vocab: int, p: SamplingParams, seed: int | None) -> Any:
-    """A llama.cpp sampler chain for p: penalties, then greedy, or top-k, top-p, min-p,
-    temperature and a seeded draw (seed None: llama.cpp picks one)."""
+def make_sampler(
+    lib: Any, n_vocab: int, p: SamplingParams, seed: int | None, vocab: Any = None
+) -> Any:
+    """A llama.cpp sampler chain for p: the grammar (p.grammar, over `vocab`: only tokens
+    that keep the reply inside it, the end only once it is complete), penalties, then
+    greedy, or top-k, top-p, min-p, temperature and a seeded draw (seed None: llama.cpp
+    picks one). A grammar that does not compile raises grammar.GrammarError (front ends
+    check theirs before they submit: grammar.check_sampling)."""
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if p.grammar is not None:
+        from tui_infer.core.inference.grammar import GrammarError, grammar_sampler
+
+        if vocab is None:
+            lib.llama_sampler_free(chain)
+            raise GrammarError("a grammar needs the model's vocabulary")
+        try:
+            lib.llama_sampler_chain_add(chain, grammar_sampler(lib, vocab, p.grammar))
+        except GrammarError:
+            lib.llama_sampler_free(chain)
+            raise
     if p.repeat_penalty != 1.0:
         lib.llama_sampler_chain_add(
             chain, lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)

@@ -13,7 +13,10 @@ Normalization:
   repeat_penalty and max_tokens (the rest does not change greedy output);
   sampled ones keep them all, with seed None when it is random (-1). Stop strings are
   kept (as a list, in the request's order) only when there are some, so that every key
-  made before they existed stays the same.
+  made before they existed stays the same. Structured output likewise: a request
+  constrained by a JSON schema keeps the schema (parsed, so key order and spacing do
+  not count) as "json_schema", one constrained by a GBNF grammar its text (line ends LF,
+  outer whitespace stripped) as "grammar"; a request with neither has neither.
 - a raw prompt (an OpenAI `/v1/completions` line: no chat template) is keyed with the
   template part RAW_TEMPLATE (not a sha256, so never a real template's) and one message
   of role "prompt" holding the text exactly as given (no whitespace is stripped: a
@@ -60,6 +63,10 @@ def normalize_params(p: SamplingParams, max_tokens: int | None = None) -> dict[s
     params = _sampling_params(p, p.max_tokens if max_tokens is None else max_tokens)
     if p.stop:
         params["stop"] = list(p.stop)
+    if p.json_schema is not None:
+        params["json_schema"] = json.loads(p.json_schema)
+    elif p.grammar is not None:
+        params["grammar"] = p.grammar
     return params
 
 
