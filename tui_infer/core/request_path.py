@@ -7,7 +7,7 @@ straight line:
 1. **resolve the model once** (`resolve_target`): one settings read (done by the caller),
    one GGUF header parse, one `[templates]` lookup. The result, a `ModelTarget`, names the
    file and the template that will really be used: the config's override, else the GGUF's
-   own, else ChatML.
+   own, else llama.cpp's built-in template for its architecture.
 2. **prepare the request** (`prepare`): the system prompt applied (unless the messages bring
    their own), messages normalized exactly as the store normalizes them, the sampling
    parameters fixed. The model sees these very messages, rendered through `target`'s
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tui_infer.core.config import Settings, template_override
 from tui_infer.core.errors import TuiInferError
-from tui_infer.core.inference.template import CHATML_FALLBACK
+from tui_infer.core.inference.template import header_fallback
 from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
 from tui_infer.core.models.gguf import GgufHeader, read_header
 from tui_infer.core.models.resolve import NO_MODEL_HELP, resolve_model
@@ -84,8 +84,9 @@ class ModelTarget:
 
     @property
     def template_source(self) -> str:
-        """The template really used: the override, else the GGUF's own, else ChatML."""
-        return self.override or self.header.chat_template or CHATML_FALLBACK
+        """The template really used: the override, else the GGUF's own, else llama.cpp's
+        built-in for the architecture (ChatML where it has none: template.py)."""
+        return self.override or self.header.chat_template or header_fallback(self.header)
 
     def load_options(self, settings: Settings) -> LoadOptions:
         return LoadOptions.from_settings(settings, template_override=self.override)

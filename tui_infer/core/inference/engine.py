@@ -105,6 +105,11 @@ class Engine:
                 bos_token=bos,
                 eos_token=eos,
                 limits=limits_for(options.ctx),
+                # no template: llama.cpp's built-in for the architecture (template.py)
+                architecture=info.architecture,
+                n_vocab=self._n_vocab,
+                add_bos=bool(lib.llama_vocab_get_add_bos(self._vocab)),
+                names=[info.path.stem, info.name],
             )
         except TemplateError as exc:
             lib.llama_free(ctx)

@@ -11,14 +11,26 @@ says which bound and what to do; the caller's process never runs the template.
 The child stays up between renders (one start, ~60 ms; a render costs a pipe round trip,
 measured in benchmarks/template_render.py), compiled templates are cached there, and
 rendered prompts here (the chat renders the same conversation to count it, then to send
-it). A model with no template falls back to ChatML, with a warning the UI shows.
+it).
+
+A model with no template gets llama.cpp's built-in template for its architecture
+(`fallback_template`: gemma for Gemma, llama3 for a Llama 3 vocabulary, phi3, mistral-v7,
+...; ChatML, as Jinja, where llama.cpp has none), with a warning the UI shows once. A
+built-in template's "source" is its name (one of BUILTIN_TEMPLATES): it is rendered by
+llama_chat_apply_template in this process (llama.cpp's own code, not a stranger's), with
+the model's BOS in front when its vocabulary adds one. `--template NAME|FILE` and the
+[templates] config choose another, by name or as Jinja. A model with no template whose
+name has no instruct/chat tag looks like a base model (`looks_like_base`): the front ends
+offer raw completion (`run --raw`).
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -42,6 +54,182 @@ CHATML_FALLBACK = (
 
 class TemplateError(TuiInferError):
     pass
+
+
+# llama.cpp's built-in chat templates (llama_chat_builtin_templates, llama-cpp-python
+# 0.3.x); a name is checked against the library's own list when it renders
+BUILTIN_TEMPLATES = (
+    "bailing", "bailing-think", "bailing2", "chatglm3", "chatglm4", "chatml", "command-r",
+    "deepseek", "deepseek-ocr", "deepseek2", "deepseek3", "exaone-moe", "exaone3", "exaone4",
+    "falcon3", "gemma", "gigachat", "glmedge", "gpt-oss", "granite", "granite-4.0",
+    "granite-4.1", "grok-2", "hunyuan-dense", "hunyuan-moe", "hunyuan-vl", "kimi-k2",
+    "llama2", "llama2-sys", "llama2-sys-bos", "llama2-sys-strip", "llama3", "llama4",
+    "megrez", "minicpm", "mistral-v1", "mistral-v3", "mistral-v3-tekken", "mistral-v7",
+    "mistral-v7-tekken", "monarch", "openchat", "orion", "pangu-embedded", "phi3", "phi4",
+    "rwkv-world", "seed_oss", "smolvlm", "solar-open", "vicuna", "vicuna-orca", "yandex",
+    "zephyr",
+)  # fmt: skip
+
+# a GGUF's general.architecture -> llama.cpp's built-in template for a model without one
+ARCH_TEMPLATES = {
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3n": "gemma",
+    "phi3": "phi3",
+    "mistral3": "mistral-v7",
+    "command-r": "command-r",
+    "cohere2": "command-r",
+    "deepseek": "deepseek",
+    "deepseek2": "deepseek2",
+    "chatglm": "chatglm4",
+    "granite": "granite",
+    "granitemoe": "granite",
+    "exaone": "exaone3",
+    "exaone4": "exaone4",
+    "llama4": "llama4",
+    "minicpm": "minicpm",
+    "orion": "orion",
+    "openai-moe": "gpt-oss",
+    "gpt-oss": "gpt-oss",
+    "hunyuan-moe": "hunyuan-moe",
+    "hunyuan-dense": "hunyuan-dense",
+}
+LLAMA3_VOCAB = 128256  # a llama-architecture model with this vocabulary is a Llama 3
+
+
+def fallback_name(architecture: str, n_vocab: int | None) -> str:
+    """The built-in template llama.cpp has for a model of this architecture: "chatml"
+    where it has none (Qwen, SmolLM and most others speak ChatML)."""
+    if architecture == "llama":
+        return "llama3" if n_vocab == LLAMA3_VOCAB else "chatml"
+    return ARCH_TEMPLATES.get(architecture, "chatml")
+
+
+def fallback_source(architecture: str, n_vocab: int | None) -> str:
+    """The template source used for a model with none: a built-in's name, or ChatML as
+    Jinja (the fallback every key of such a model was made with before built-ins)."""
+    name = fallback_name(architecture, n_vocab)
+    return CHATML_FALLBACK if name == "chatml" else name
+
+
+def is_builtin(source: str) -> bool:
+    return source in BUILTIN_TEMPLATES
+
+
+def template_label(source: str) -> str:
+    """How a template is named to the user: 'gemma' (llama.cpp's built-in), ChatML, Jinja."""
+    if is_builtin(source):
+        return f"llama.cpp's built-in '{source}'"
+    if source == CHATML_FALLBACK:
+        return "ChatML"
+    return "a Jinja template"
+
+
+_TAGS = re.compile(r"(?:^|[^a-z0-9])(instruct|chat|it|sft|dpo|rlhf|assistant)(?:$|[^a-z0-9])")
+
+
+def looks_like_base(names: list[str], has_template: bool) -> bool:
+    """No chat template and no instruct/chat/it tag in any of the model's names (file
+    stem, general.name, finetune): likely a base model, better used for raw completion."""
+    return not has_template and not any(_TAGS.search(n.lower()) for n in names if n)
+
+
+def fallback_note(architecture: str, n_vocab: int | None, names: list[str]) -> str:
+    """What is said once about a model without a chat template (run: stderr; TUI: a
+    notice; models info: a line)."""
+    source = fallback_source(architecture, n_vocab)
+    what = (
+        f"llama.cpp's built-in '{source}' template for its architecture ({architecture})"
+        if is_builtin(source)
+        else f"ChatML (llama.cpp has no built-in template for {architecture})"
+    )
+    note = (
+        f"this model has no chat template; using {what}; --template NAME|FILE or "
+        "[templates] in the config chooses another"
+    )
+    if looks_like_base(names, False):
+        note += (
+            "; it looks like a base model (no instruct or chat tag in its name): raw "
+            "completion (run --raw, the chat's raw mode) sends the prompt as written"
+        )
+    return note
+
+
+def header_vocab(header: Any) -> int | None:
+    """The vocabulary size a GGUF header gives (tokenizer.ggml.tokens' length)."""
+    tokens = header.get("tokenizer.ggml.tokens")
+    n = getattr(tokens, "length", None)
+    if n is None and isinstance(tokens, list):
+        n = len(tokens)
+    return int(n) if isinstance(n, int) else None
+
+
+def header_names(header: Any) -> list[str]:
+    return [
+        header.path.stem,
+        str(header.get("general.name") or ""),
+        str(header.get("general.finetune") or ""),
+    ]
+
+
+def header_fallback(header: Any) -> str:
+    """fallback_source for a GGUF header (request_path.ModelTarget, models info)."""
+    return fallback_source(header.architecture, header_vocab(header))
+
+
+def header_note(header: Any) -> str | None:
+    """fallback_note for a GGUF header, None when the file has its own template."""
+    if header.chat_template:
+        return None
+    return fallback_note(header.architecture, header_vocab(header), header_names(header))
+
+
+def resolve_template_arg(value: str) -> str:
+    """`--template NAME|FILE`: a built-in's name, or a Jinja file's text."""
+    name = value.strip()
+    if is_builtin(name):
+        return name
+    path = Path(name).expanduser()
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateError(f"--template {value}: cannot read it ({exc})") from None
+        if not text.strip():
+            raise TemplateError(f"--template {value}: the file is empty")
+        return text
+    shown = ", ".join(n for n in BUILTIN_TEMPLATES if "-" not in n or n.startswith("mistral"))
+    raise TemplateError(
+        f"--template {value}: no such file and not one of llama.cpp's built-in templates "
+        f"({shown}, ...); give a .jinja file or one of those names"
+    )
+
+
+def render_builtin(name: str, messages: list[dict[str, str]], bos: str) -> str:
+    """Render with llama.cpp's built-in template `name` (llama_chat_apply_template)."""
+    import llama_cpp as lib
+
+    arr = (lib.llama_chat_message * max(1, len(messages)))()
+    keep = []
+    for i, m in enumerate(messages):
+        role, content = m["role"].encode("utf-8"), m["content"].encode("utf-8")
+        keep += [role, content]
+        arr[i].role = role
+        arr[i].content = content
+    size = 256 + 2 * sum(len(b) for b in keep)
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        n = int(lib.llama_chat_apply_template(name.encode(), arr, len(messages), True, buf, size))
+        if n < 0:
+            raise TemplateError(
+                f"llama.cpp has no built-in chat template named {name!r}; give another "
+                "with --template NAME|FILE"
+            )
+        if n <= size:
+            return bos + buf.raw[:n].decode("utf-8", errors="replace")
+        size = n + 1
+    raise TemplateError(f"the built-in template {name!r} did not render")
 
 
 class TemplateLimitError(TemplateError):
@@ -215,17 +403,24 @@ class ChatTemplate:
         bos_token: str,
         eos_token: str,
         limits: RenderLimits = DEFAULT_LIMITS,
+        architecture: str = "",
+        n_vocab: int | None = None,
+        add_bos: bool = False,
+        names: list[str] | None = None,
     ) -> None:
         self.from_model = bool(source)
-        self.source = source or CHATML_FALLBACK
+        self.source = source or fallback_source(architecture, n_vocab)
         self.warning = (
-            None
-            if self.from_model
-            else "this model has no chat template; using ChatML, replies may be poor"
+            None if self.from_model else fallback_note(architecture, n_vocab, names or [])
         )
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.limits = limits
+        # a built-in renders without BOS; the model's goes in front when its vocab adds one
+        self._bos_prefix = bos_token if add_bos else ""
+        if is_builtin(self.source):
+            render_builtin(self.source, [{"role": "user", "content": "x"}], "")
+            return
         try:
             render_bounded(self.source, [], bos_token, eos_token, limits, op="compile")
         except TemplateLimitError:
@@ -234,7 +429,13 @@ class ChatTemplate:
             msg = str(exc).replace("the chat template", "the model's chat template", 1)
             raise TemplateError(msg) from None
 
+    @property
+    def builtin(self) -> bool:
+        return is_builtin(self.source)
+
     def render(self, messages: list[Message]) -> str:
+        if is_builtin(self.source):
+            return render_builtin(self.source, [m.as_dict() for m in messages], self._bos_prefix)
         return render_bounded(
             self.source,
             [m.as_dict() for m in messages],
