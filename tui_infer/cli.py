@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(store: a miss exits 3); store-any-sample also serves a prediction published for "
         "the same prompt under other sampling parameters (temperature, seed, ...)",
     )
+    from tui_infer.commands.request_flags import add_run_flags
+
+    add_run_flags(run)  # --preset, --json-schema, --grammar, --template, --raw
 
     doctor = sub.add_parser("doctor", help="versions, backend, devices, paths, default model")
     _model_flags(doctor)
