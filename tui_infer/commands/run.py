@@ -50,40 +50,59 @@ def _with_stops(sampling: SamplingParams, args: argparse.Namespace) -> SamplingP
 
 def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     prompt = _read_prompt(args)
+    from tui_infer.commands.request_flags import structured, with_preset, with_template
     from tui_infer.core import request_path as rp
 
-    target = rp.resolve_target(settings, paths)
+    settings = with_preset(args, settings, paths)
+    raw = bool(getattr(args, "raw", False))
+    if raw and getattr(args, "template", None):
+        raise TuiInferError("--raw sends the prompt through no chat template; drop --template")
+    target = with_template(args, rp.resolve_target(settings, paths))
     path = target.path
     from tui_infer.core.inference.engine import Engine
+    from tui_infer.core.inference.grammar import check_sampling
     from tui_infer.core.inference.llama_thread import on_llama_thread
     from tui_infer.core.static.store import PredictionStore
 
     mode = settings.serve  # the flag, else TUI_INFER_SERVE, else the config's `serve`
-    sampling = _with_stops(SamplingParams.from_settings(settings), args)
+    sampling = structured(args, _with_stops(SamplingParams.from_settings(settings), args))
+    if getattr(args, "grammar", None) is not None:
+        check_sampling(path, sampling, str(args.grammar))
     messages = [Message("user", prompt)]
     system = settings.system or None
     if mode != "live":
         with PredictionStore.in_data_dir(paths.data_dir) as store:
-            request = rp.prepare(store, target, messages, sampling, system=system)
+            request = (
+                rp.prepare_raw(store, target, prompt, sampling)
+                if raw
+                else rp.prepare(store, target, messages, sampling, system=system)
+            )
             served = _from_store(args, store, request, path, mode)
             if served is not None:
                 return served
     engine = Engine.load(path, target.load_options(settings), header=target.header)
     for note in load_notes(settings, engine.n_ctx):
         print(f"tui-infer: note: {note}", file=sys.stderr)
+    if not raw and engine.template.warning:
+        print(f"tui-infer: note: {engine.template.warning}", file=sys.stderr)
     cancel = threading.Event()
     try:
-        stream = engine.chat(list(rp.model_messages(messages, system)), sampling, cancel)
+        if raw:
+            stream = engine.complete(prompt, sampling, cancel)
+        else:
+            stream = engine.chat(list(rp.model_messages(messages, system)), sampling, cancel)
     except TemplateError as exc:
         engine.close()
         raise TemplateError(f"{path.name}: {exc}") from None
     pieces: list[str] = []
     interrupted = False
+    # a structured reply is printed whole, once it is known to be complete
+    hold = sampling.grammar is not None
 
     def stream_out() -> None:
         for chunk in stream:
             pieces.append(chunk.text)
-            if not args.json:
+            if not args.json and not hold:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
 
@@ -100,18 +119,28 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
         engine.close()
         return 0
     stats = stream.stats
+    reply = "".join(pieces)
+    problem = (
+        structured_problem(sampling, reply, stats.finish_reason if stats else "")
+        if hold and not interrupted
+        else None
+    )
     if args.json:
         out = {
             "model": str(path),
             "model_name": engine.info.name,
             "quantization": engine.info.quantization,
             "backend": engine.backend.summary,
-            "reply": "".join(pieces),
+            "reply": reply,
             "source": "live",
+            "raw": raw,
             "stats": stats.as_dict() if stats else None,
         }
         print(json.dumps(out, ensure_ascii=False))
-    else:
+    elif hold and problem is None:
+        sys.stdout.write(reply + "\n")
+        sys.stdout.flush()
+    elif not hold:
         sys.stdout.write("\n")
         sys.stdout.flush()
     if args.stats and stats:
@@ -126,7 +155,33 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
     if stats and stats.finish_reason == "error":
         print(f"tui-infer: error: generation failed: {stats.error}", file=sys.stderr)
         return 1
+    if problem is not None:
+        print(f"tui-infer: error: {problem}", file=sys.stderr)
+        return 1
     return 130 if interrupted else 0
+
+
+def structured_problem(sampling: SamplingParams, reply: str, finish_reason: str) -> str | None:
+    """Why a structured reply cannot be printed as an answer (cut by the token limit, or
+    not valid against its schema), or None."""
+    what = "JSON" if sampling.json_schema is not None else "grammar"
+    if finish_reason == "length":
+        return (
+            f"the reply was cut at {sampling.max_tokens} tokens (finish reason 'length') "
+            f"before the {what} was complete; raise --max-tokens"
+        )
+    if finish_reason == "cancelled":
+        return "the reply was cancelled before it was complete"
+    if sampling.json_schema is not None:
+        from tui_infer.core.inference.grammar import validate
+
+        why = validate(reply, sampling.json_schema)
+        if why is not None:
+            return (
+                f"the reply does not validate against the JSON schema ({why}); the grammar "
+                "does not enforce every keyword (minimum, maximum, formats)"
+            )
+    return None
 
 
 EXIT_NOT_PRECOMPUTED = 3
@@ -156,6 +211,11 @@ def _from_store(
     from tui_infer.core.request_path import explain_miss, lookup
 
     hit = lookup(store, request, mode=mode)
+    problem = (
+        structured_problem(request.sampling, hit.output, hit.finish_reason)
+        if hit is not None and request.sampling.grammar is not None
+        else None
+    )
     if hit is None:
         why = explain_miss(store, request)
         if mode == "store":
@@ -193,7 +253,7 @@ def _from_store(
                 ensure_ascii=False,
             )
         )
-    else:
+    elif problem is None:
         sys.stdout.write(hit.output + "\n")
         sys.stdout.flush()
     if args.stats:
@@ -202,4 +262,7 @@ def _from_store(
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(hit.published_at or 0))}",
             file=sys.stderr,
         )
+    if problem is not None:
+        print(f"tui-infer: error: {problem} (served from the store)", file=sys.stderr)
+        return 1
     return 0

@@ -1,0 +1,112 @@
+"""Flags `run` and `batch` share: --preset NAME, --json-schema FILE, --grammar FILE,
+--template NAME|FILE; and `run`'s --raw. Imports only the standard library at the top."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tui_infer.core.config import Settings
+    from tui_infer.core.inference.types import SamplingParams
+    from tui_infer.core.paths import Paths
+    from tui_infer.core.request_path import ModelTarget
+
+
+def add_request_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="the sampling values (and system prompt) of [presets.NAME] in the config; "
+        "flags given beside it win",
+    )
+    p.add_argument(
+        "--json-schema",
+        type=Path,
+        metavar="FILE",
+        help="constrain the reply to JSON valid against this JSON schema (llama.cpp's "
+        "grammar sampler; part of the store's key)",
+    )
+    p.add_argument(
+        "--grammar",
+        type=Path,
+        metavar="FILE",
+        help="constrain the reply to this GBNF grammar (root rule 'root'; part of the key)",
+    )
+    p.add_argument(
+        "--template",
+        metavar="NAME|FILE",
+        help="the chat template: one of llama.cpp's built-in names (gemma, llama3, phi3, "
+        "chatml, mistral-v7, ...) or a Jinja file; default: the model's own, else the "
+        "[templates] config, else the built-in for its architecture",
+    )
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    add_request_flags(p)
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="raw completion: the prompt is sent as written, through no chat template "
+        "(for base models; keyed apart in the store)",
+    )
+
+
+# Settings names a preset may set, and the flag that overrides each
+_PRESET_FLAGS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "seed",
+    "max_tokens",
+    "system",
+)
+
+
+def with_preset(args: argparse.Namespace, settings: Settings, paths: Paths) -> Settings:
+    """--preset NAME: the preset's values over the config's, under the flags given."""
+    name = getattr(args, "preset", None)
+    if not name:
+        return settings
+    from tui_infer.core.config import load_presets
+    from tui_infer.core.errors import ConfigError
+
+    presets = load_presets(paths.config_file)
+    if name not in presets:
+        have = ", ".join(presets) or "none"
+        raise ConfigError(
+            f"--preset {name}: no such preset in {paths.config_file} (presets: {have}); "
+            "add a [presets.NAME] table or save one from the chat's settings (F2)"
+        )
+    values: dict[str, Any] = {
+        k: v
+        for k, v in presets[name].items()
+        if k in _PRESET_FLAGS and getattr(args, k, None) is None
+    }
+    if "system" in values:
+        settings = replace(settings, system=str(values.pop("system")))
+    return settings.with_overrides(**values)
+
+
+def structured(args: argparse.Namespace, sampling: SamplingParams) -> SamplingParams:
+    """--json-schema FILE / --grammar FILE on `sampling` (GrammarError, exit 2, when bad)."""
+    schema, grammar = getattr(args, "json_schema", None), getattr(args, "grammar", None)
+    if schema is None and grammar is None:
+        return sampling
+    from tui_infer.core.inference.grammar import from_files
+
+    return from_files(sampling, schema, grammar)
+
+
+def with_template(args: argparse.Namespace, target: ModelTarget) -> ModelTarget:
+    """--template NAME|FILE: the target renders (and is keyed) with that template."""
+    value = getattr(args, "template", None)
+    if not value:
+        return target
+    from tui_infer.core.inference.template import resolve_template_arg
+
+    return replace(target, override=resolve_template_arg(value))
