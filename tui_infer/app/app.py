@@ -43,6 +43,7 @@ class TuiInferApp(App[None]):
         Binding("f4", "server", "Server", show=False),
         # priority, as F7: the chat's input box (a TextArea) takes F6 for "select line"
         Binding("f6", "drift", "Drift", show=False, priority=True),
+        Binding("f5", "quant", "Quant", show=False, priority=True),
     ]
 
     def __init__(
@@ -224,6 +225,12 @@ class TuiInferApp(App[None]):
         if not isinstance(self.screen, DriftScreen):
             self.push_screen(DriftScreen(self.store, self.settings, self.chat.model_path))
 
+    def action_quant(self) -> None:
+        from tui_infer.app.screens.quant import QuantScreen
+
+        if not isinstance(self.screen, QuantScreen):
+            self.push_screen(QuantScreen(self.settings, self.chat.model_path, self.paths.data_dir))
+
     def action_server(self) -> None:
         """Installed once: the server it starts keeps running while the chat is shown."""
         from tui_infer.app.screens.server import ServerScreen
@@ -257,6 +264,11 @@ class TuiInferApp(App[None]):
             "Models", "The library, import, remove, the hub, downloads (F3)", self.action_models
         )
         yield SystemCommand("Bench", "Measure pp/tg tokens/s of this model (F7)", self.action_bench)
+        yield SystemCommand(
+            "Quant",
+            "What each quant and KV cache type of this model costs: agreement, KL, speed (F5)",
+            self.action_quant,
+        )
         yield from chat_commands(chat)
         yield from super().get_system_commands(screen)
 
