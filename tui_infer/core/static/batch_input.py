@@ -345,6 +345,10 @@ def _sampling(obj: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
             if reason := _lone_surrogate(s):
                 raise ValueError(f"'stop' {reason}")
         out["stop"] = tuple(stops)
+    # structured output: response_format (OpenAI's shape), json_schema or grammar
+    from tui_infer.core.inference.grammar import line_fields
+
+    out.update(line_fields(obj))
     return out
 
 
