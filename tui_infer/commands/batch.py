@@ -64,6 +64,9 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         help="with --publish: publish even with flagged answers not rejected",
     )
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
+    from tui_infer.commands.request_flags import add_request_flags
+
+    add_request_flags(p)  # --preset, --json-schema, --grammar, --template
     p.add_argument(
         "--ray",
         nargs="?",
@@ -106,15 +109,31 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     items, rejects, in_format = read.items, read.rejects, read.format
     rejects_path = args.rejects or args.output.with_name(args.output.name + ".rejects.jsonl")
 
-    target = resolve_target(settings, paths)
+    from tui_infer.commands.request_flags import (
+        apply_preset,
+        preset_values,
+        structured,
+        with_template,
+    )
+    from tui_infer.core.inference.grammar import check_sampling
+
+    preset = preset_values(args, paths)
+    settings = apply_preset(settings, preset)
+    target = with_template(args, resolve_target(settings, paths))
     model_path = target.path
     template_source = target.template_source
     temperature = getattr(args, "temperature", None)
+    if temperature is None:  # greedy, unless the preset says otherwise
+        temperature = float(preset.get("temperature", 0.0))
     sampling = SamplingParams.from_settings(settings)
-    sampling = replace(sampling, temperature=0.0 if temperature is None else temperature)
+    sampling = structured(args, replace(sampling, temperature=temperature))
+    if getattr(args, "grammar", None) is not None:
+        check_sampling(model_path, sampling, str(args.grammar))
     if sampling.max_tokens < 1:
         raise TuiInferError(f"--max-tokens must be at least 1, got {sampling.max_tokens}")
     system = settings.system or None
+    items, bad_grammar = _with_good_grammars(items, model_path)
+    rejects = sorted(rejects + bad_grammar, key=lambda r: r.line)
 
     batch_items: list[BatchItem] = []
     prepared: list[PreparedRequest] = []  # each line's request: its key and parameters
@@ -353,6 +372,29 @@ def _with_this_model(
             keep.append(it)
             continue
         rejects.append(Reject(it.line, why, it.id))
+    return keep, rejects
+
+
+def _with_good_grammars(
+    items: list[InputItem], model_path: Path
+) -> tuple[list[InputItem], list[Reject]]:
+    """A line's own grammar that does not compile for this model rejects that line alone."""
+    from tui_infer.core.inference.grammar import check_with_model
+    from tui_infer.core.static.batch_input import Reject
+
+    grammars = [g for it in items if (g := it.sampling.get("grammar"))]
+    if not grammars:
+        return items, []
+    bad = check_with_model(model_path, grammars)
+    if not bad:
+        return items, []
+    keep, rejects = [], []
+    for it in items:
+        why = bad.get(it.sampling.get("grammar") or "")
+        if why is None:
+            keep.append(it)
+        else:
+            rejects.append(Reject(it.line, f"'grammar': {why}", it.id))
     return keep, rejects
 
 

@@ -69,9 +69,22 @@ _PRESET_FLAGS = (
 
 def with_preset(args: argparse.Namespace, settings: Settings, paths: Paths) -> Settings:
     """--preset NAME: the preset's values over the config's, under the flags given."""
+    return apply_preset(settings, preset_values(args, paths))
+
+
+def apply_preset(settings: Settings, values: dict[str, Any]) -> Settings:
+    values = dict(values)
+    if "system" in values:
+        settings = replace(settings, system=str(values.pop("system")))
+    return settings.with_overrides(**values)
+
+
+def preset_values(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
+    """The values --preset NAME sets that no flag given overrides ({} without --preset);
+    ConfigError (exit 2) naming the presets there are when NAME is not one of them."""
     name = getattr(args, "preset", None)
     if not name:
-        return settings
+        return {}
     from tui_infer.core.config import load_presets
     from tui_infer.core.errors import ConfigError
 
@@ -82,14 +95,11 @@ def with_preset(args: argparse.Namespace, settings: Settings, paths: Paths) -> S
             f"--preset {name}: no such preset in {paths.config_file} (presets: {have}); "
             "add a [presets.NAME] table or save one from the chat's settings (F2)"
         )
-    values: dict[str, Any] = {
+    return {
         k: v
         for k, v in presets[name].items()
         if k in _PRESET_FLAGS and getattr(args, k, None) is None
     }
-    if "system" in values:
-        settings = replace(settings, system=str(values.pop("system")))
-    return settings.with_overrides(**values)
 
 
 def structured(args: argparse.Namespace, sampling: SamplingParams) -> SamplingParams:
