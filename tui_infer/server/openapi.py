@@ -10,9 +10,11 @@ server, so a route that drifts from it (or it from the route) fails there.
 A plain function returning a dict: the server has no schema layer to derive it from (see
 app.py on why Starlette without pydantic), and the document is small enough to read whole.
 Fields a request may carry that are not listed here (OpenAI's `user`, `frequency_penalty`,
-...) are accepted and ignored, as OpenAI clients send them; `tools`, `functions` and
-`response_format` with a value are a 400 until supported. What no schema can say: a prompt
-plus `max_tokens` past the loaded context is a 400 `context_length_exceeded`.
+...) are accepted and ignored, as OpenAI clients send them; `tools` and `functions` with a
+value are a 400 until supported. `response_format` (json_object, json_schema) constrains the
+reply with llama.cpp's grammar sampler; its shapes are checked by `requests.parse_chat` and
+left out here (a schema generator would send arbitrary JSON schemas). What no schema can
+say: a prompt plus `max_tokens` past the loaded context is a 400 `context_length_exceeded`.
 """
 
 from __future__ import annotations

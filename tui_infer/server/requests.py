@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from tui_infer.core.inference.grammar import response_format
 from tui_infer.core.inference.stops import MAX_STOPS
 from tui_infer.core.inference.types import Message, SamplingParams
 
@@ -154,9 +155,13 @@ def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequ
     _model(body, model_name)
     if body.get("n", 1) != 1:
         raise bad("only n = 1 is supported", "n")
-    for unsupported in ("tools", "functions", "response_format"):
+    for unsupported in ("tools", "functions"):
         if body.get(unsupported):
             raise bad(f"'{unsupported}' is not supported yet", unsupported)
+    try:  # structured output: {"type": "json_object"} or {"type": "json_schema", ...}
+        structured = response_format(body.get("response_format"))
+    except ValueError as exc:
+        raise bad(str(exc), "response_format") from None
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad("'messages' must be a non-empty list", "messages")
@@ -172,6 +177,8 @@ def parse_chat(body: Any, defaults: SamplingParams, model_name: str) -> ChatRequ
     older = _integer(body, "max_tokens", 1, MAX_TOKENS)  # checked even when the newer wins
     max_tokens = older if newer is None else newer
     sampling, stream, include_usage = _common(body, defaults, max_tokens)
+    if structured:
+        sampling = replace(sampling, **structured)
     top = _integer(body, "top_logprobs", 0, 20)
     if _flag(body, "logprobs"):
         sampling = replace(sampling, logprobs=top or 0)

@@ -258,7 +258,15 @@ class Engine:
                 prompt_tokens=len(prompt),
                 n_ctx=self.n_ctx,
             )
+        self._check_grammar(sampling)
         return self.scheduler.submit(prompt, sampling, cancel=cancel)
+
+    def _check_grammar(self, sampling: SamplingParams) -> None:
+        """A grammar that does not compile is the caller's GrammarError, before submitting."""
+        if sampling.grammar is not None:
+            from tui_infer.core.inference.grammar import check_vocab
+
+            check_vocab(self._lib, self._vocab, sampling.grammar)
 
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokens of a plain prompt (no template): with BOS when the vocabulary adds one."""
@@ -286,6 +294,7 @@ class Engine:
                 prompt_tokens=len(tokens),
                 n_ctx=self.n_ctx,
             )
+        self._check_grammar(sampling)
         return self.scheduler.submit(tokens, sampling, cancel=cancel)
 
     def complete_tokens(

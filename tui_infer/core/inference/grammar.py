@@ -62,9 +62,7 @@ def schema_to_gbnf(schema_text: str) -> str:
         raise GrammarError("the JSON schema cannot be compiled: it nests too deep") from None
     except Exception as exc:  # the converter asserts, raises ValueError, KeyError, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GrammarError(
-            f"the JSON schema cannot be compiled to a grammar: {reason}"
-        ) from None
+        raise GrammarError(f"the JSON schema cannot be compiled to a grammar: {reason}") from None
 
 
 def with_schema(sampling: SamplingParams, schema: Any, where: str) -> SamplingParams:
@@ -126,7 +124,7 @@ def response_format(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError("'response_format' must be an object such as {\"type\": \"json_object\"}")
+        raise ValueError('\'response_format\' must be an object such as {"type": "json_object"}')
     kind = value.get("type")
     if kind == "text":
         return {}
@@ -207,6 +205,12 @@ def _reason(lines: list[str]) -> str:
             if text and "failed to parse grammar" not in text.lower():
                 return text
     return "llama.cpp could not parse it (GBNF needs a 'root' rule)"
+
+
+def check_vocab(lib: Any, vocab: Any, gbnf: str) -> None:
+    """GrammarError unless `gbnf` compiles over this vocabulary (before a request is
+    submitted: a sampler that cannot be built must not fail the scheduler's step)."""
+    lib.llama_sampler_free(grammar_sampler(lib, vocab, gbnf))
 
 
 _checked: dict[tuple[str, str], str | None] = {}
