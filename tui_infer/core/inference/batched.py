@@ -180,6 +180,11 @@ class BatchRunner:
             bos_token=bos,
             eos_token=eos,
             limits=limits_for(options.ctx),
+            # no template: llama.cpp's built-in for the architecture (template.py)
+            architecture=info.architecture,
+            n_vocab=self._n_vocab,
+            add_bos=bool(lib.llama_vocab_get_add_bos(self._vocab)),
+            names=[info.path.stem, info.name],
         )
         self._closed = False
 
@@ -462,7 +467,7 @@ class BatchRunner:
             seed = item_seed(run_seed, item.id)
         if slot.sampler is not None:
             self._lib.llama_sampler_free(slot.sampler)
-        slot.sampler = make_sampler(self._lib, self._n_vocab, sampling, seed)
+        slot.sampler = make_sampler(self._lib, self._n_vocab, sampling, seed, self._vocab)
         slot.item = item
         slot.tokens = tokens
         slot.pending = tokens[kept:]
