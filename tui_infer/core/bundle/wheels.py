@@ -1,0 +1,261 @@
+"""The wheelhouse: tui-infer and every dependency as installed here, for this platform.
+
+The versions are the ones installed now (the dependency closure of tui-infer, read from
+the installed metadata), pinned in wheels/requirements.txt, so that the air-gapped machine
+runs the same app. Each wheel comes from PyPI (`pip download`, binary only, this
+platform); tui-infer itself is built from its source folder when it is installed from one
+(an editable install); llama-cpp-python is the wheel this machine built (the cache of
+scripts/install-llama-cpp.sh, ~/.cache/tui-infer/wheels), the one whose files are the
+installed ones. What none of these give is packed again from the installed files.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.metadata as md
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tui_infer.core.bundle.manifest import BundleError
+
+Log = Callable[[str], None]
+LLAMA = "llama-cpp-python"
+APP = "tui-infer"
+# files pip writes on install that a wheel does not carry
+_INSTALL_ONLY = ("INSTALLER", "REQUESTED", "direct_url.json", "RECORD")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class Pinned:
+    name: str  # canonical
+    version: str
+
+
+def closure(root: str = APP) -> list[Pinned]:
+    """`root` and everything it needs here (markers evaluated for this interpreter, the
+    extras each requirement asks for), as installed: sorted, `root` first."""
+    from packaging.requirements import Requirement
+
+    seen: dict[str, Pinned] = {}
+    todo: list[tuple[str, frozenset[str]]] = [(root, frozenset())]
+    done: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        key = canonical(name)
+        if (key, extras) in done:
+            continue
+        done.add((key, extras))
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            raise BundleError(
+                f"{name} is needed by {root} but not installed here; repair the install "
+                "(pip install -e .) or export with --no-wheels"
+            ) from None
+        seen[key] = Pinned(key, dist.version)
+        for text in dist.requires or []:
+            req = Requirement(text)
+            wanted = [{"extra": e} for e in ("", *sorted(extras))]
+            if req.marker is not None and not any(req.marker.evaluate(env) for env in wanted):
+                continue
+            todo.append((req.name, frozenset(req.extras)))
+    ordered = sorted(seen.values(), key=lambda p: (p.name != canonical(root), p.name))
+    return ordered
+
+
+def _pip(args: list[str], log: Log) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def repack(dist_name: str, dest: Path) -> Path:
+    """A wheel of an installed distribution, from its installed files (RECORD) and its
+    WHEEL tags: what it was installed from, less the scripts pip writes itself."""
+    dist = md.distribution(dist_name)
+    wheel_meta = dist.read_text("WHEEL") or ""
+    tags = [
+        line.split(":", 1)[1].strip() for line in wheel_meta.splitlines() if line.startswith("Tag:")
+    ]
+    if not tags or dist.files is None:
+        raise BundleError(f"{dist_name}: installed without wheel metadata; cannot pack it again")
+    pys, abis, plats = (sorted({t.split("-")[i] for t in tags}) for i in range(3))
+    tag = "-".join(".".join(x) for x in (pys, abis, plats))
+    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
+    out = dest / f"{name}-{dist.version}-{tag}.whl"
+    info_dir = next(
+        (str(f).split("/")[0] for f in dist.files if str(f).endswith(".dist-info/METADATA")), ""
+    )
+    rows: list[tuple[str, str, str]] = []
+    tmp = out.with_name(f".{out.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in dist.files:
+            rel = str(f).replace(os.sep, "/")
+            parts = rel.split("/")
+            if rel.startswith("..") or "__pycache__" in parts or rel.endswith(".pyc"):
+                continue
+            if parts[0] == info_dir and parts[-1] in _INSTALL_ONLY:
+                continue
+            path = Path(str(dist.locate_file(f)))
+            if not path.is_file():
+                tmp.unlink(missing_ok=True)
+                raise BundleError(
+                    f"{dist_name}: installed file {rel} is missing; reinstall it or export "
+                    "with --no-wheels"
+                )
+            data = path.read_bytes()
+            zf.writestr(rel, data)
+            rows.append((rel, _record_hash(data), str(len(data))))
+        record = f"{info_dir}/RECORD"
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([*rows, (record, "", "")])
+        zf.writestr(record, buf.getvalue())
+    tmp.replace(out)
+    return out
+
+
+def _wheel_record(path: Path) -> dict[str, str]:
+    with zipfile.ZipFile(path) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".dist-info/RECORD"))
+        rows = csv.reader(io.StringIO(zf.read(name).decode()))
+        return {r[0]: r[1] for r in rows if len(r) >= 2 and r[1]}
+
+
+def built_llama_wheel(cache: Path | None = None) -> Path | None:
+    """The wheel of the installed llama-cpp-python from this machine's build cache: same
+    version, and every installed library file identical to the wheel's (the cache may
+    hold builds with other flags)."""
+    root = cache or Path(
+        os.environ.get("TUI_INFER_WHEEL_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tui-infer" / "wheels"
+    )
+    try:
+        dist = md.distribution(LLAMA)
+    except md.PackageNotFoundError:
+        return None
+    installed = {}
+    for f in dist.files or []:
+        rel = str(f)
+        if f.hash is not None and (
+            rel.endswith(".so") or ".so." in rel or rel.endswith(".dylib") or rel.endswith(".dll")
+        ):
+            installed[rel] = f"{f.hash.mode}={f.hash.value}"
+    if not root.is_dir():
+        return None
+    for whl in sorted(root.glob(f"*/llama_cpp_python-{dist.version}-*.whl")):
+        try:
+            record = _wheel_record(whl)
+        except (OSError, zipfile.BadZipFile, StopIteration):
+            continue
+        if installed and all(record.get(k) == v for k, v in installed.items()):
+            return whl
+    return None
+
+
+def _source_dir(dist_name: str) -> Path | None:
+    """The folder an installed distribution was installed from (pip install -e DIR or
+    pip install DIR), when it is still there."""
+    try:
+        text = md.distribution(dist_name).read_text("direct_url.json")
+    except md.PackageNotFoundError:
+        return None
+    if not text:
+        return None
+    url = json.loads(text).get("url", "")
+    if not url.startswith("file://"):
+        return None
+    path = Path(url[len("file://") :])
+    return path if (path / "pyproject.toml").is_file() or (path / "setup.py").is_file() else None
+
+
+def build(dest: Path, log: Log) -> dict[str, object]:
+    """Fill `dest` with the wheelhouse; returns what the manifest says of it."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    pins = closure()
+    have = {canonical(p.name.split("-")[0]) for p in dest.glob("*.whl")}
+    sources: dict[str, str] = {}
+    # tui-infer itself
+    src = _source_dir(APP)
+    if not any(w.name.startswith("tui_infer-") for w in dest.glob("*.whl")):
+        if src is not None:
+            log(f"building the tui-infer wheel from {src}")
+            r = _pip(["wheel", "--no-deps", "-q", "-w", str(dest), str(src)], log)
+            if r.returncode != 0:
+                raise BundleError(
+                    f"building the tui-infer wheel failed: {_last_line(r)}; export with "
+                    "--no-wheels and install tui-infer on the other machine another way"
+                )
+        else:
+            repack(APP, dest)
+    sources[APP] = "built from source" if src is not None else "packed from the installed files"
+    # llama-cpp-python: the build of this machine
+    if not any(w.name.startswith("llama_cpp_python-") for w in dest.glob("*.whl")):
+        built = built_llama_wheel()
+        if built is not None:
+            log(f"llama-cpp-python: the wheel built here ({built.name})")
+            shutil.copyfile(built, dest / built.name)
+            sources[LLAMA] = "built on this machine"
+        else:
+            log("llama-cpp-python: packing the installed build")
+            repack(LLAMA, dest)
+            sources[LLAMA] = "packed from the installed files"
+    # the rest from the index, binary wheels for this platform, the versions installed here
+    rest = [p for p in pins if p.name not in (canonical(APP), canonical(LLAMA))]
+    wanted = [f"{p.name}=={p.version}" for p in rest if _norm_file_name(p.name) not in have]
+    if wanted:
+        log(f"downloading {len(wanted)} wheels (pip download)")
+        r = _pip(
+            ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), *wanted], log
+        )
+        if r.returncode != 0:
+            # one by one: what the index lacks for this platform is packed from the install
+            for spec in wanted:
+                one = _pip(
+                    ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), spec],
+                    log,
+                )
+                if one.returncode != 0:
+                    name = spec.split("==")[0]
+                    log(
+                        f"{name}: no wheel on the index ({_last_line(one)}); "
+                        "packing the installed files"
+                    )
+                    repack(name, dest)
+                    sources[name] = "packed from the installed files"
+    requirements = "".join(f"{p.name}=={p.version}\n" for p in pins)
+    (dest / "requirements.txt").write_text(requirements, encoding="utf-8")
+    return {
+        "requirements": "wheels/requirements.txt",
+        "packages": len(pins),
+        "llama_cpp_python": "wheel",
+        "sources": sources,
+    }
+
+
+def _norm_file_name(name: str) -> str:
+    return canonical(name)
+
+
+def _last_line(r: subprocess.CompletedProcess[str]) -> str:
+    lines = [x for x in (r.stderr or r.stdout or "").splitlines() if x.strip()]
+    return lines[-1].strip() if lines else f"exit {r.returncode}"
