@@ -16,7 +16,6 @@ import csv
 import hashlib
 import importlib.metadata as md
 import io
-import json
 import os
 import re
 import subprocess
@@ -45,9 +44,11 @@ class Pinned:
     version: str
 
 
-def closure(root: str = APP) -> list[Pinned]:
+def closure(root: str = APP, root_requires: list[str] | None = None) -> list[Pinned]:
     """`root` and everything it needs here (markers evaluated for this interpreter, the
-    extras each requirement asks for), as installed: sorted, `root` first."""
+    extras each requirement asks for), as installed: sorted, `root` first. `root_requires`:
+    the root's requirements when they are not the installed metadata's (the wheel just
+    built from an editable install's source, whose dependencies may have changed since)."""
     from packaging.requirements import Requirement
 
     seen: dict[str, Pinned] = {}
@@ -63,11 +64,14 @@ def closure(root: str = APP) -> list[Pinned]:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
             raise BundleError(
-                f"{name} is needed by {root} but not installed here; repair the install "
-                "(pip install -e .) or export with --no-wheels"
+                f"{name} is needed by {root} but not installed here; install it "
+                "(pip install -e . for tui-infer's own) or export with --no-wheels"
             ) from None
         seen[key] = Pinned(key, dist.version)
-        for text in dist.requires or []:
+        requires = dist.requires
+        if key == canonical(root) and root_requires is not None:
+            requires = root_requires
+        for text in requires or []:
             req = Requirement(text)
             wanted = [{"extra": e} for e in ("", *sorted(extras))]
             if req.marker is not None and not any(req.marker.evaluate(env) for env in wanted):
@@ -171,19 +175,27 @@ def built_llama_wheel(cache: Path | None = None) -> Path | None:
 
 
 def _source_dir(dist_name: str) -> Path | None:
-    """The folder an installed distribution was installed from (pip install -e DIR or
-    pip install DIR), when it is still there."""
+    """The source folder tui-infer runs from (an editable install, or a checkout on the
+    path): the folder above the package, when it holds its pyproject.toml."""
+    import tui_infer
+
+    root = Path(tui_infer.__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
     try:
-        text = md.distribution(dist_name).read_text("direct_url.json")
-    except md.PackageNotFoundError:
+        text = pyproject.read_text(encoding="utf-8")
+    except OSError:
         return None
-    if not text:
-        return None
-    url = json.loads(text).get("url", "")
-    if not url.startswith("file://"):
-        return None
-    path = Path(url[len("file://") :])
-    return path if (path / "pyproject.toml").is_file() or (path / "setup.py").is_file() else None
+    return root if f'name = "{dist_name}"' in text else None
+
+
+def wheel_requires(path: Path) -> list[str]:
+    """The Requires-Dist lines of a wheel's METADATA."""
+    from email.parser import Parser
+
+    with zipfile.ZipFile(path) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = Parser().parsestr(zf.read(name).decode("utf-8"))
+    return list(meta.get_all("Requires-Dist") or [])
 
 
 def build(dest: Path, log: Log) -> dict[str, object]:
@@ -191,7 +203,6 @@ def build(dest: Path, log: Log) -> dict[str, object]:
     import shutil
 
     dest.mkdir(parents=True, exist_ok=True)
-    pins = closure()
     have = {canonical(p.name.split("-")[0]) for p in dest.glob("*.whl")}
     sources: dict[str, str] = {}
     # tui-infer itself
@@ -199,7 +210,7 @@ def build(dest: Path, log: Log) -> dict[str, object]:
     if not any(w.name.startswith("tui_infer-") for w in dest.glob("*.whl")):
         if src is not None:
             log(f"building the tui-infer wheel from {src}")
-            r = _pip(["wheel", "--no-deps", "-q", "-w", str(dest), str(src)], log)
+            r = _build_from_copy(src, dest, log)
             if r.returncode != 0:
                 raise BundleError(
                     f"building the tui-infer wheel failed: {_last_line(r)}; export with "
@@ -208,6 +219,8 @@ def build(dest: Path, log: Log) -> dict[str, object]:
         else:
             repack(APP, dest)
     sources[APP] = "built from source" if src is not None else "packed from the installed files"
+    [app_wheel] = dest.glob("tui_infer-*.whl")
+    pins = closure(root_requires=wheel_requires(app_wheel))
     # llama-cpp-python: the build of this machine
     if not any(w.name.startswith("llama_cpp_python-") for w in dest.glob("*.whl")):
         built = built_llama_wheel()
@@ -250,6 +263,22 @@ def build(dest: Path, log: Log) -> dict[str, object]:
         "llama_cpp_python": "wheel",
         "sources": sources,
     }
+
+
+def _build_from_copy(src: Path, dest: Path, log: Log) -> subprocess.CompletedProcess[str]:
+    """`pip wheel` of a copy of the source folder: a build in place would leave build/ and
+    an egg-info in the user's tree (and a stale egg-info there shadows the installed
+    metadata for a process started in that folder)."""
+    import shutil
+    import tempfile
+
+    skip = shutil.ignore_patterns(
+        ".*", "build", "dist", "*.egg-info", "__pycache__", "venv", "node_modules"
+    )
+    with tempfile.TemporaryDirectory(prefix="tui-infer-wheel-") as tmp:
+        copy = Path(tmp) / "src"
+        shutil.copytree(src, copy, ignore=skip, symlinks=True)
+        return _pip(["wheel", "--no-deps", "-q", "-w", str(dest.absolute()), str(copy)], log)
 
 
 def _norm_file_name(name: str) -> str:
