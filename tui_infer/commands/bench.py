@@ -92,9 +92,16 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     cmp_ = bsub.add_parser("compare", help="two runs side by side, with the noise")
     cmp_.add_argument("a", type=int)
     cmp_.add_argument("b", type=int)
+    from tui_infer.commands.bench_quality import add_parser as add_quality
+
+    add_quality(bsub)
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    if args.bench_command == "quality":
+        from tui_infer.commands.bench_quality import execute as quality
+
+        return quality(args, settings, paths)
     from tui_infer.core.bench.history import BenchHistory
 
     path = paths.data_dir / "bench.sqlite3"

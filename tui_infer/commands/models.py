@@ -64,11 +64,19 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     )
     pull.add_argument("--revision", default="main")
 
+    from tui_infer.commands.quantize import add_parser as add_quantize
+
+    add_quantize(msub)
+
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     from tui_infer.core.models.library import ModelLibrary
 
     action = args.models_command
+    if action == "quantize":
+        from tui_infer.commands.quantize import execute as quantize
+
+        return quantize(args, settings, paths)
     if action == "search":
         return _search(args)
     if action == "files":
