@@ -79,17 +79,25 @@ def test_verdict_thresholds(ram_gib: float, verdict: str) -> None:
 
 
 def test_gpu_layers_suggested_from_free_vram() -> None:
+    """llama.cpp offloads n_layer + 1 layers (the output layer first): "all" is 33 of 33
+    for a 32-layer model, never 32 (which leaves the output layer on the CPU)."""
     m = model()
     everything = estimate_fit(
         m, n_vocab=32000, ctx=4096, ram_available=8 * GIB, gpu_free=24 * GIB, gpu_build=True
     )
-    assert everything.gpu_layers == 32 and "all layers" in everything.note
-    # 2 GiB free: (2 GiB x 0.9 - compute) / ((4 GiB + 512 MiB) / 32) = 12.x layers
+    assert everything.gpu_layers == everything.offloadable == 33
+    assert "all 33 layers" in everything.note
+    assert "--gpu-layers -1 (all 33)" in everything.summary()
+    # 2 GiB free: the output layer (the n_vocab x n_embd matrix's share of the file),
+    # then as many repeating layers (weights less that matrix, plus KV) as fit
     half = estimate_fit(
         m, n_vocab=32000, ctx=4096, ram_available=8 * GIB, gpu_free=2 * GIB, gpu_build=True
     )
-    per_layer = (4 * GIB + 512 * MIB) / 32
-    assert half.gpu_layers == int((2 * GIB * 0.9 - half.compute_bytes) // per_layer) == 11
+    out = int(4 * GIB * 32000 * 4096 / 7_000_000_000)
+    layer = (4 * GIB - out) / 32 + 512 * MIB / 32
+    budget = 2 * GIB * 0.9 - half.compute_bytes
+    assert half.gpu_layers == 1 + int((budget - out) // layer) == 12
+    assert "12 of 33 layers" in half.summary() and "--gpu-layers 12 of 33" in half.summary()
     assert half.ram_needed < everything.total_bytes
     none = estimate_fit(
         m, n_vocab=32000, ctx=4096, ram_available=8 * GIB, gpu_free=64 * MIB, gpu_build=True
@@ -101,6 +109,40 @@ def test_gpu_layers_suggested_from_free_vram() -> None:
         m, n_vocab=32000, ctx=4096, ram_available=3 * GIB, gpu_free=24 * GIB, gpu_build=True
     )
     assert cpu.verdict == WONT_FIT and gpu.verdict == FITS
+
+
+def test_unified_memory_is_not_counted_twice() -> None:
+    """Metal on Apple Silicon: the working set is the RAM, so offloading frees none of it."""
+    m = model()
+    est = estimate_fit(
+        m,
+        n_vocab=32000,
+        ctx=4096,
+        ram_available=3 * GIB,
+        gpu_free=24 * GIB,
+        gpu_build=True,
+        unified=True,
+    )
+    assert est.gpu_layers == 33 and est.ram_needed == est.total_bytes
+    assert est.verdict == WONT_FIT
+    assert "Metal working set" in est.summary() and "unified memory available" in est.summary()
+
+
+def test_every_gpu_reserves_a_compute_buffer() -> None:
+    one = estimate_fit(
+        model(), n_vocab=32000, ctx=4096, ram_available=8 * GIB, gpu_free=4 * GIB, gpu_build=True
+    )
+    two = estimate_fit(
+        model(),
+        n_vocab=32000,
+        ctx=4096,
+        ram_available=8 * GIB,
+        gpu_free=4 * GIB,
+        gpu_build=True,
+        gpu_devices=2,
+    )
+    assert two.gpu_layers is not None and one.gpu_layers is not None
+    assert two.gpu_layers < one.gpu_layers and "(2 devices)" in two.summary()
 
 
 def test_context_above_training_is_noted() -> None:

@@ -1,48 +1,63 @@
 """Which backend really runs: CPU (SIMD features, threads), CUDA or Metal.
 
 `describe_backend` is pure: it turns what llama.cpp reports (system info string,
-ggml's device list, the offload count it logged) into a BackendInfo. `probe_*`
+ggml's device list, the lines it logged while loading) into a BackendInfo. `probe_*`
 read those facts from the real library. The split lets the GPU logic be tested
-on this CPU-only machine with the CPU build's real inputs.
+on this CPU-only machine with the CPU build's real inputs and llama.cpp's real strings.
 """
 
 from __future__ import annotations
 
-import ctypes
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-GPU_BACKENDS = ("CUDA", "Metal", "Vulkan", "ROCm", "HIP", "SYCL", "MUSA", "OpenCL", "CANN")
+from tui_infer.core.inference import llama_log
+from tui_infer.core.inference.devices import Device, backend_family, gpu_devices, probe_devices
 
+__all__ = [
+    "GPU_BACKENDS",
+    "BackendInfo",
+    "Device",
+    "describe_backend",
+    "parse_system_info",
+    "probe_devices",
+    "probe_system_info",
+]
 
-@dataclass(frozen=True)
-class Device:
-    name: str  # ggml's name: "CPU", "CUDA0", "Metal", ...
-    description: str  # e.g. "NVIDIA H100 80GB HBM3", the CPU model
-    kind: str  # "cpu", "gpu", "igpu", "accel"
-    free_bytes: int = 0
-    total_bytes: int = 0
+# Section names llama_print_system_info gives GPU backends (a registry's name: Metal's
+# is "MTL" in current llama.cpp, "Metal" before).
+GPU_BACKENDS = ("CUDA", "Metal", "MTL", "Vulkan", "ROCm", "HIP", "SYCL", "MUSA", "OpenCL", "CANN")
 
 
 @dataclass(frozen=True)
 class BackendInfo:
     name: str  # "CPU", "CUDA", "Metal", ...
-    device: str  # the device that runs the layers
+    device: str  # the device(s) that run the layers
     gpu_offload_supported: bool
     offloaded_layers: int
-    total_layers: int
+    total_layers: int  # n_layer + 1: llama.cpp counts the output layer
     threads: int
     cpu_features: tuple[str, ...]
     system_info: str
+    devices: tuple[str, ...] = ()  # ggml names of the GPUs holding layers: ("CUDA0", "CUDA1")
+    flash_attn: bool | None = None  # what llama.cpp settled on (None: not known)
+    flash_attn_note: str = ""  # why it is off
 
     @property
     def summary(self) -> str:
         if self.name == "CPU":
             simd = " ".join(f for f in self.cpu_features if f in _HEADLINE_FEATURES)
-            return f"CPU {simd} · {self.threads} threads".replace("  ", " ")
-        return (
-            f"{self.name} {self.device} · {self.offloaded_layers}/{self.total_layers} layers"
-            f" · {self.threads} threads"
-        )
+            text = f"CPU {simd} · {self.threads} threads".replace("  ", " ")
+        else:
+            text = (
+                f"{self.name} {self.device} · {self.offloaded_layers}/{self.total_layers} layers"
+                f" · {self.threads} threads"
+            )
+        if self.flash_attn is False:
+            text += " · flash attention off" + (
+                f": {self.flash_attn_note}" if self.flash_attn_note else ""
+            )
+        return text
 
 
 _HEADLINE_FEATURES = (
@@ -85,17 +100,20 @@ def parse_system_info(info: str) -> dict[str, dict[str, str]]:
 
 def describe_backend(
     system_info: str,
-    devices: list[Device],
+    devices: Sequence[Device],
     gpu_offload_supported: bool,
     requested_gpu_layers: int,
     n_layer: int,
     threads: int,
     logged_offload: tuple[int, int] | None,
+    load_log: Sequence[str] = (),
 ) -> BackendInfo:
+    """`logged_offload` is llama.cpp's "offloaded N/M layers to GPU"; `load_log` the lines
+    it logged while loading (which devices got model buffers, flash attention's fate)."""
     sections = parse_system_info(system_info)
     cpu = sections.get("CPU", {})
     features = tuple(k for k, v in cpu.items() if v == "1")
-    gpus = [d for d in devices if d.kind in ("gpu", "igpu")]
+    gpus = gpu_devices(devices)
     total_layers = n_layer + 1  # llama.cpp counts the output layer too
     if logged_offload is not None:
         offloaded, total_layers = logged_offload
@@ -104,81 +122,46 @@ def describe_backend(
         offloaded = min(wanted, total_layers)
     else:
         offloaded = 0
-    if offloaded > 0 and gpus:
-        gpu = gpus[0]
-        name = next((b for b in GPU_BACKENDS if gpu.name.upper().startswith(b.upper())), None)
-        if name is None:
-            name = next((b for b in GPU_BACKENDS if b in sections), gpu.name)
-        return BackendInfo(
-            name=name,
-            device=gpu.description or gpu.name,
-            gpu_offload_supported=gpu_offload_supported,
-            offloaded_layers=offloaded,
-            total_layers=total_layers,
-            threads=threads,
-            cpu_features=features,
-            system_info=system_info,
-        )
+    fa = llama_log.flash_attention(list(load_log)) if load_log else None
     cpu_dev = next((d for d in devices if d.kind == "cpu"), None)
+    name, device = "CPU", cpu_dev.description if cpu_dev else "CPU"
+    used_names: tuple[str, ...] = ()
+    if offloaded > 0 and gpus:
+        # The GPUs that hold model buffers, when the log says; else every visible one
+        # (llama.cpp splits layers over all of them by default).
+        buffers = llama_log.model_buffers(list(load_log))
+        used = [g for g in gpus if any(b.split("_")[0] == g.name for b in buffers)] or gpus
+        descs = [g.description or g.name for g in used]
+        device = descs[0] if len(set(descs)) == 1 else " + ".join(descs)
+        if len(used) > 1 and len(set(descs)) == 1:
+            device = f"{len(used)} x {device}"
+        name, used_names = used[0].backend, tuple(g.name for g in used)
+    else:
+        offloaded = 0
     return BackendInfo(
-        name="CPU",
-        device=cpu_dev.description if cpu_dev else "CPU",
+        name=name,
+        device=device,
         gpu_offload_supported=gpu_offload_supported,
-        offloaded_layers=0,
+        offloaded_layers=offloaded,
         total_layers=total_layers,
         threads=threads,
         cpu_features=features,
         system_info=system_info,
+        devices=used_names,
+        flash_attn=fa.enabled if fa else None,
+        flash_attn_note=fa.reason if fa else "",
     )
 
 
-_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
-
-
-def probe_devices() -> list[Device]:
-    """ggml's device registry, through the symbols libllama's handle exposes.
-
-    The Python bindings do not wrap ggml_backend_dev_*; dlsym on libllama's
-    handle finds them in its dependency libggml. Absent, the list is empty.
-    """
-    try:
-        from llama_cpp import llama_cpp as lib_mod
-
-        lib = lib_mod._lib
-        count = lib.ggml_backend_dev_count
-        get = lib.ggml_backend_dev_get
-        name = lib.ggml_backend_dev_name
-        desc = lib.ggml_backend_dev_description
-        typ = lib.ggml_backend_dev_type
-        mem = lib.ggml_backend_dev_memory
-    except (AttributeError, ImportError, OSError):
-        return []
-    count.restype, count.argtypes = ctypes.c_size_t, []
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    name.restype = desc.restype = ctypes.c_char_p
-    name.argtypes = desc.argtypes = typ.argtypes = [ctypes.c_void_p]
-    typ.restype = ctypes.c_int
-    mem.restype = None
-    mem.argtypes = [
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.c_size_t),
-        ctypes.POINTER(ctypes.c_size_t),
-    ]
-    out = []
-    for i in range(count()):
-        dev = get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        mem(dev, ctypes.byref(free), ctypes.byref(total))
-        out.append(
-            Device(
-                name=(name(dev) or b"").decode(errors="replace"),
-                description=(desc(dev) or b"").decode(errors="replace").strip(),
-                kind=_KINDS.get(typ(dev), "accel"),
-                free_bytes=free.value,
-                total_bytes=total.value,
-            )
-        )
-    return out
+def gpu_name_in(system_info: str) -> str | None:
+    """The GPU backend a build's system info names ("CUDA", "Metal", ...), if any."""
+    for section in parse_system_info(system_info):
+        family = backend_family(section)
+        if family not in ("CPU", "BLAS", "RPC") and section.upper() in (
+            b.upper() for b in GPU_BACKENDS
+        ):
+            return family
+    return None
 
 
 def probe_system_info() -> tuple[str, bool]:

@@ -1,7 +1,7 @@
 """Will this model fit? Weights + KV cache + compute buffer against free RAM / VRAM.
 
 A pure function over numbers (the model's header facts, the context, the cache type,
-the memory available), so that it is tested with known inputs; `current_memory()`
+the memory available), so that it is tested with known inputs; `current_machine()`
 gathers the machine's figures separately.
 
 The compute buffer allowance follows what llama.cpp reserves: its largest tensor is
@@ -14,10 +14,11 @@ logs 98.25 MiB and this gives 105 MiB.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tui_infer.core.config import Settings
+from tui_infer.core.inference.memory import GpuMemory
 from tui_infer.core.inference.types import KV_TYPE_IDS, ModelInfo, kv_bytes_per_token
 
 MIB = 1024 * 1024
@@ -37,26 +38,39 @@ class FitEstimate:
     ram_available: int
     ram_needed: int
     verdict: str  # FITS, TIGHT, WONT_FIT
-    gpu_free: int | None = None
+    gpu_free: int | None = None  # free GPU memory over the devices (Metal: working set)
     gpu_layers: int | None = None  # suggested offload for a GPU build (None: CPU only)
     n_layer: int = 0
     note: str = ""
+    gpu_devices: int = 0
+    unified: bool = False  # GPU memory is the system RAM (Apple Silicon)
+
+    @property
+    def offloadable(self) -> int:
+        """What llama.cpp counts: the repeating layers and the output layer."""
+        return self.n_layer + 1
 
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
 
     def summary(self) -> str:
+        ram = "unified memory" if self.unified else "RAM"
         parts = [
             f"{self.verdict}: needs ~{_mib(self.total_bytes)} "
             f"(weights {_mib(self.weights_bytes)}, KV cache {_mib(self.kv_bytes)}, "
-            f"compute {_mib(self.compute_bytes)}), {_mib(self.ram_available)} RAM available"
+            f"compute {_mib(self.compute_bytes)}), {_mib(self.ram_available)} {ram} available"
         ]
         if self.gpu_layers is not None and self.gpu_free is not None:
-            parts.append(
-                f"GPU: {_mib(self.gpu_free)} free, suggest --gpu-layers {self.gpu_layers}"
-                f" of {self.n_layer}"
+            where = "Metal working set" if self.unified else "GPU"
+            if self.gpu_devices > 1:
+                where += f" ({self.gpu_devices} devices)"
+            suggest = (
+                f"-1 (all {self.offloadable})"
+                if self.gpu_layers >= self.offloadable
+                else f"{self.gpu_layers} of {self.offloadable}"
             )
+            parts.append(f"{where}: {_mib(self.gpu_free)} free, suggest --gpu-layers {suggest}")
         if self.note:
             parts.append(self.note)
         return "; ".join(parts)
@@ -77,6 +91,36 @@ def compute_buffer_bytes(
     return max(logits, attention) + activations
 
 
+def embedding_bytes(info: ModelInfo, n_vocab: int) -> int:
+    """The token-embedding matrix's share of the file (n_vocab x n_embd of the parameters):
+    llama.cpp keeps the input embedding on the CPU always, and the output layer, the
+    first to be offloaded, holds a matrix of that size (its own or the tied copy)."""
+    if info.parameter_count <= 0 or n_vocab <= 0 or info.n_embd <= 0:
+        return 0
+    share = min(n_vocab * info.n_embd / info.parameter_count, 1 / 3)
+    return int(info.file_size * share)
+
+
+def offload_split(
+    info: ModelInfo, n_vocab: int, kv: int, compute: int, gpu_free: int, gpu_devices: int = 1
+) -> tuple[int, int]:
+    """(layers to offload out of n_layer + 1, bytes they take on the GPUs).
+
+    llama.cpp offloads from the top: with n_gpu_layers = k the output layer goes first,
+    then the last k - 1 repeating layers with their part of the KV cache. Each device
+    that gets layers also reserves a compute buffer; a share of free memory is left for
+    the driver. A repeating layer is sized as (weights - embedding) / n_layer, which
+    over-counts it slightly for a model whose output matrix is not tied."""
+    n_layer = max(info.n_layer, 1)
+    out_unit = embedding_bytes(info, n_vocab)
+    layer_unit = (info.file_size - out_unit) / n_layer + kv / n_layer
+    budget = gpu_free * VRAM_USABLE - compute * max(gpu_devices, 1)
+    if budget < out_unit or budget <= 0:
+        return 0, 0
+    k = 1 + min(n_layer, int((budget - out_unit) // max(layer_unit, 1)))
+    return k, int(out_unit + (k - 1) * layer_unit)
+
+
 def estimate_fit(
     info: ModelInfo,
     *,
@@ -89,11 +133,17 @@ def estimate_fit(
     gpu_free: int | None = None,
     gpu_build: bool = False,
     parallel: int = 1,
+    gpu_devices: int = 1,
+    unified: bool = False,
 ) -> FitEstimate:
-    """The verdict, and for a GPU build with a known free VRAM a suggested layer count.
+    """The verdict, and for a GPU build with a known free GPU memory a suggested layer
+    count out of llama.cpp's n_layer + 1.
 
     `parallel` sequences each keep `ctx` cells (the scheduler's context): the KV cache
-    is ctx x parallel cells."""
+    is ctx x parallel cells. `gpu_free` is the free memory summed over `gpu_devices`
+    (llama.cpp splits layers over every visible GPU by their free memory). `unified`:
+    the GPU's memory is the system's RAM (Metal on Apple Silicon), so what is offloaded
+    is not taken off the RAM needed."""
     if kv_type not in KV_TYPE_IDS:
         raise ValueError(f"unknown KV cache type {kv_type!r}")
     ctx = max(int(ctx), 1)
@@ -102,31 +152,24 @@ def estimate_fit(
     kv = int(kv_bytes_per_token(info, kv_type) * ctx * parallel)
     compute = compute_buffer_bytes(info, n_vocab, ctx, n_ubatch, flash_attn)
     n_layer = max(info.n_layer, 1)
+    units = n_layer + 1
     gpu_layers: int | None = None
     note = ""
     ram_needed = weights + kv + compute + OVERHEAD_BYTES
     if gpu_build and gpu_free is not None:
-        per_layer = (weights + kv) / n_layer
-        budget = gpu_free * VRAM_USABLE - compute
-        gpu_layers = max(0, min(n_layer, int(budget // per_layer))) if budget > 0 else 0
-        on_gpu = int(per_layer * gpu_layers)
-        # What stays in RAM: the layers not offloaded (the compute buffer moves to the GPU
-        # with them; a host copy of the logits remains).
-        ram_needed = (
-            weights
-            + kv
-            - on_gpu
-            + OVERHEAD_BYTES
-            + (compute if gpu_layers == 0 else n_vocab * n_ubatch * 4)
-        )
-        if gpu_layers == n_layer:
-            note = "all layers fit on the GPU"
+        gpu_layers, on_gpu = offload_split(info, n_vocab, kv, compute, gpu_free, gpu_devices)
+        if not unified and gpu_layers > 0:
+            # What stays in RAM: the layers not offloaded, the input embedding, and a
+            # host copy of the logits (the compute buffer moves to the GPU).
+            ram_needed = weights + kv - on_gpu + OVERHEAD_BYTES + n_vocab * n_ubatch * 4
+        if gpu_layers >= units:
+            note = f"all {units} layers fit on the GPU ({n_layer} + output)"
         elif gpu_layers == 0:
-            note = "too little free VRAM to offload any layer"
+            note = "too little free GPU memory to offload any layer"
         else:
-            note = f"{gpu_layers} of {n_layer} layers fit on the GPU, the rest runs on the CPU"
+            note = f"{gpu_layers} of {units} layers fit on the GPU, the rest runs on the CPU"
     elif gpu_build:
-        note = "GPU free memory unknown (install the 'nvidia' extra for NVML)"
+        note = "llama.cpp reports no GPU memory: the fit is for the CPU alone"
     if ctx > info.n_ctx_train > 0:
         note = (note + "; " if note else "") + (
             f"context {ctx} is above the model's trained {info.n_ctx_train}"
@@ -149,16 +192,45 @@ def estimate_fit(
         gpu_layers=gpu_layers,
         n_layer=info.n_layer,
         note=note,
+        gpu_devices=gpu_devices if gpu_build and gpu_free is not None else 0,
+        unified=unified,
     )
 
 
-def current_memory() -> tuple[int, int | None]:
-    """(available RAM, free VRAM summed over NVIDIA GPUs or None without NVML)."""
+@dataclass(frozen=True)
+class Machine:
+    """What a fit is computed against: free RAM, whether llama.cpp can offload, and the
+    GPUs it sees with their memory (llama.cpp's device API)."""
+
+    ram_available: int
+    gpu_offload: bool
+    gpus: tuple[GpuMemory, ...] = ()
+
+    @property
+    def gpu_free(self) -> int | None:
+        return sum(g.free_bytes for g in self.gpus) if self.gpus else None
+
+    @property
+    def unified(self) -> bool:
+        return bool(self.gpus) and all(g.unified for g in self.gpus)
+
+
+def current_machine() -> Machine:
+    """This machine now (imports llama_cpp to ask it)."""
+    from tui_infer.core.inference.backend import probe_system_info
     from tui_infer.core.inference.memory import MemoryProbe
 
-    snap = MemoryProbe().snapshot()
-    free = sum(g.total_bytes - g.used_bytes for g in snap.gpus) if snap.gpus else None
-    return snap.system_available_bytes, free
+    probe = MemoryProbe()
+    snap = probe.snapshot()
+    _, offload = probe_system_info()
+    return Machine(snap.system_available_bytes, bool(offload), snap.gpus)
+
+
+def current_memory() -> tuple[int, int | None]:
+    """(available RAM, free GPU memory over llama.cpp's GPUs or None): prefer
+    current_machine(), which also says whether the build can offload and how many GPUs."""
+    m = current_machine()
+    return m.ram_available, m.gpu_free
 
 
 def gpu_build() -> bool:
@@ -211,9 +283,11 @@ def fit_with_settings(
     ram: int,
     vram: int | None,
     gpu_build: bool = False,
+    gpu_devices: int = 1,
+    unified: bool = False,
 ) -> FitEstimate:
     """The fit under the user's settings (context, cache type, batch, flash attention,
-    parallel sequences): what every caller (models CLI, hub listing, models screen) shows."""
+    parallel sequences) with explicit memory figures."""
     return estimate_fit(
         info,
         n_vocab=n_vocab,
@@ -225,7 +299,32 @@ def fit_with_settings(
         gpu_free=vram,
         gpu_build=gpu_build,
         parallel=settings.parallel,
+        gpu_devices=gpu_devices,
+        unified=unified,
     )
+
+
+def fit_for_machine(
+    info: ModelInfo, n_vocab: int, settings: Settings, machine: Machine
+) -> FitEstimate:
+    """What every caller shows (models CLI, hub download, models screen): the fit under
+    the settings on this machine, with its GPUs when the build can offload to them and
+    gpu_layers is not 0."""
+    gpu = machine.gpu_offload and settings.gpu_layers != 0
+    est = fit_with_settings(
+        info,
+        n_vocab,
+        settings,
+        machine.ram_available,
+        machine.gpu_free if gpu else None,
+        gpu_build=gpu,
+        gpu_devices=max(1, len(machine.gpus)),
+        unified=machine.unified,
+    )
+    if machine.gpu_offload and machine.gpus and settings.gpu_layers == 0:
+        note = "gpu_layers = 0: everything runs on the CPU"
+        est = replace(est, note=f"{note}; {est.note}" if est.note else note)
+    return est
 
 
 def fit_label(settings: Settings) -> str:
@@ -242,9 +341,8 @@ def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
 
     try:
         md = header_metadata(hub.read_header(model))
-        ram, vram = current_memory()
         info = info_from_metadata(model.filename, model.size, md)
-        est = fit_with_settings(info, md["n_vocab"], settings, ram, vram)
+        est = fit_for_machine(info, md["n_vocab"], settings, current_machine())
     except HubError as exc:
         return f"fit: unknown ({exc})"
     return f"fit at {fit_label(settings)}: {est.summary()}"

@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 from collections import deque
+from dataclasses import dataclass
 
 _lines: deque[str] = deque(maxlen=4000)
 _lock = threading.Lock()
@@ -91,3 +92,80 @@ def offloaded_layers(lines: list[str]) -> tuple[int, int] | None:
         if m := _OFFLOAD_RE.search(line):
             return int(m.group(1)), int(m.group(2))
     return None
+
+
+# "load_tensors:        CUDA0 model buffer size =  4168.09 MiB", "llama_kv_cache:  MTL0 KV
+# buffer size = ...", "sched_reserve:  CUDA_Host compute buffer size = ..." (the formats
+# "%s: %12s model buffer size = %8.2f MiB" and "%s: %10s {KV,compute} buffer size = ...").
+_BUFFER_RE = re.compile(r":\s+(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([\d.]+)\s*MiB")
+
+
+def buffers(lines: list[str], kind: str = "model") -> dict[str, int]:
+    """Bytes per buffer name ("CUDA0", "CPU_Mapped", "MTL0_Mapped", "CUDA_Host") that
+    llama.cpp reported for `kind`: "model", "KV", "compute" or "output"."""
+    out: dict[str, int] = {}
+    for line in lines:
+        m = _BUFFER_RE.search(line)
+        if m and m.group(2) == kind:
+            out[m.group(1)] = out.get(m.group(1), 0) + int(round(float(m.group(3)) * 1024 * 1024))
+    return out
+
+
+def model_buffers(lines: list[str]) -> dict[str, int]:
+    return buffers(lines, "model")
+
+
+@dataclass(frozen=True)
+class FlashAttention:
+    """What llama.cpp settled on for flash attention, and why it is off when it is."""
+
+    enabled: bool | None
+    reason: str = ""
+
+
+# resolve_fused_ops (llama-context.cpp, 2026): "%s: layer %d is assigned to device %s but
+# %s is assigned to device %s (usually due to missing support)" then "%s: %s not supported,
+# set to disabled" or "%s: %s enabled", the op being "Flash Attention". Before it, the
+# context's constructor: "... but the Flash Attention tensor is assigned to device %s ..."
+# and "Flash Attention was auto, set to %s".
+_FA_MISMATCH_RE = re.compile(
+    r"layer (\d+) is assigned to device (\S+) but (?:the )?Flash Attention (?:tensor )?"
+    r"is assigned to device (\S+)"
+)
+_FA_SETTING_RE = re.compile(r"flash_attn\s*=\s*(\S+)")
+
+
+def flash_attention(lines: list[str]) -> FlashAttention | None:
+    """Flash attention's state after a context was created, from llama.cpp's own lines;
+    None when the log does not say."""
+    state: FlashAttention | None = None
+    mismatch: tuple[str, str] | None = None
+    for line in lines:
+        if m := _FA_MISMATCH_RE.search(line):
+            mismatch = (m.group(2), m.group(3))
+        elif "Flash Attention not supported, set to disabled" in line or (
+            "Flash Attention was auto, set to disabled" in line
+        ):
+            where = (
+                f"{mismatch[0]} has no kernel for this model's attention and KV cache type,"
+                f" it would run on {mismatch[1]}"
+                if mismatch
+                else "the GPU has no kernel for this model's attention and KV cache type"
+            )
+            state = FlashAttention(False, f"auto mode turned it off ({where})")
+        elif (
+            "Flash Attention enabled" in line or "Flash Attention was auto, set to enabled" in line
+        ):
+            state = FlashAttention(True)
+        elif "flash_attn is not compatible with" in line:
+            state = FlashAttention(False, "llama.cpp turns it off for this architecture")
+        elif "enabling flash_attn since it is required for quantized V cache" in line:
+            state = FlashAttention(True, "on because the quantized V cache requires it")
+        elif "llama_context:" in line and (m := _FA_SETTING_RE.search(line)):
+            value = m.group(1).lower()
+            if value in ("disabled", "0", "false"):
+                state = FlashAttention(False, "turned off in the settings (flash_attn = false)")
+            elif value in ("enabled", "1", "true"):
+                state = FlashAttention(True)
+            # "auto": the resolution lines that follow say
+    return state

@@ -1,16 +1,69 @@
-"""Memory figures: this process, the system, and NVIDIA GPUs through NVML."""
+"""Memory figures: this process, the system, and the GPUs llama.cpp uses.
+
+GPU memory comes from llama.cpp's own device API (devices.py), which every backend
+answers: CUDA with cudaMemGetInfo (the whole card, every process), Metal with its
+recommended working-set size and what this process has allocated in it (Apple Silicon:
+unified memory, the same RAM the CPU uses). NVML (the optional 'nvidia' extra) adds
+what only it knows: this process's share of a card and how busy the card is. Each
+figure says whose it is.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
+from typing import Any
+
+
+def _size(n: int) -> str:
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GiB"
+    return f"{n / 1024**2:.0f} MiB"
 
 
 @dataclass(frozen=True)
 class GpuMemory:
-    name: str
-    used_bytes: int
-    total_bytes: int
+    name: str  # ggml's device name: "CUDA0", "MTL0"
+    used_bytes: int  # total - free: the whole card (CUDA), this process's allocations (Metal)
+    total_bytes: int  # the card's memory; Metal: its recommended working-set size
+    description: str = ""  # "NVIDIA H100 80GB HBM3", "Apple M3 Max"
+    backend: str = ""  # "CUDA", "Metal", "Vulkan", ...
+    unified: bool = False  # shares the system RAM (Apple Silicon, integrated GPUs)
+    process_bytes: int | None = None  # NVML: this process on this card
+    utilisation: int | None = None  # NVML: % of the last sample period a kernel ran (card)
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.total_bytes - self.used_bytes)
+
+    def describe(self) -> list[str]:
+        """The lines doctor and the stats panel show, each saying whose figure it is."""
+        head = f"{self.name} {self.description}".strip()
+        if self.backend == "Metal":
+            lines = [
+                f"{head}: {_size(self.used_bytes)} used by this process of a"
+                f" {_size(self.total_bytes)} working set"
+                + (" (unified memory)" if self.unified else "")
+            ]
+        elif self.unified:
+            lines = [
+                f"{head}: {_size(self.free_bytes)} free of {_size(self.total_bytes)}"
+                " (shared with the CPU)"
+            ]
+        else:
+            lines = [
+                f"{head}: {_size(self.used_bytes)} used of {_size(self.total_bytes)}"
+                " (whole GPU, all processes)"
+            ]
+        extra = []
+        if self.process_bytes is not None:
+            extra.append(f"this process {_size(self.process_bytes)}")
+        if self.utilisation is not None:
+            extra.append(f"GPU busy {self.utilisation} %")
+        if extra:
+            lines.append("  " + ", ".join(extra) + " (NVML)")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -19,18 +72,51 @@ class MemorySnapshot:
     system_available_bytes: int
     system_total_bytes: int
     gpus: tuple[GpuMemory, ...]
-    gpu_note: str  # "no GPU", "NVML not installed", ... when gpus is empty
+    gpu_note: str  # "no GPU (...)" when gpus is empty; what is missing otherwise
+
+
+def gpu_memory(
+    devices: list[Any], nvml: dict[str, tuple[int | None, int | None]]
+) -> list[GpuMemory]:
+    """GpuMemory per GPU device of ggml's list; `nvml` maps a device name to (this
+    process's bytes, utilisation %) where NVML had them."""
+    out = []
+    for d in devices:
+        if not d.is_gpu:
+            continue
+        process, util = nvml.get(d.name, (None, None))
+        out.append(
+            GpuMemory(
+                name=d.name,
+                used_bytes=max(0, d.total_bytes - d.free_bytes),
+                total_bytes=d.total_bytes,
+                description=d.description,
+                backend=d.backend,
+                unified=d.unified,
+                process_bytes=process,
+                utilisation=util,
+            )
+        )
+    return out
+
+
+def no_gpu_note(devices: list[Any]) -> str:
+    if not devices:
+        return "no GPU (llama.cpp's device list is unavailable)"
+    names = ", ".join(d.name for d in devices)
+    return f"no GPU (llama.cpp sees: {names})"
 
 
 class MemoryProbe:
-    """Samples memory; NVML is initialised once, lazily, and its absence is a figure."""
+    """Samples memory. The device list is read from llama.cpp at each sample (cheap);
+    NVML is initialised once, lazily, only when llama.cpp has a CUDA device."""
 
     def __init__(self) -> None:
         import psutil
 
         self._process = psutil.Process()
         self._psutil = psutil
-        self._nvml: object | None = None
+        self._nvml: Any = None
         self._nvml_note = ""
         self._nvml_lock = threading.Lock()
         self._nvml_tried = False
@@ -40,36 +126,61 @@ class MemoryProbe:
         try:
             import pynvml  # from nvidia-ml-py, the optional 'nvidia' extra
         except ImportError:
-            self._nvml_note = "no GPU (NVML not installed)"
+            self._nvml_note = "this process's share needs NVML: pip install 'tui-infer[nvidia]'"
             return
         try:
             pynvml.nvmlInit()
-            if pynvml.nvmlDeviceGetCount() == 0:
-                self._nvml_note = "no GPU"
-                return
             self._nvml = pynvml
-        except Exception:  # NVMLError: no driver, no device
-            self._nvml_note = "no GPU"
+        except Exception as exc:  # NVMLError: no driver
+            self._nvml_note = f"NVML unavailable ({exc})"
 
-    def gpus(self) -> tuple[tuple[GpuMemory, ...], str]:
+    def _nvml_figures(self, devices: list[Any]) -> dict[str, tuple[int | None, int | None]]:
+        from tui_infer.core.inference.devices import NvmlDevice, match_nvml
+
         with self._nvml_lock:
             if not self._nvml_tried:
                 self._init_nvml()
             nvml = self._nvml
             if nvml is None:
-                return (), self._nvml_note
-            out = []
+                return {}
             try:
-                for i in range(nvml.nvmlDeviceGetCount()):  # type: ignore[attr-defined]
-                    h = nvml.nvmlDeviceGetHandleByIndex(i)  # type: ignore[attr-defined]
-                    info = nvml.nvmlDeviceGetMemoryInfo(h)  # type: ignore[attr-defined]
-                    name = nvml.nvmlDeviceGetName(h)  # type: ignore[attr-defined]
-                    if isinstance(name, bytes):
-                        name = name.decode()
-                    out.append(GpuMemory(str(name), int(info.used), int(info.total)))
-            except Exception as exc:
-                return (), f"GPU memory unavailable ({exc})"
-            return tuple(out), ""
+                handles, listed = [], []
+                for i in range(nvml.nvmlDeviceGetCount()):
+                    h = nvml.nvmlDeviceGetHandleByIndex(i)
+                    handles.append(h)
+                    listed.append(
+                        NvmlDevice(
+                            index=i,
+                            uuid=_str(nvml.nvmlDeviceGetUUID(h)),
+                            pci_bus_id=_str(nvml.nvmlDeviceGetPciInfo(h).busId),
+                            name=_str(nvml.nvmlDeviceGetName(h)),
+                        )
+                    )
+                matched = match_nvml(devices, listed, os.environ.get("CUDA_VISIBLE_DEVICES"))
+                out: dict[str, tuple[int | None, int | None]] = {}
+                pid = os.getpid()
+                for name, n in matched.items():
+                    h = handles[n.index]
+                    procs = nvml.nvmlDeviceGetComputeRunningProcesses(h)
+                    mine = [p.usedGpuMemory for p in procs if p.pid == pid and p.usedGpuMemory]
+                    util = int(nvml.nvmlDeviceGetUtilizationRates(h).gpu)
+                    out[name] = (sum(mine) if mine else None, util)
+                return out
+            except Exception as exc:  # NVMLError
+                self._nvml_note = f"NVML figures unavailable ({exc})"
+                return {}
+
+    def gpus(self) -> tuple[tuple[GpuMemory, ...], str]:
+        try:
+            from tui_infer.core.inference.devices import probe_devices
+
+            devices = probe_devices()
+        except Exception as exc:  # an unloadable llama.cpp costs only this figure
+            return (), f"no GPU figures (llama.cpp: {exc})"
+        if not any(d.is_gpu for d in devices):
+            return (), no_gpu_note(devices)
+        nvml = self._nvml_figures(devices) if any(d.backend == "CUDA" for d in devices) else {}
+        return tuple(gpu_memory(devices, nvml)), self._nvml_note if not nvml else ""
 
     def snapshot(self) -> MemorySnapshot:
         vm = self._psutil.virtual_memory()
@@ -81,3 +192,7 @@ class MemoryProbe:
             gpus=gpus,
             gpu_note=note,
         )
+
+
+def _str(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
