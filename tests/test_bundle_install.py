@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def install_sh(bundle: Path, venv: Path, env: dict[str, str]) -> subprocess.Comp
     elsewhere = bundle.parent / "elsewhere"  # paths are the script's own, not the cwd's
     elsewhere.mkdir(exist_ok=True)
     return subprocess.run(
-        ["bash", str(bundle / "install.sh"), str(venv)],
+        [shutil.which("bash") or "/bin/bash", str(bundle / "install.sh"), str(venv)],
         cwd=elsewhere,
         env=env,
         capture_output=True,

@@ -58,6 +58,17 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         help="no wheelhouse (for a machine with tui-infer installed already)",
     )
     exp.add_argument("--tar", action="store_true", help="write one tar file OUT (name it .tar)")
+    exp.add_argument(
+        "--platform",
+        metavar="TAG",
+        help="wheels for another platform (a wheel tag such as manylinux_2_28_aarch64); "
+        "llama-cpp-python then goes in as source, compiled by install.sh on the target",
+    )
+    exp.add_argument(
+        "--python-version",
+        metavar="X.Y",
+        help="with --platform: the target's Python (default: this one's)",
+    )
     ver = bsub.add_parser("verify", help="check every file of a bundle against its manifest")
     ver.add_argument("dir", type=Path, metavar="DIR")
     imp = bsub.add_parser(
@@ -137,6 +148,15 @@ def _export(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
     started = time.monotonic()
     out: Path = args.out.expanduser().absolute()
+    target = None
+    if args.platform:
+        from tui_infer.core.bundle.platforms import parse
+
+        target = parse(args.platform, args.python_version)
+    elif args.python_version:
+        from tui_infer.core.bundle.manifest import BundleError
+
+        raise BundleError("--python-version goes with --platform TAG; add one, or drop it")
     with _bar("hashing") as bar:
         plan = export.plan(
             out,
@@ -150,6 +170,7 @@ def _export(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
             config_file=paths.config_file,
             say=_say,
             progress=bar,
+            target=target,
         )
     total, left = export.needed_space(plan)
     import shutil
@@ -170,7 +191,11 @@ def _export(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     print(f"Bundle {out}")
     print(f"  models: {models}")
     print(f"  store:  {store}")
-    carried = "tui-infer and its dependencies for this platform"
+    carried = "tui-infer and its dependencies for " + (
+        f"{target.tag}, Python {target.python_version}; llama-cpp-python as source"
+        if target
+        else "this platform"
+    )
     print(f"  wheels: {carried if plan.wheels else 'none (--no-wheels)'}")
     estimated = " (wheels estimated from their installed size)" if plan.wheels else ""
     print(
@@ -184,7 +209,7 @@ def _export(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         from tui_infer.core.bundle import wheels
 
         _say("collecting wheels (pip) ...")
-        wheels_info = wheels.build(plan.work / "wheels", _say)
+        wheels_info = wheels.build(plan.work / "wheels", _say, target)
     with _bar("copying") as bar:
         hashes = export.copy_models(plan, bar)
     with _bar("writing") as bar:

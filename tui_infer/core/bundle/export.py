@@ -34,6 +34,7 @@ from tui_infer.core.bundle.manifest import (
     labelled,
     write_manifest,
 )
+from tui_infer.core.bundle.platforms import Target
 from tui_infer.core.disk import StorageError
 from tui_infer.core.units import human_size
 
@@ -68,6 +69,7 @@ class ExportPlan:
     config: Path | None
     wheels: bool
     missing_models: list[str] = field(default_factory=list)  # sha256 of runs' models not found
+    target: Target | None = None  # --platform: another platform than this one
 
     @property
     def models_size(self) -> int:
@@ -190,6 +192,7 @@ def plan(
     config_file: Path,
     say: Say,
     progress: Progress | None = None,
+    target: Target | None = None,
 ) -> ExportPlan:
     """Check the options, take the store snapshot (into OUT.partial) and find the models."""
     from tui_infer.core.static.store import STORE_FILE, PredictionStore
@@ -202,6 +205,8 @@ def plan(
         raise BundleError(
             f"{out}: with --tar, OUT is the tar file to write: name it {out.name}.tar"
         )
+    if target is not None and not wheels:
+        raise BundleError("--platform is for the wheels: drop --no-wheels, or drop --platform")
     check_out(out)
     work = work_dir(out)
     cfg = None
@@ -230,7 +235,7 @@ def plan(
         if created:  # a refused export leaves nothing behind
             shutil.rmtree(work, ignore_errors=True)
         raise
-    return ExportPlan(out, work, tar, chosen, store_mode, info, cfg, wheels, missing)
+    return ExportPlan(out, work, tar, chosen, store_mode, info, cfg, wheels, missing, target)
 
 
 def _journal(work: Path) -> dict[str, Any]:
@@ -292,6 +297,38 @@ def python_info() -> dict[str, Any]:
         "platform_tags": platforms[:8],
         "system": platform.system(),
         "machine": platform.machine(),
+    }
+
+
+def target_python(target: Target) -> dict[str, Any]:
+    short = target.python_version
+    cp = "cp" + short.replace(".", "")
+    return {
+        "version": short,
+        "version_short": short,
+        "implementation": "cpython",
+        "tag": f"{cp}-{cp}-{target.tag}",
+        "platform_tags": [target.tag],
+        "system": target.system,
+        "machine": target.machine,
+    }
+
+
+def sdist_build(wheels_info: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's llama.cpp entry when install.sh compiles it on the target: built for
+    that CPU (native), so no feature is required beforehand."""
+    import importlib.metadata as md
+
+    return {
+        "llama_cpp_python": md.version("llama-cpp-python"),
+        "backend": "CPU",
+        "build": "sdist: compiled by install.sh on the target (CMAKE_ARGS there apply)",
+        "gpu_offload": False,
+        "gpu": {},
+        "system_info": "",
+        "cpu_features": [],
+        "cpu_requires": {"linux": [], "darwin": [], "unchecked": []},
+        "build_requires": (wheels_info or {}).get("build_requires", []),
     }
 
 
@@ -405,8 +442,8 @@ def finish(
         "format_version": FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tui_infer_version": tui_infer_version(),
-        "python": python_info(),
-        "llama_cpp": build_info(),
+        "python": python_info() if plan_.target is None else target_python(plan_.target),
+        "llama_cpp": build_info() if plan_.target is None else sdist_build(wheels_info),
         "models": [
             {
                 "name": m.name,

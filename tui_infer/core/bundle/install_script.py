@@ -78,6 +78,16 @@ wheels = [f for f in m["files"] if f["path"].startswith("wheels/")]
 if not wheels:
     refuse("this bundle carries no wheels (exported with --no-wheels): install tui-infer "
            f"another way, then run 'tui-infer bundle import {root}'")
+if (m.get("wheels") or {}).get("llama_cpp_python") == "sdist":
+    import shutil
+    cc = [c for c in ("cc", "gcc", "clang") if shutil.which(c)]
+    cxx = [c for c in ("c++", "g++", "clang++") if shutil.which(c)]
+    if not cc or not cxx:
+        refuse("llama-cpp-python comes as source in this bundle and is compiled here: install "
+               "a C and C++ compiler first (Debian/Ubuntu: build-essential; macOS: "
+               "xcode-select --install)")
+    print("note: llama-cpp-python is compiled here, for this CPU (several minutes; "
+          "CMAKE_ARGS applies)", file=sys.stderr)
 bad = []
 for f in wheels:
     p = os.path.join(root, f["path"])

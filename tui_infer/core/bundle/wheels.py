@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tui_infer.core.bundle.manifest import BundleError
+from tui_infer.core.bundle.platforms import Target
 
 Log = Callable[[str], None]
 LLAMA = "llama-cpp-python"
@@ -44,11 +45,18 @@ class Pinned:
     version: str
 
 
-def closure(root: str = APP, root_requires: list[str] | None = None) -> list[Pinned]:
+def closure(
+    root: str = APP,
+    root_requires: list[str] | None = None,
+    markers: dict[str, str] | None = None,
+    unpinned: list[str] | None = None,
+) -> list[Pinned]:
     """`root` and everything it needs here (markers evaluated for this interpreter, the
     extras each requirement asks for), as installed: sorted, `root` first. `root_requires`:
     the root's requirements when they are not the installed metadata's (the wheel just
-    built from an editable install's source, whose dependencies may have changed since)."""
+    built from an editable install's source, whose dependencies may have changed since).
+    `markers`: the marker environment of another platform; what it needs that is not
+    installed here goes into `unpinned` as the requirement says it (when given)."""
     from packaging.requirements import Requirement
 
     seen: dict[str, Pinned] = {}
@@ -63,6 +71,9 @@ def closure(root: str = APP, root_requires: list[str] | None = None) -> list[Pin
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
+            if unpinned is not None and name != root:
+                unpinned.append(name)
+                continue
             raise BundleError(
                 f"{name} is needed by {root} but not installed here; install it "
                 "(pip install -e . for tui-infer's own) or export with --no-wheels"
@@ -73,7 +84,7 @@ def closure(root: str = APP, root_requires: list[str] | None = None) -> list[Pin
             requires = root_requires
         for text in requires or []:
             req = Requirement(text)
-            wanted = [{"extra": e} for e in ("", *sorted(extras))]
+            wanted = [{**(markers or {}), "extra": e} for e in ("", *sorted(extras))]
             if req.marker is not None and not any(req.marker.evaluate(env) for env in wanted):
                 continue
             todo.append((req.name, frozenset(req.extras)))
@@ -198,8 +209,9 @@ def wheel_requires(path: Path) -> list[str]:
     return list(meta.get_all("Requires-Dist") or [])
 
 
-def build(dest: Path, log: Log) -> dict[str, object]:
-    """Fill `dest` with the wheelhouse; returns what the manifest says of it."""
+def build(dest: Path, log: Log, target: Target | None = None) -> dict[str, object]:
+    """Fill `dest` with the wheelhouse; returns what the manifest says of it. With a
+    target: binary wheels for it, and llama-cpp-python as its sdist (build_for)."""
     import shutil
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -220,7 +232,14 @@ def build(dest: Path, log: Log) -> dict[str, object]:
             repack(APP, dest)
     sources[APP] = "built from source" if src is not None else "packed from the installed files"
     [app_wheel] = dest.glob("tui_infer-*.whl")
-    pins = closure(root_requires=wheel_requires(app_wheel))
+    unpinned: list[str] = []
+    pins = closure(
+        root_requires=wheel_requires(app_wheel),
+        markers=target.marker_environment() if target else None,
+        unpinned=unpinned if target else None,
+    )
+    if target is not None:
+        return _build_for(target, dest, pins, unpinned, sources, log)
     # llama-cpp-python: the build of this machine
     if not any(w.name.startswith("llama_cpp_python-") for w in dest.glob("*.whl")):
         built = built_llama_wheel()
@@ -263,6 +282,77 @@ def build(dest: Path, log: Log) -> dict[str, object]:
         "llama_cpp_python": "wheel",
         "sources": sources,
     }
+
+
+def _build_for(
+    target: Target,
+    dest: Path,
+    pins: list[Pinned],
+    unpinned: list[str],
+    sources: dict[str, str],
+    log: Log,
+) -> dict[str, object]:
+    """The wheelhouse for another platform: every dependency as a binary wheel for it (the
+    versions installed here), llama-cpp-python as its sdist and its build requirements as
+    wheels for the target, so that install.sh compiles it there with no network."""
+    rest = [p for p in pins if p.name not in (canonical(APP), canonical(LLAMA))]
+    specs = [f"{p.name}=={p.version}" for p in rest] + unpinned
+    log(f"downloading {len(specs)} wheels for {target.tag}, Python {target.python_version}")
+    r = _pip(["download", "--no-deps", *target.pip_args(), "-q", "-d", str(dest), *specs], log)
+    if r.returncode != 0:
+        raise BundleError(
+            f"pip download for {target.tag} failed: {_last_line(r)}; check the tag and "
+            "--python-version (or export on a machine of that platform)"
+        )
+    llama = next((p for p in pins if p.name == canonical(LLAMA)), None)
+    if llama is None:
+        raise BundleError("llama-cpp-python is not installed here; install it first")
+    log(f"llama-cpp-python {llama.version}: the sdist, compiled on the target")
+    r = _pip(
+        ["download", "--no-deps", "--no-binary", ":all:", "-q", "-d", str(dest),
+         f"{LLAMA}=={llama.version}"],
+        log,
+    )  # fmt: skip
+    if r.returncode != 0:
+        raise BundleError(f"pip download of the llama-cpp-python sdist failed: {_last_line(r)}")
+    [sdist] = dest.glob(f"llama_cpp_python-{llama.version}.tar.gz")
+    build_requires = sdist_build_requires(sdist) + ["cmake>=3.21", "ninja"]
+    log(f"its build requirements for {target.tag}: {', '.join(build_requires)}")
+    r = _pip(["download", *target.pip_args(), "-q", "-d", str(dest), *build_requires], log)
+    if r.returncode != 0:
+        raise BundleError(
+            f"pip download of llama-cpp-python's build requirements failed: {_last_line(r)}"
+        )
+    requirements = "".join(f"{p.name}=={p.version}\n" for p in pins) + "".join(
+        f"{name}\n" for name in unpinned
+    )
+    (dest / "requirements.txt").write_text(requirements, encoding="utf-8")
+    sources[LLAMA] = "sdist, compiled by install.sh on the target"
+    return {
+        "requirements": "wheels/requirements.txt",
+        "packages": len(pins) + len(unpinned),
+        "llama_cpp_python": "sdist",
+        "build_requires": build_requires,
+        "platform": target.tag,
+        "sources": sources,
+    }
+
+
+def sdist_build_requires(sdist: Path) -> list[str]:
+    """[build-system] requires of an sdist's pyproject.toml."""
+    import tarfile
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    with tarfile.open(sdist) as tf:
+        member = next(m for m in tf.getmembers() if m.name.count("/") == 1
+                      and m.name.endswith("/pyproject.toml"))  # fmt: skip
+        fh = tf.extractfile(member)
+        assert fh is not None
+        data = tomllib.loads(fh.read().decode("utf-8"))
+    return [str(r) for r in data.get("build-system", {}).get("requires", [])]
 
 
 def _build_from_copy(src: Path, dest: Path, log: Log) -> subprocess.CompletedProcess[str]:
