@@ -141,6 +141,7 @@ class Engine:
             n_layer=info.n_layer,
             threads=options.threads,
             logged_offload=llama_log.offloaded_layers(load_log),
+            load_log=load_log,
         )
         self._close_lock = threading.Lock()
         self._closed = False
