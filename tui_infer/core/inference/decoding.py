@@ -103,9 +103,15 @@ def create_context(
     cp.n_batch = cp.n_ubatch = options.batch
     cp.n_seq_max = parallel
     cp.n_threads = cp.n_threads_batch = options.threads
+    # flash_attn on: llama.cpp's auto mode, which keeps it where the device running a
+    # layer has a kernel for it and turns it off elsewhere rather than running attention
+    # on the CPU; off: forced off, except that a quantized V cache needs it (llama.cpp
+    # refuses the context otherwise; `run` says so).
     cp.flash_attn_type = (
-        lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        if options.flash_attn or quantized_v
+        lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+        if options.flash_attn
+        else lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        if quantized_v
         else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
     )
     cp.type_k = cp.type_v = KV_TYPE_IDS[options.kv_type]
