@@ -293,10 +293,10 @@ class StatsPanel(VerticalScroll):
                 f" / {human_size(mem.system_total_bytes)}",
             ]
             if mem.gpus:
-                lines += [
-                    f"{g.name}: {human_size(g.used_bytes)} / {human_size(g.total_bytes)}"
-                    for g in mem.gpus
-                ]
+                # each line says whose figure it is (core/inference/memory.py)
+                lines += [line for g in mem.gpus for line in g.describe()]
+                if mem.gpu_note:
+                    lines.append(mem.gpu_note)
             else:
                 lines.append(mem.gpu_note or "no GPU")
             text = "\n".join(lines)
