@@ -128,10 +128,10 @@ class LibraryTab(Screen[None]):
         with ModelLibrary(self.data_dir) as lib:
             entries = lib.entries()
             try:
-                ram, vram = fit.current_memory()
+                machine: Any = fit.current_machine()  # RAM, and the GPUs llama.cpp sees
             except Exception:  # noqa: BLE001 - a probe failure only costs the fit column
-                ram, vram = 0, None
-            rows = [self._row(e, settings, ram, vram) for e in entries]
+                machine = None
+            rows = [self._row(e, settings, machine) for e in entries]
             unhashed = [e for e in entries if e.status == "ok" and e.sha256 is None]
             self.post_message(LibraryScanned(rows, hashing=bool(unhashed)))
             if not unhashed:
@@ -141,19 +141,19 @@ class LibraryTab(Screen[None]):
                     lib.ensure_hashes(e)
                 except (TuiInferError, OSError):
                     continue  # shown as sha256 unknown; `models verify` says why
-            rows = [self._row(e, settings, ram, vram) for e in entries]
+            rows = [self._row(e, settings, machine) for e in entries]
             self.post_message(LibraryScanned(rows, hashing=False))
 
     @staticmethod
-    def _row(e: Any, settings: Settings, ram: int, vram: int | None) -> LibraryRow:
+    def _row(e: Any, settings: Settings, machine: Any) -> LibraryRow:
         from tui_infer.core.inference import fit
 
         verdict, summary = "?", "fit: unknown (the file is not there)"
-        if e.status == "ok" and ram:
+        if e.status == "ok" and machine is not None and machine.ram_available:
             try:
                 info = fit.info_from_metadata(str(e.path), e.size, e.metadata)
                 n_vocab = int(e.metadata.get("n_vocab") or 0)
-                est = fit.fit_with_settings(info, n_vocab, settings, ram, vram)
+                est = fit.fit_for_machine(info, n_vocab, settings, machine)
                 verdict = est.verdict
                 summary = f"fit at {fit.fit_label(settings)}: {est.summary()}"
             except ValueError as exc:
