@@ -364,3 +364,41 @@ def test_bad_input_is_one_line_and_exit_2(
     assert "bundle format 99, this tui-infer reads format 1" in capsys.readouterr().err
     # nothing was left behind by the refused exports
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_config_goes_along_where_the_target_has_none(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    model_path: Path,
+) -> None:
+    import os
+
+    config = Path(os.environ["TUI_INFER_CONFIG"])
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'model = "{model_path}"\nctx = 2048\n[sampling]\ntop_k = 17\n')
+    out = tmp_path / "withconfig"
+    assert main(["bundle", "export", str(out), "--no-wheels", "--config", "--store", "none"]) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"] == "config/config.toml" and manifest["store"] is None
+
+    target = fresh_machine(tmp_path, monkeypatch, "airgapped")
+    assert main(["bundle", "import", str(out)]) == 0
+    said = capsys.readouterr().out
+    installed = target / "config" / "config.toml"
+    assert f"config: installed at {installed}" in said
+    text = installed.read_text()
+    # the other machine's model path is replaced by the bundle's copy; the rest is kept
+    bundled = out / manifest["models"][0]["files"][0]
+    assert f'model = "{bundled}"' in text and "ctx = 2048" in text and "top_k = 17" in text
+
+    # a target with a config of its own keeps it
+    other = fresh_machine(tmp_path, monkeypatch, "configured")
+    mine = other / "config" / "config.toml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text(f'model = "{model_path}"\n')
+    assert main(["bundle", "import", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "config: installed" not in said and "default model" not in said
+    assert mine.read_text() == f'model = "{model_path}"\n'
