@@ -402,3 +402,45 @@ def test_the_config_goes_along_where_the_target_has_none(
     said = capsys.readouterr().out
     assert "config: installed" not in said and "default model" not in said
     assert mine.read_text() == f'model = "{model_path}"\n'
+
+
+def test_without_m_every_model_the_predictions_were_made_with_goes_along(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: Path
+) -> None:
+    """A second model (the default one with one byte of its last tensor changed: another
+    sha256, still loadable) made a published run: it goes with the default one; once its
+    file is gone, the export says so and carries its predictions without it."""
+    other = tmp_path / "other" / "SmolLM2-variant.gguf"
+    other.parent.mkdir()
+    data = bytearray(model_path.read_bytes())
+    data[-1] ^= 0x01
+    other.write_bytes(bytes(data))
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "v", "prompt": "Say yes."}) + "\n")
+    argv = ["batch", str(src), "-o", str(tmp_path / "o.jsonl"), *ASK, "--publish", "--force"]
+    assert main(["-m", str(other), *argv]) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "two"
+    assert main(["bundle", "export", str(out), "--no-wheels"]) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(m["why"], m["sha256"]) for m in manifest["models"]] == [
+        ("default", sha256(model_path)),
+        ("made predictions", sha256(other)),
+    ]
+    assert manifest["models_not_found"] == []
+
+    other.unlink()
+    out = tmp_path / "one"
+    assert main(["bundle", "export", str(out), "--no-wheels"]) == 0
+    err = capsys.readouterr().err
+    assert f"(sha256 {sha256_hex(data)[:12]}..., last at {other}) is not on this machine" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m["why"] for m in manifest["models"]] == ["default"]
+    assert manifest["models_not_found"] == [sha256_hex(data)]
+    assert manifest["store"]["published"] == 1
+
+
+def sha256_hex(data: bytes | bytearray) -> str:
+    return hashlib.sha256(bytes(data)).hexdigest()

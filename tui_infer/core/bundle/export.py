@@ -107,7 +107,7 @@ def resolve_models(
     """The models to carry: those asked for (-m), else the default model and every model
     the exported predictions were made with. Returns them and the sha256 of runs' models
     found nowhere on this machine."""
-    from tui_infer.core.errors import ModelNotFoundError
+    from tui_infer.core.errors import ModelFileError, ModelNotFoundError
     from tui_infer.core.models.digest import DigestCache
     from tui_infer.core.models.library import ModelLibrary, model_stem, split_parts
     from tui_infer.core.models.resolve import resolve_model
@@ -158,9 +158,12 @@ def resolve_models(
                 found = None
                 for c in candidates:
                     if c.is_file():
-                        parts = split_parts(c)
-                        known_shas = [digests.known(p) for p in parts]
-                        if all(known_shas) and _entry_sha([s for s in known_shas if s]) == sha:
+                        try:
+                            parts = split_parts(c)
+                        except ModelFileError:
+                            continue  # a split model missing parts here
+                        digests_of = [digests.sha256(p) for p in parts]  # cached, or read
+                        if _entry_sha(digests_of) == sha:
                             found = c
                             break
                 if found is None:
