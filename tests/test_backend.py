@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tui_infer.core.inference.backend import (
     Device,
     describe_backend,
@@ -11,7 +13,11 @@ from tui_infer.core.inference.backend import (
 )
 from tui_infer.core.inference.memory import MemoryProbe
 
+GPU_BUILD = probe_system_info()[1]
+cpu_build_only = pytest.mark.skipif(GPU_BUILD, reason="assumes a CPU build of llama.cpp")
 
+
+@cpu_build_only
 def test_real_cpu_build() -> None:
     info, offload = probe_system_info()
     devices = probe_devices()
@@ -26,7 +32,7 @@ def test_real_cpu_build() -> None:
 
 
 CUDA_INFO = "CUDA : ARCHS = 900 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | CPU : AVX2 = 1 | "
-H100 = Device("CUDA0", "NVIDIA H100 80GB HBM3", "gpu", 80 * 2**30, 81 * 2**30)
+H100 = Device("CUDA0", "NVIDIA H100 80GB HBM3", "gpu", 80 * 2**30, 81 * 2**30, "CUDA")
 CPU = Device("CPU", "Intel Xeon", "cpu")
 
 
@@ -76,9 +82,9 @@ def test_zero_gpu_layers_is_cpu() -> None:
 
 
 def test_metal() -> None:
-    metal = Device("Metal", "Apple M3 Max", "gpu")
+    metal = Device("MTL0", "Apple M3 Max", "gpu", registry="MTL")  # "Metal" before late 2025
     b = describe_backend(
-        "Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 |",
+        "MTL : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 |",
         [metal],
         True,
         requested_gpu_layers=-1,
@@ -97,6 +103,7 @@ def test_gpu_build_without_a_gpu_falls_back_to_cpu() -> None:
     assert b.name == "CPU"
 
 
+@cpu_build_only
 def test_memory_figures_without_a_gpu() -> None:
     snap = MemoryProbe().snapshot()
     assert snap.rss_bytes > 10 * 2**20
