@@ -328,10 +328,10 @@ async def test_help_template_and_small_terminal(tmp_path: Path) -> None:
         await ready(pilot)
         chats = app.chat.query_one(ChatList)
         assert not chats.display  # below 120 columns: hidden
-        await pilot.press("ctrl+b")
+        await pilot.press("ctrl+l")
         await pilot.pause(0.1)
         assert chats.display
-        await pilot.press("ctrl+b")
+        await pilot.press("ctrl+l")
         await pilot.press("f1")
         await pilot.pause(0.1)
         assert isinstance(app.screen, HelpScreen)

@@ -94,7 +94,7 @@ def test_main_screen_80x24(snap_compare, tmp_path: Path) -> None:  # type: ignor
 
     async def run(pilot) -> None:  # type: ignore[no-untyped-def]
         await _open_newest_chat(pilot)
-        await pilot.press("ctrl+b")  # hide the sidebar again: the chat gets the width
+        await pilot.press("ctrl+l")  # hide the sidebar again: the chat gets the width
         pilot.app.chat.prompt_input.focus()  # where the focus lands otherwise is timing
         await _settle(pilot)
 

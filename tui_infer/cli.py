@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from tui_infer.core.paths import Paths
 
 EXIT_BAD_INPUT = 2
-PLUGGABLE_COMMANDS = ("models", "batch", "store", "bench", "chats", "serve", "ps", "bundle")
+PLUGGABLE_COMMANDS = (
+    "models", "batch", "store", "bench", "chats", "serve", "ps", "bundle", "presets", "completion",
+)  # fmt: skip
 # commands whose parser another command's module adds, and that module
 SHARED_MODULES = {"stop": "ps"}
 
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object with the reply and its figures"
     )
     run.add_argument("--stats", action="store_true", help="print the figures to stderr")
+    run.add_argument("--pull", action="store_true", help="download -m OWNER/REPO:QUANT if not here")
     run.add_argument(
         "--stop",
         action="append",
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="versions, backend, devices, paths, default model")
     _model_flags(doctor)
     doctor.add_argument("--no-network", action="store_true", help="skip the hub check")
+    doctor.add_argument("--json", action="store_true", help="print one JSON document")
 
     # Further commands live in tui_infer/commands/<name>.py, each with
     # add_parser(sub, model_flags) and execute(args, settings, paths) -> int. Their

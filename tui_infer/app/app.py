@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import App, SystemCommand
-from textual.binding import Binding
 from textual.screen import Screen
 
 from tui_infer.app.chat_commands import chat_commands
+from tui_infer.app.keys import bound, key_label
 from tui_infer.app.messages import ModelLoaded, WorkerFailed
 from tui_infer.app.screens.chat import ChatScreen
 from tui_infer.core.config import Settings
@@ -35,15 +35,17 @@ if TYPE_CHECKING:
 class TuiInferApp(App[None]):
     TITLE = "tui-infer"
     CSS_PATH = "app.tcss"
+    # the keys come from core.config.DEFAULT_KEYS; [keys] in the config rebinds them
     BINDINGS = [
-        Binding("ctrl+q", "quit", "Quit", priority=True),
-        Binding("f7", "bench", "Bench", show=False, priority=True),
-        Binding("f3", "models", "Models", show=False),
-        Binding("f9", "batch", "Batch", show=False),
-        Binding("f4", "server", "Server", show=False),
+        bound("quit", "Quit", priority=True),
+        bound("bench", "Bench", show=False, priority=True),
+        bound("models", "Models", show=False),
+        bound("batch", "Batch", show=False),
+        bound("server", "Server", show=False),
         # priority, as F7: the chat's input box (a TextArea) takes F6 for "select line"
-        Binding("f6", "drift", "Drift", show=False, priority=True),
-        Binding("f5", "quant", "Quant", show=False, priority=True),
+        bound("drift", "Drift", show=False, priority=True),
+        # F10, not F5: F5 copies the last reply in the chat
+        bound("quant", "Quant", show=False, priority=True),
     ]
 
     def __init__(
@@ -74,6 +76,43 @@ class TuiInferApp(App[None]):
         self._memory_probe = memory_probe
         self.server_screen: ServerScreen | None = None  # installed when first opened
         self.registration: Any = None  # this process in `tui-infer ps` (core/registry.py)
+        self._keys_and_theme()
+
+    def _keys_and_theme(self) -> None:
+        """[keys] from the config as Textual's keymap (checked: the CLI refused a bad one
+        before the app started), and the saved theme; a theme chosen later is saved."""
+        from tui_infer.core.config import keys_in_force, load_keys
+
+        self.keys = keys_in_force(self.paths.config_file)
+        self.set_keymap(load_keys(self.paths.config_file))
+        wanted = self.settings.theme
+        if wanted and wanted in self.available_themes:
+            self.theme = wanted
+        elif wanted:
+            known = ", ".join(sorted(self.available_themes))
+            self.call_later(
+                self.notify,
+                f"no theme named '{wanted}' (theme in {self.paths.config_file}); the themes: "
+                f"{known}",
+                title="Theme",
+                severity="error",
+                timeout=15,
+            )
+
+    def _save_theme(self, theme: Any) -> None:
+        """A theme chosen in the palette (Ctrl+P → Change theme) stays: `theme = "..."`."""
+        name = getattr(theme, "name", str(theme))
+        if name == self.settings.theme:
+            return
+        from dataclasses import replace
+
+        from tui_infer.core.config import write_config_key
+
+        self.settings = replace(self.settings, theme=name)
+        try:
+            write_config_key(self.paths.config_file, "theme", name)
+        except TuiInferError as exc:
+            self.notify(f"the theme is not saved: {exc}", title="Theme", severity="warning")
 
     def _handle_exception(self, error: Exception) -> None:
         """An error nothing else caught ends the app, as in Textual, but the terminal shows
@@ -154,6 +193,7 @@ class TuiInferApp(App[None]):
             # stops, the terminal is given back), not killed mid-frame
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit)
         self.registration = self._enter_registry()
+        self.theme_changed_signal.subscribe(self, self._save_theme)  # saved when chosen
 
     def _enter_registry(self) -> Any:
         """`tui-infer ps` lists the app (as a server while its Server screen serves)."""
@@ -245,28 +285,38 @@ class TuiInferApp(App[None]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         chat = self.chat
+
+        def k(action: str) -> str:
+            return f" ({key_label(self, action)})"
+
         yield SystemCommand(
             "Server",
-            "Serve the loaded model over an OpenAI-compatible HTTP API; its live traffic (F4)",
+            "Serve the loaded model over an OpenAI-compatible HTTP API; its live traffic"
+            + k("server"),
             self.action_server,
         )
         yield SystemCommand(
             "Batch runs",
-            "Review, publish and roll back the prediction store's runs; start a batch (F9)",
+            "Review, publish and roll back the prediction store's runs; start a batch" + k("batch"),
             self.action_batch,
         )
         yield SystemCommand(
             "Drift",
-            "The store's hit rate and misses over time; batch the top misses next (F6)",
+            "The store's hit rate and misses over time; batch the top misses next" + k("drift"),
             self.action_drift,
         )
         yield SystemCommand(
-            "Models", "The library, import, remove, the hub, downloads (F3)", self.action_models
+            "Models",
+            "The library, import, remove, the hub, downloads" + k("models"),
+            self.action_models,
         )
-        yield SystemCommand("Bench", "Measure pp/tg tokens/s of this model (F7)", self.action_bench)
+        yield SystemCommand(
+            "Bench", "Measure pp/tg tokens/s of this model" + k("bench"), self.action_bench
+        )
         yield SystemCommand(
             "Quant",
-            "What each quant and KV cache type of this model costs: agreement, KL, speed (F5)",
+            "What each quant and KV cache type of this model costs: agreement, KL, speed"
+            + k("quant"),
             self.action_quant,
         )
         yield from chat_commands(chat)

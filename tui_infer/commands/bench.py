@@ -88,13 +88,27 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     out.add_argument("--csv", action="store_true", help="print CSV")
     out.add_argument("--md", action="store_true", help="print a Markdown table")
     bsub = p.add_subparsers(dest="bench_command", metavar="")
-    bsub.add_parser("history", help="list the kept runs")
+    hist = bsub.add_parser("history", help="list the kept runs")
+    _sub_output_flags(hist, quiet=True)
     cmp_ = bsub.add_parser("compare", help="two runs side by side, with the noise")
     cmp_.add_argument("a", type=int)
     cmp_.add_argument("b", type=int)
     from tui_infer.commands.bench_quality import add_parser as add_quality
 
     add_quality(bsub)
+    _sub_output_flags(cmp_)
+
+
+def _sub_output_flags(p: argparse.ArgumentParser, quiet: bool = False) -> None:
+    """--json after the subcommand too (`bench history --json`); SUPPRESS keeps a --json
+    given before it (`bench --json history`)."""
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
+    if quiet:
+        p.add_argument(
+            "-q", "--quiet", action="store_true", help="print only the run ids, one a line"
+        )
 
 
 def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
@@ -110,9 +124,9 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     history = BenchHistory(path)
     try:
         if args.bench_command == "history":
-            return _history(history)
+            return _history(history, args)
         if args.bench_command == "compare":
-            return _compare(history, args.a, args.b)
+            return _compare(history, args.a, args.b, args)
         return _run(args, settings, paths, history)
     finally:
         history.close()
@@ -182,9 +196,12 @@ def _run(args: argparse.Namespace, settings: Settings, paths: Paths, history: An
         if not quiet:
             print(f"  {_label(r)}: {r.mean:.2f} ± {r.stdev:.2f} tok/s", file=sys.stderr)
 
+    from tui_infer.core.models.names import library_name
+
     if not quiet:
         print(
-            f"bench run {run_id}: {model.name} ({header.quantization}) · {env['backend']}",
+            f"bench run {run_id}: {library_name(model, paths.data_dir)} ({header.quantization})"
+            f" · {env['backend']}",
             file=sys.stderr,
         )
     try:
@@ -193,7 +210,7 @@ def _run(args: argparse.Namespace, settings: Settings, paths: Paths, history: An
         raise TuiInferError(str(exc)) from None
     _print_results(
         results,
-        header.name,
+        library_name(model, paths.data_dir),
         header.quantization,
         header.file_size,
         header.parameter_count,
@@ -280,12 +297,40 @@ def _print_results(
     table.print()
 
 
-def _history(history: Any) -> int:
+def _run_json(run: Any) -> dict[str, Any]:
+    """A kept bench run as `bench history --json` prints it (fields in the README)."""
+    return {
+        "run": run.id,
+        "created_at": run.created,
+        "model": Path(run.model_path).name,
+        "model_path": run.model_path,
+        "model_sha256": run.model_sha256,
+        "quantization": run.quantization,
+        "environment": run.environment,
+        "results": [_finite(r.as_dict()) for r in run.results],
+    }
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no Infinity or NaN: such a figure is null."""
+    import math
+
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _history(history: Any, args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from tui_infer.commands.tables import Table
+    from tui_infer.commands.tables import Table, print_json
 
     runs = history.runs()
+    if getattr(args, "json", False):
+        print_json([_run_json(r) for r in runs])
+        return 0
+    if getattr(args, "quiet", False):
+        for run in runs:
+            print(run.id)
+        return 0
     if not runs:
         print("no bench runs yet: 'tui-infer bench' makes one")
         return 0
@@ -310,19 +355,25 @@ def _short_backend(summary: str) -> str:
     return " · ".join([parts[0].split(" ")[0], *parts[1:]])
 
 
-def _compare(history: Any, a_id: int, b_id: int) -> int:
-    from tui_infer.commands.tables import Table
+def _compare(history: Any, a_id: int, b_id: int, args: argparse.Namespace) -> int:
+    from tui_infer.commands.tables import Table, print_json
     from tui_infer.core.bench.measure import compare_results
 
     a, b = history.get(a_id), history.get(b_id)
+    notes = []
     if a.model_sha256 != b.model_sha256:
-        print(f"note: different models ({a.model_sha256[:12]} vs {b.model_sha256[:12]})")
+        notes.append(f"different models ({a.model_sha256[:12]} vs {b.model_sha256[:12]})")
     for key in ("backend", "cpu", "llama_cpp_python"):
         if a.environment.get(key) != b.environment.get(key):
-            print(f"note: {key} differs: {a.environment.get(key)} vs {b.environment.get(key)}")
+            notes.append(f"{key} differs: {a.environment.get(key)} vs {b.environment.get(key)}")
+    as_json = getattr(args, "json", False)
+    if not as_json:
+        for note in notes:
+            print(f"note: {note}")
     columns = ("test", f"run {a_id} t/s", f"run {b_id} t/s", "ratio", "verdict")
     table = Table(*columns, right=columns[1:4], title=f"bench run {a_id} vs {b_id}")
     matched = 0
+    rows: list[dict[str, Any]] = []
     for ra in a.results:
         rb = next((r for r in b.results if r.test == ra.test and r.config == ra.config), None)
         if rb is None:
@@ -333,6 +384,23 @@ def _compare(history: Any, a_id: int, b_id: int) -> int:
             ("faster" if cmp.b_mean > cmp.a_mean else "slower")
             if cmp.significant
             else "within noise"
+        )
+        rows.append(
+            _finite(
+                {
+                    "test": ra.test,
+                    "label": _label(ra),
+                    "config": dict(ra.config.__dict__),
+                    "a_mean_tps": ra.mean,
+                    "a_stdev_tps": ra.stdev,
+                    "b_mean_tps": rb.mean,
+                    "b_stdev_tps": rb.stdev,
+                    "ratio": cmp.ratio,
+                    "noise_tps": cmp.noise,
+                    "significant": cmp.significant,
+                    "verdict": verdict,
+                }
+            )
         )
         table.add_row(
             _label(ra),
@@ -345,5 +413,8 @@ def _compare(history: Any, a_id: int, b_id: int) -> int:
         from tui_infer.core.errors import TuiInferError
 
         raise TuiInferError(f"runs {a_id} and {b_id} share no test with the same configuration")
+    if as_json:
+        print_json({"a": a_id, "b": b_id, "notes": notes, "tests": rows})
+        return 0
     table.print()
     return 0

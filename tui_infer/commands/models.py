@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tui_infer.commands.tables import Table
+from tui_infer.commands.tables import Table, output_flags, print_json, wants
 from tui_infer.core.units import human_size
 
 if TYPE_CHECKING:
@@ -26,11 +26,13 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     )
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
-    msub.add_parser("list", help="the library: name, quant, size, context, source, status")
+    ls = msub.add_parser("list", help="the library: name, quant, size, context, source, status")
+    output_flags(ls, quiet="the names")
 
     info = msub.add_parser("info", help="metadata, sha256, fit estimate, chat template")
     model_flags(info)
-    info.add_argument("target", metavar="NAME|PATH")
+    info.add_argument("target", metavar="NAME|PATH|REPO[:QUANT]")
+    output_flags(info)
 
     imp = msub.add_parser("import", help="add a GGUF file to the library (in place by default)")
     imp.add_argument("path", metavar="PATH")
@@ -48,6 +50,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     search = msub.add_parser("search", help="search GGUF repositories on the hub")
     search.add_argument("query")
     search.add_argument("--limit", type=int, default=20)
+    output_flags(search, quiet="the repositories")
 
     files = msub.add_parser("files", help="a hub repository's GGUF files with size and quant")
     files.add_argument("repo", metavar="REPO")
@@ -55,6 +58,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     files.add_argument(
         "--headers", action="store_true", help="read each file's header (ranged GET)"
     )
+    output_flags(files, quiet="the file names")
 
     pull = msub.add_parser("pull", help="download a GGUF from the hub (resumes after Ctrl+C)")
     model_flags(pull)
@@ -95,6 +99,13 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
 def _list(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
     entries = lib.entries()
+    if wants(args, "json"):
+        print_json([entry_json(e) for e in entries])
+        return 0
+    if wants(args, "quiet"):
+        for e in entries:
+            print(e.name)
+        return 0
     if not entries:
         print(
             "The library is empty: add a model with 'tui-infer models import PATH' "
@@ -113,6 +124,26 @@ def _list(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
         )
     t.print()
     return 0
+
+
+def entry_json(e: ModelEntry) -> dict[str, Any]:
+    """A library entry as `models list --json` prints it (fields in the README)."""
+    from tui_infer.core.models.names import hub_ref
+
+    return {
+        "name": e.name,
+        "ref": hub_ref(e),
+        "quantization": e.quantization,
+        "size_bytes": e.size,
+        "n_ctx_train": e.n_ctx_train or None,
+        "architecture": e.metadata.get("architecture"),
+        "source": e.source,
+        "repo": e.repo,
+        "status": e.status,
+        "path": str(e.path),
+        "paths": [str(p) for p in e.paths],
+        "sha256": e.sha256,
+    }
 
 
 def _progress(label: str) -> Any:
@@ -153,7 +184,11 @@ def _entry_for(lib: ModelLibrary, target: str) -> ModelEntry:
     from pathlib import Path
 
     from tui_infer.core.errors import ModelNotFoundError
+    from tui_infer.core.models.resolve import parse_hub_ref, resolve_hub_ref
 
+    ref = parse_hub_ref(target)
+    if ref is not None:  # owner/repo:QUANT: the file it means, in the library or not
+        target = str(resolve_hub_ref(ref, lib.data_dir))
     try:
         return lib.get(target)
     except ModelNotFoundError:
@@ -174,9 +209,25 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
 
     e = _entry_for(lib, args.target)
     md = e.metadata
+    as_json = wants(args, "json")
+    doc: dict[str, Any] = {
+        **entry_json(e),
+        "general_name": md.get("name") or None,
+        "parameters": int(md.get("parameter_count") or 0) or None,
+        "size_label": md.get("size_label"),
+        "n_layer": md.get("n_layer"),
+        "n_head": md.get("n_head"),
+        "n_head_kv": md.get("n_head_kv"),
+        "n_embd": md.get("n_embd"),
+        "n_vocab": md.get("n_vocab"),
+        "tensor_count": md.get("tensor_count"),
+        "license": md.get("license"),
+        "chat_template": md.get("chat_template") or None,
+        "fit": None,
+    }
     rows: list[tuple[str, str]] = [
         ("name", e.name),
-        ("model", str(md.get("name") or "?")),
+        ("general.name", str(md.get("name") or "?")),
         ("path", "\n".join(str(p) for p in e.paths)),
         ("source", e.source + (f" ({e.repo})" if e.repo else "")),
         ("status", e.status),
@@ -195,16 +246,32 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
     if e.status == "ok":
         if e.source == "not in library":
             sha = lib.digests.sha256(e.path) if len(e.parts) == 1 else "(import it to hash it)"
+            doc["sha256"] = sha if len(e.parts) == 1 else None
+        elif as_json:
+            sha = doc["sha256"] = lib.ensure_hashes(e)
         else:
-            sha = _hash_with_progress(lib, e)
+            sha = doc["sha256"] = _hash_with_progress(lib, e)
         rows.append(("sha256", sha))
-        ram, vram = fit.current_memory()
         info = fit.info_from_metadata(str(e.path), e.size, md)
-        gpu = settings.gpu_layers != 0 and vram is not None and fit.gpu_build()
-        est = fit.fit_with_settings(info, int(md.get("n_vocab") or 0), settings, ram, vram, gpu)
+        machine = fit.current_machine()  # RAM, whether llama.cpp offloads, its GPUs' memory
+        est = fit.fit_for_machine(info, int(md.get("n_vocab") or 0), settings, machine)
         rows.append((f"fit ({fit.fit_label(settings)})", est.summary()))
+        doc["fit"] = {
+            "settings": fit.fit_label(settings),
+            "verdict": est.verdict,
+            "needed_bytes": est.total_bytes,
+            "weights_bytes": est.weights_bytes,
+            "kv_bytes": est.kv_bytes,
+            "compute_bytes": est.compute_bytes,
+            "ram_available_bytes": est.ram_available,
+            "gpu_layers": est.gpu_layers,
+            "summary": est.summary(),
+        }
     else:
         rows.append(("sha256", e.sha256 or "unknown"))
+    if as_json:
+        print_json(doc)
+        return 0
     t = Table("name", "value", header=False)
     for k, v in rows:
         t.add_row(k, v)
@@ -214,8 +281,11 @@ def _info(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
     if template:
         print("chat template:")
         print(template)
-    else:
-        print("chat template: none in the file (a generic ChatML template is used)")
+    else:  # llama.cpp's built-in for its architecture (template.py says which)
+        from tui_infer.core.inference.template import missing_template_line
+
+        names = [e.name, str(md.get("name") or "")]
+        print(missing_template_line(str(md.get("architecture")), md.get("n_vocab"), names))
     return 0
 
 
@@ -316,6 +386,24 @@ def _search(args: argparse.Namespace) -> int:
     from tui_infer.core.models.hub import Hub
 
     found = Hub().search(args.query, limit=args.limit)
+    if wants(args, "json"):
+        print_json(
+            [
+                {
+                    "repo": r.repo,
+                    "downloads": r.downloads,
+                    "likes": r.likes,
+                    "updated": r.updated or None,
+                    "gated": r.gated,
+                }
+                for r in found
+            ]
+        )
+        return 0
+    if wants(args, "quiet"):
+        for r in found:
+            print(r.repo)
+        return 0
     if not found:
         print(f"No GGUF repositories match '{args.query}'.")
         return 0
@@ -332,6 +420,13 @@ def _files(args: argparse.Namespace) -> int:
     from tui_infer.core.models.hub import Hub
 
     models = Hub().models(args.repo, args.revision, read_headers=args.headers)
+    if wants(args, "json"):
+        print_json([_hub_model_json(m) for m in models])
+        return 0
+    if wants(args, "quiet"):
+        for m in models:
+            print(m.filename)
+        return 0
     if not models:
         print(f"{args.repo} has no GGUF files.")
         return 0
@@ -345,7 +440,40 @@ def _files(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
+def _hub_model_json(m: Any) -> dict[str, Any]:
+    return {
+        "file": m.filename,
+        "repo": m.repo,
+        "ref": f"{m.repo}:{m.quant}" if m.quant else m.repo,
+        "quant": m.quant,
+        "size_bytes": m.size,
+        "parts": [{"file": f.filename, "size_bytes": f.size, "sha256": f.sha256} for f in m.files],
+        "n_ctx_train": m.header.n_ctx_train if m.header else None,
+        "header_error": m.header_error,
+    }
+
+
+def pull_missing(settings: Settings, paths: Paths) -> None:
+    """`run --pull`: a hub reference (-m owner/repo:QUANT) not on this machine is
+    downloaded first, as `models pull` does, its messages on stderr."""
+    from tui_infer.core.models.library import ModelLibrary
+    from tui_infer.core.models.resolve import HubRefNotLocal, parse_hub_ref, resolve_hub_ref
+
+    ref = parse_hub_ref(settings.model) if settings.model else None
+    if ref is None:
+        return
+    try:
+        resolve_hub_ref(ref, paths.data_dir)
+        return  # already here
+    except HubRefNotLocal:
+        pass
+    pull_args = argparse.Namespace(repo=ref.repo, file=ref.quant, revision="main")
+    with ModelLibrary(paths.data_dir) as lib:
+        if _pull(pull_args, lib, settings, out=sys.stderr) != 0:
+            raise KeyboardInterrupt
+
+
+def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings, out: Any = None) -> int:
     import shutil
     import threading
 
@@ -408,7 +536,8 @@ def _pull(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> in
     resumed = f", resumed from {human_size(result.resumed_from)}" if result.resumed_from else ""
     print(
         f"{entry.name}: downloaded and verified ({human_size(entry.size)}{resumed}); "
-        f"sha256 {entry.sha256}"
+        f"sha256 {entry.sha256}",
+        file=out or sys.stdout,
     )
-    print(f"  {entry.path}")
+    print(f"  {entry.path}", file=out or sys.stdout)
     return 0

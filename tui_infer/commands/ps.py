@@ -7,7 +7,6 @@ Only the standard library is imported at the top (--help stays instant).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,9 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         "chat TUI): pid, kind, address, model, uptime, requests answered (as of the last "
         "few seconds). Read from the state directory; a process that died is dropped.",
     )
-    p.add_argument("--json", action="store_true", help="one JSON array of objects")
+    from tui_infer.commands.tables import output_flags
+
+    output_flags(p, quiet="the pids")
     s = sub.add_parser(
         "stop",
         help="stop a running tui-infer server (or app) gracefully",
@@ -50,7 +51,13 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     if args.command == "stop":
         return _stop(entries, args.target)
     if args.json:
-        print(json.dumps([_as_json(e) for e in entries], indent=1))
+        from tui_infer.commands.tables import print_json
+
+        print_json([_as_json(e) for e in entries])
+        return 0
+    if getattr(args, "quiet", False):
+        for e in entries:
+            print(e.pid)
         return 0
     if not entries:
         print(NOTHING)

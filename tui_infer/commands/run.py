@@ -15,6 +15,7 @@ from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.template import TemplateError
 from tui_infer.core.inference.types import Message, SamplingParams
+from tui_infer.core.models.names import library_name
 from tui_infer.core.paths import Paths
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
     raw = bool(getattr(args, "raw", False))
     if raw and getattr(args, "template", None):
         raise TuiInferError("--raw sends the prompt through no chat template; drop --template")
+    if getattr(args, "pull", False):  # -m owner/repo:QUANT not here: downloaded first
+        from tui_infer.commands.models import pull_missing
+
+        pull_missing(settings, paths)
     target = with_template(args, rp.resolve_target(settings, paths))
     path = target.path
     from tui_infer.core.inference.engine import Engine
@@ -127,8 +132,8 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
     )
     if args.json:
         out = {
-            "model": str(path),
-            "model_name": engine.info.name,
+            "model": library_name(path, paths.data_dir),
+            "model_path": str(path),
             "quantization": engine.info.quantization,
             "backend": engine.backend.summary,
             "reply": reply,
@@ -238,7 +243,8 @@ def _from_store(
         print(
             json.dumps(
                 {
-                    "model": str(path),
+                    "model": library_name(path, Path(store.path).parent),
+                    "model_path": str(path),
                     "reply": hit.output,
                     "source": "store",
                     "run": hit.run_id,

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tui_infer.commands.tables import output_flags, print_json, wants
+
 if TYPE_CHECKING:
     from tui_infer.core.config import Settings
     from tui_infer.core.paths import Paths
@@ -23,7 +25,8 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         "published predictions answer identical requests in 'tui-infer run'.",
     )
     ss = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
-    ss.add_parser("runs", help="list the runs")
+    runs = ss.add_parser("runs", help="list the runs")
+    output_flags(runs, quiet="the run ids")
     show = ss.add_parser("show", help="a run's provenance and predictions, with their flags")
     show.add_argument("run", type=int)
     show.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -75,7 +78,8 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     rej.add_argument("run", type=int)
     rej.add_argument("ids", nargs="+", metavar="ID")
     ss.add_parser("rollback", help="unpublish the latest published run")
-    ss.add_parser("stats", help="entries, size, hits, misses, hit rate per model")
+    stats = ss.add_parser("stats", help="entries, size, hits, misses, hit rate per model")
+    output_flags(stats)
     exp = ss.add_parser("export", help="a run's predictions as JSONL")
     exp.add_argument("run", type=int)
     exp.add_argument("-o", "--output", type=Path, required=True)
@@ -87,7 +91,10 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         "their parameters (messages, every sampling parameter, stop strings, and the model "
         "and template they were asked with): once that batch is published, they are hits.",
     )
-    mis.add_argument("-o", "--output", type=Path, required=True)
+    mis.add_argument("-o", "--output", type=Path, help="write them here (required unless --json)")
+    mis.add_argument(
+        "--json", action="store_true", help="print them as one JSON array (the lines -o writes)"
+    )
     mis.add_argument("--top", type=int, metavar="N", help="only the N most missed")
     mis.add_argument(
         "--min-count", type=int, default=1, metavar="K", help="only those missed K times or more"
@@ -117,7 +124,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         default=0.5,
         help="similarity (0-1, character trigrams) from which a stored prompt is near a miss",
     )
-    drift.add_argument("--json", action="store_true", help="one JSON object")
+    drift.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def _when(t: float | None) -> str:
@@ -153,6 +160,13 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
     cmd = args.store_command
     if cmd == "runs":
         runs = store.runs()
+        if wants(args, "json"):
+            print_json([_run_json(r) for r in runs])
+            return 0
+        if wants(args, "quiet"):
+            for r in runs:
+                print(r.id)
+            return 0
         if not runs:
             print("no runs yet: 'tui-infer batch INPUT -o OUTPUT' makes one")
             return 0
@@ -197,6 +211,9 @@ def _dispatch(store: Any, args: argparse.Namespace) -> int:
         return 0
     if cmd == "stats":
         stats, size = store.stats()
+        if wants(args, "json"):
+            print_json(_stats_json(store, stats, size))
+            return 0
         if str(store.path) == ":memory:":
             print("store: none yet ('tui-infer batch' makes one)")
         else:
@@ -238,6 +255,10 @@ def _misses(store: Any, args: argparse.Namespace) -> int:
         raise TuiInferError(f"--top must be at least 1, got {args.top}")
     if args.min_count < 1:
         raise TuiInferError(f"--min-count must be at least 1, got {args.min_count}")
+    if args.output is None and not args.json:
+        raise TuiInferError(
+            "store misses needs -o FILE (the next batch's input) or --json (print them)"
+        )
     rows = []
     for m in store.misses(top=args.top, min_count=args.min_count):
         row: dict[str, Any] = {"id": m["key"][:16], "messages": m["messages"], **m["params"]}
@@ -246,7 +267,11 @@ def _misses(store: Any, args: argparse.Namespace) -> int:
             row["template_sha256"] = m["template_sha256"]
         row["misses"] = m["count"]
         rows.append(row)
-    _write_jsonl(args.output, rows)
+    if args.output is not None:
+        _write_jsonl(args.output, rows)
+    if args.json:
+        print_json(rows)
+        return 0
     print(
         f"{len(rows)} missed requests written to {args.output}, most missed first "
         "(give it to 'tui-infer batch' as INPUT: each line keeps its own parameters)"
@@ -267,6 +292,49 @@ def publish(store: Any, run_id: int, force: bool, force_hint: str) -> int:
         line += f" ({len(g.unreviewed)} flagged and not reviewed, published with --force: {what})"
     print(line)
     return 0
+
+
+def _run_json(r: Any) -> dict[str, Any]:
+    """A run as `store runs --json` prints it (fields in the README)."""
+    return {
+        "run": r.id,
+        "status": r.status,
+        "items": r.n_items,
+        "done": r.n_done,
+        "rejected": r.n_rejected,
+        "generated_tokens": r.generated_tokens,
+        "created_at": r.created_at,
+        "finished_at": r.finished_at,
+        "published_at": r.published_at,
+        "model": Path(r.model_path).name,
+        "model_path": r.model_path,
+        "model_sha256": r.model_sha256,
+        "input": r.input_path,
+        "params": r.params,
+    }
+
+
+def _stats_json(store: Any, stats: list[Any], size: int) -> dict[str, Any]:
+    in_memory = str(store.path) == ":memory:"
+    return {
+        "store": None if in_memory else str(store.path),
+        "size_bytes": 0 if in_memory else size,
+        "models": [
+            {
+                "model_sha256": s.model_sha256,
+                "published": s.entries,
+                "staged": s.staged,
+                "hits": s.hits,
+                "misses": s.misses,
+                "hit_rate": s.hit_rate,
+            }
+            for s in stats
+        ],
+        "stale_runs": [
+            {"run": run_id, "predictions": n, "reason": reason}
+            for run_id, n, reason in store.stale_runs()
+        ],
+    }
 
 
 def _flag_text(flags: list[tuple[str, str]]) -> str:
@@ -455,7 +523,7 @@ def _drift(store: Any, args: argparse.Namespace) -> int:
     sha = _drift_model(store, getattr(args, "model", None))
     report = drift(store, sha, by=args.by, span=args.last, top=args.limit, threshold=args.threshold)
     if args.json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        print_json(report.as_dict())
         return 0
     print(_drift_text(report, str(store.path) == ":memory:"))
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import Any, TextIO
 
 GAP = "  "
 
@@ -59,3 +59,23 @@ class Table:
         out = file or sys.stdout
         for line in self.lines():
             print(line, file=out)
+
+
+def output_flags(p: Any, quiet: str | None = None) -> None:
+    """--json (one JSON document, documented in the README) and, where a script wants
+    only the identifiers, --quiet (one per line: what `quiet` names)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print one JSON document")
+    if quiet:
+        g.add_argument("-q", "--quiet", action="store_true", help=f"print only {quiet}, one a line")
+
+
+def print_json(document: Any, file: TextIO | None = None) -> None:
+    """The one JSON style of the headless commands: one document, UTF-8 as is."""
+    import json
+
+    print(json.dumps(document, ensure_ascii=False, indent=2), file=file or sys.stdout)
+
+
+def wants(args: Any, flag: str) -> bool:
+    return bool(getattr(args, flag, False))

@@ -59,6 +59,7 @@ class Settings:
     serve: str = "store-then-live"  # the chat: answer from the prediction store first
     redraws: float = 0  # text updates a second while a reply streams; 0: chosen (pacing.py)
     parallel: int = 1  # live requests the loaded model decodes at once, each with all of ctx
+    theme: str = ""  # the TUI's theme (chosen in the palette, saved here); "": Textual's default
 
     @property
     def effective_threads(self) -> int:
@@ -140,6 +141,10 @@ def validate(s: Settings, source: str) -> Settings:
     return s
 
 
+# tables of the config file that are not settings (each read by its own function)
+NOT_SETTINGS = ("presets", "templates", "keys")
+
+
 def parse_setting(name: str, value: Any, source: str = "settings") -> Any:
     """A value typed by the user (text) as the setting's type; ConfigError says what is wrong."""
     if name not in _FIELDS:
@@ -165,7 +170,7 @@ def write_config_key(config_file: Path, key: str, value: str | int | float | boo
                 (
                     name
                     for name, t in doc.items()
-                    if name not in ("presets", "templates") and isinstance(t, dict) and key in t
+                    if name not in NOT_SETTINGS and isinstance(t, dict) and key in t
                 ),
                 None,
             )
@@ -285,9 +290,10 @@ def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> S
         # and [templates] are not settings, only checked here (load_presets, template_override).
         parse_presets(data, config_file)
         parse_templates(data, config_file)
+        parse_keys(data, config_file)
         flat: dict[str, Any] = {}
         for key, value in data.items():
-            if key in ("presets", "templates"):
+            if key in NOT_SETTINGS:
                 continue
             if isinstance(value, dict):
                 flat.update(value)
@@ -302,6 +308,130 @@ def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> S
     if from_env:
         settings = _from_mapping(settings, from_env, "environment (TUI_INFER_*)")
     return settings
+
+
+# ----- the TUI's keys ([keys]: action = "key[,key...]") ------------------------------------
+
+# Every action a key can be bound to in the TUI, with its default key (the app's bindings
+# carry these as their ids; tests check the two agree). No default is a terminal
+# multiplexer's prefix (Ctrl+B for tmux, Ctrl+A for screen): inside one the app never sees it.
+DEFAULT_KEYS: dict[str, str] = {
+    "quit": "ctrl+q",
+    "help": "f1",
+    "stop": "escape",
+    "new_chat": "ctrl+n",
+    "toggle_sidebar": "ctrl+l",
+    "search_chats": "ctrl+f",
+    "regenerate": "ctrl+r",
+    "edit_message": "ctrl+g",
+    "copy_reply": "f5",
+    "settings": "ctrl+s",
+    "show_template": "ctrl+t",
+    "rename_chat": "f2",
+    "delete_chat": "f8",
+    "load_model": "ctrl+o",
+    "models": "f3",
+    "server": "f4",
+    "drift": "f6",
+    "bench": "f7",
+    "batch": "f9",
+    "quant": "f10",
+}
+MULTIPLEXER_PREFIXES = {"ctrl+b": "tmux", "ctrl+a": "screen"}
+_MODIFIERS = ("ctrl", "shift", "alt", "meta", "super", "hyper")
+_NAMED_KEYS = {
+    *(f"f{i}" for i in range(1, 25)),
+    "escape",
+    "enter",
+    "tab",
+    "space",
+    "backspace",
+    "delete",
+    "insert",
+    "home",
+    "end",
+    "pageup",
+    "pagedown",
+    "up",
+    "down",
+    "left",
+    "right",
+}
+# Textual's names for punctuation, as its key events name them
+_CHAR_NAMES = {
+    "exclamation_mark", "quotation_mark", "number_sign", "dollar_sign", "percent_sign",
+    "ampersand", "apostrophe", "left_parenthesis", "right_parenthesis", "asterisk", "plus",
+    "comma", "minus", "full_stop", "slash", "colon", "semicolon", "less_than_sign",
+    "equals_sign", "greater_than_sign", "question_mark", "at", "left_square_bracket",
+    "backslash", "right_square_bracket", "circumflex_accent", "underscore", "grave_accent",
+    "left_curly_bracket", "vertical_line", "right_curly_bracket", "tilde",
+}  # fmt: skip
+
+
+def check_key(key: str, where: str) -> str:
+    """One key as Textual names it ("ctrl+l", "f10", "alt+x", "question_mark"), lower case;
+    ConfigError names the problem and the way out."""
+    text = key.strip().lower()
+    parts = text.split("+")
+    *mods, base = parts
+    ok = (
+        bool(base)
+        and all(m in _MODIFIERS for m in mods)
+        and len(set(mods)) == len(mods)
+        and (
+            base in _NAMED_KEYS
+            or base in _CHAR_NAMES
+            or (len(base) == 1 and base.isprintable() and base not in ", +")
+        )
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where}: {key!r} is not a key; write keys as Textual names them: 'ctrl+l', "
+            "'f10', 'alt+x', 'shift+tab', 'escape', a letter, or 'question_mark'"
+        )
+    return text
+
+
+def parse_keys(data: dict[str, Any], config_file: Path | str) -> dict[str, str]:
+    """[keys]: action = "key" (or "key1,key2"); every action and key checked, so that a
+    typo is an error at start, not a key that silently does nothing."""
+    raw = data.get("keys", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_file}: [keys] must be a table, got {raw!r}")
+    out: dict[str, str] = {}
+    for action, value in raw.items():
+        name = action.replace("-", "_")
+        if name not in DEFAULT_KEYS:
+            raise ConfigError(
+                f"{config_file}: [keys] unknown action '{action}' (the actions: "
+                f"{', '.join(DEFAULT_KEYS)})"
+            )
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"{config_file}: [keys] '{action}' must be a key such as 'ctrl+l', got {value!r}"
+            )
+        where = f"{config_file}: [keys] '{action}'"
+        out[name] = ",".join(check_key(k, where) for k in value.split(","))
+    bound: dict[str, str] = {}
+    for name in DEFAULT_KEYS:
+        for k in out.get(name, DEFAULT_KEYS[name]).split(","):
+            if k in bound and bound[k] != name:
+                raise ConfigError(
+                    f"{config_file}: [keys] '{k}' is bound to both '{bound[k]}' and "
+                    f"'{name}'; give one of them another key"
+                )
+            bound[k] = name
+    return out
+
+
+def load_keys(config_file: Path) -> dict[str, str]:
+    """The [keys] of the config file, checked (empty when none: the defaults)."""
+    return parse_keys(_read_toml(config_file), config_file)
+
+
+def keys_in_force(config_file: Path | None) -> dict[str, str]:
+    """Every action's key(s): the defaults, then [keys]."""
+    return {**DEFAULT_KEYS, **(load_keys(config_file) if config_file else {})}
 
 
 # ----- named presets ([presets.NAME]) and per-model chat templates ([templates]) -------------

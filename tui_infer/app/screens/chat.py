@@ -24,6 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from tui_infer.app import messages as msg
 from tui_infer.app.chat_commands import help_keys
+from tui_infer.app.keys import bound, in_force
 from tui_infer.app.screens.chat_saved import SavedChats
 from tui_infer.app.screens.chat_store import NotPrecomputed, ServedFromStore, StoreServing
 from tui_infer.app.screens.dialogs import (
@@ -61,20 +62,22 @@ class ChatScreen(SavedChats, StoreServing):
     """The whole chat screen: its parts (base classes) plus sending, streaming, editing."""
 
     AUTO_FOCUS = "PromptInput"
+    # every key can be changed in the config's [keys] (app/keys.py); none is a terminal
+    # multiplexer's prefix (Ctrl+B, Ctrl+A), so all of them work inside tmux and screen
     BINDINGS = [
-        Binding("escape", "stop", "Stop", priority=True),
-        Binding("f1", "help", "Help"),
-        Binding("ctrl+n", "new_chat", "New chat"),
-        Binding("ctrl+b", "toggle_sidebar", "Chats"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+g", "edit_message", "Edit"),
-        Binding("f5", "copy_reply", "Copy"),
-        Binding("ctrl+s", "settings", "Settings"),
-        Binding("ctrl+t", "show_template", "Template"),
-        Binding("f2", "rename_chat", "Rename"),
-        Binding("f8", "delete_chat", "Delete"),
-        Binding("ctrl+f", "search_chats", "Search", show=False),
-        Binding("ctrl+o", "load_model", "Load model"),
+        bound("stop", "Stop", priority=True),
+        bound("help", "Help"),
+        bound("new_chat", "New chat"),
+        bound("toggle_sidebar", "Chats"),
+        bound("regenerate", "Regenerate"),
+        bound("edit_message", "Edit"),
+        bound("copy_reply", "Copy"),
+        bound("settings", "Settings"),
+        bound("show_template", "Template"),
+        bound("rename_chat", "Rename"),
+        bound("delete_chat", "Delete"),
+        bound("search_chats", "Search", show=False),
+        bound("load_model", "Load model"),
         Binding("ctrl+j", "noop", "Newline", show=True, key_display="^j"),
     ]
 
@@ -452,12 +455,7 @@ class ChatScreen(SavedChats, StoreServing):
         if text is None:
             self.notify("no reply to copy yet", severity="warning")
             return
-        self.app.copy_to_clipboard(text)
-        self.notify(
-            f"copied the last reply ({len(text)} characters) with OSC 52; if nothing arrives, "
-            "your terminal refuses OSC 52 (tmux: set-clipboard on)",
-            title="Clipboard",
-        )
+        self._copy(text, f"the last reply ({len(text)} characters)")
 
     def action_copy_code(self) -> None:
         text = self.session.last_reply() or ""
@@ -465,9 +463,24 @@ class ChatScreen(SavedChats, StoreServing):
         if not blocks:
             self.notify("the last reply has no code block", severity="warning")
             return
-        self.app.copy_to_clipboard(blocks[-1])
+        self._copy(blocks[-1], f"the last code block ({len(blocks[-1])} characters)")
+
+    def _copy(self, text: str, what: str) -> None:
+        """OSC 52 (the terminal, over SSH too) and the system clipboard where there is one;
+        the message says which were used, or why the system's could not be."""
+        from tui_infer.core.clipboard import copy_to_system
+
+        self.app.copy_to_clipboard(text)
+        system = copy_to_system(text)
+        if system.ok:
+            line = f"copied {what} with OSC 52 and {system.tool}"
+        else:
+            line = (
+                f"copied {what} with OSC 52 only (no system clipboard: {system.reason}); if "
+                "nothing arrives, the terminal refuses OSC 52 (tmux: set -g set-clipboard on)"
+            )
         self.notify(
-            f"copied the last code block ({len(blocks[-1])} characters) with OSC 52",
+            line,
             title="Clipboard",
         )
 
@@ -520,4 +533,7 @@ class ChatScreen(SavedChats, StoreServing):
         self.app.push_screen(TemplateScreen(template.source, rendered, template.warning, override))
 
     def action_help(self) -> None:
-        self.app.push_screen(HelpScreen(help_keys(self.BINDINGS, self.app.get_key_display)))
+        """F1: the chat's keys and the app's (F3, F7, F9, ...), as [keys] left them."""
+        bindings = [*self.BINDINGS, *self.app.BINDINGS]
+        keys = help_keys(bindings, self.app.get_key_display, lambda b: in_force(self.app, b))
+        self.app.push_screen(HelpScreen(keys))

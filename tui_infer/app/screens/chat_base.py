@@ -219,12 +219,11 @@ class ChatScreenBase(Screen[None]):
             self._focus_input_when_loaded = False
             self.prompt_input.focus()
         info = event.engine.info
-        self.sub_title = f"{info.name} · {info.quantization}"
+        name = self.model_name(event.path)
+        self.sub_title = f"{name} · {info.quantization}"
         warning = event.engine.template.warning
         self._show_banner(f"warning: {warning}" if warning else "", "warning")
-        self.stats_panel.show_model(
-            info.name, info.quantization, event.engine.backend.summary, event.kv
-        )
+        self.stats_panel.show_model(name, info.quantization, event.engine.backend.summary, event.kv)
         self.pacing = pacing_for(event.engine.backend, self.settings.redraws)
         self.stats_panel.figures_s = self.pacing.figures_s
         self._count_context()
@@ -232,8 +231,16 @@ class ChatScreenBase(Screen[None]):
         if cid is not None:
             self._db(
                 "saving the model",
-                lambda h: h.update(cid, model_name=info.name, model_path=str(event.path)),
+                lambda h: h.update(cid, model_name=name, model_path=str(event.path)),
             )
+
+    def model_name(self, path: Path) -> str:
+        """The library's name for the model (its file stem, unique in the library), not the
+        GGUF's general.name: what `models list` shows and `-m` takes."""
+        from tui_infer.core.models.names import library_name
+
+        paths = getattr(self.app, "paths", None)
+        return library_name(path, paths.data_dir if paths is not None else None)
 
     @on(msg.ModelLoadFailed)
     def _model_load_failed(self, event: msg.ModelLoadFailed) -> None:

@@ -43,12 +43,12 @@ class SavedChats(ChatScreenBase):
         if self.chat_db is None:
             return
         if self.conversation_id is None:
-            info = getattr(self.engine, "info", None)
+            name = self.model_name(self.model_path) if self.model_path else None
             self.conversation_id = self._db(
                 "creating the chat",
                 lambda h: h.create(
                     derive_title(text),
-                    model_name=getattr(info, "name", None),
+                    model_name=name,
                     model_path=str(self.model_path) if self.model_path else None,
                     settings=self._sampling_dict(),
                     system_prompt=self.system_prompt,
