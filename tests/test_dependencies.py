@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-EXTRAS = {"pynvml": "nvidia"}  # imported only when the optional extra is installed
+EXTRAS = {"pynvml": "nvidia", "pyperclip": "clipboard"}  # imported only with the extra
 BACKPORTS = {"tomli": "tomli"}  # imported only on the Pythons that lack the stdlib module
 
 
