@@ -81,30 +81,36 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
         "module": os.path.dirname(llama_cpp.__file__),
     }
     devices = []
-    for dev in probe_devices():
+    probed = probe_devices()  # llama.cpp's own list: "CPU", "CUDA0", "MTL0", ...
+    for dev in probed:
         mem = (
             f", {dev.free_bytes / 2**30:.1f}/{dev.total_bytes / 2**30:.1f} GiB free"
             if dev.total_bytes
             else ""
         )
-        t.add_row(f"device {dev.name}", f"{dev.description} [{dev.kind}]{mem}")
+        pci = f", {dev.device_id}" if dev.device_id else ""
+        t.add_row(f"device {dev.name}", f"{dev.description} [{dev.kind}, {dev.backend}{pci}]{mem}")
         devices.append(
             {
                 "name": dev.name,
                 "description": dev.description,
                 "kind": dev.kind,
+                "backend": dev.backend,
+                "device_id": dev.device_id,
                 "free_bytes": dev.free_bytes or None,
                 "total_bytes": dev.total_bytes or None,
             }
         )
     doc["devices"] = devices
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        t.add_row("CUDA_VISIBLE_DEVICES", os.environ["CUDA_VISIBLE_DEVICES"] or "(empty: no GPU)")
     t.add_row("threads", f"{settings.effective_threads} (of {os.cpu_count()} logical CPUs)")
     doc["threads"] = settings.effective_threads
     doc["logical_cpus"] = os.cpu_count()
     from tui_infer.core.inference.pacing import stream_pacing
 
     # (a GPU build with gpu_layers set counts as the whole model on the GPU)
-    on_gpu = 1 if offload and settings.gpu_layers else 0
+    on_gpu = 1 if offload and settings.gpu_layers and any(d.is_gpu for d in probed) else 0
     pacing = stream_pacing(
         settings.effective_threads, os.cpu_count(), on_gpu, 1, settings.redraws
     ).describe()
@@ -115,15 +121,22 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     from tui_infer.core.inference.memory import MemoryProbe
 
     gpus, note = MemoryProbe().gpus()
-    for g in gpus:
-        t.add_row(
-            "GPU memory",
-            f"{g.name}: {g.used_bytes / 2**30:.1f}/{g.total_bytes / 2**30:.1f} GiB used",
-        )
-    if not gpus:
+    for g in gpus:  # llama.cpp's device API; NVML adds this process's share, utilisation
+        t.add_row("GPU memory", "\n".join(line.strip() for line in g.describe()))
+    if not gpus or note:
         t.add_row("GPU memory", note)
     doc["gpu_memory"] = [
-        {"name": g.name, "used_bytes": g.used_bytes, "total_bytes": g.total_bytes} for g in gpus
+        {
+            "name": g.name,
+            "description": g.description,
+            "backend": g.backend,
+            "unified": g.unified,
+            "used_bytes": g.used_bytes,
+            "total_bytes": g.total_bytes,
+            "process_bytes": g.process_bytes,
+            "utilisation": g.utilisation,
+        }
+        for g in gpus
     ]
     doc["gpu_memory_note"] = None if gpus else note
 
