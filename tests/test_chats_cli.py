@@ -125,3 +125,23 @@ def test_errors_are_one_line_and_change_nothing(tmp_path: Path) -> None:
     unwritable = cli("export", str(cid), "-o", str(tmp_path / "no" / "dir" / "x.md"))
     assert unwritable.returncode == 2 and "no such folder" in unwritable.stderr
     assert ".tmp" not in unwritable.stderr  # (it named a temporary file before)
+
+
+def test_export_picks_the_format_by_extension_and_refuses_a_mismatch(tmp_path: Path) -> None:
+    """`chats export 2 -o c2.json` writes JSON, which `chats import` reads back; a --format
+    that contradicts the file name is refused (exit 2) and writes nothing."""
+    cid = make_chat()
+    out = tmp_path / "c2.json"
+    done = cli("export", str(cid), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["title"]
+    done = cli("import", str(out))
+    assert done.returncode == 0 and "imported as chat" in done.stdout
+    md = tmp_path / "c2.md"
+    assert cli("export", str(cid), "-o", str(md)).returncode == 0
+    assert md.read_text().startswith("#")
+    bad = tmp_path / "wrong.json"
+    done = cli("export", str(cid), "--format", "md", "-o", str(bad))
+    assert done.returncode == 2 and not bad.exists()
+    assert "is a json file name but --format is md" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
