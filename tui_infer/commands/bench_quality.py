@@ -127,7 +127,7 @@ def _made_from(ref: Path, others: list[Path], data_dir: Path) -> list[bool]:
                 out.append(False)
                 continue
             src = (md.get("quantized_from") or {}).get("path")
-            out.append(bool(src) and os.path.realpath(src) == real)
+            out.append(isinstance(src, str) and os.path.realpath(src) == real)
     finally:
         lib.close()
     return out

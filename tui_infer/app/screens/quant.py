@@ -184,8 +184,8 @@ class QuantScreen(Screen[None]):
                 gpu_layers=s.gpu_layers,
                 memory_ctx=s.ctx,
                 made_from_ref=family.made_from_ref,
-                on_row=lambda r: self.post_message(QualityRowMeasured(r.as_dict())),
-                progress=lambda text: self.post_message(QualityProgressed(text)),
+                on_row=lambda r: self._post(QualityRowMeasured(r.as_dict())),
+                progress=lambda text: self._post(QualityProgressed(text)),
                 cancel=cancel,
             )
         except TuiInferError as exc:
@@ -194,6 +194,9 @@ class QuantScreen(Screen[None]):
         doc = report.as_dict()
         atomic_write(last_report_path(self.data_dir), [json.dumps(doc, indent=2)])
         self.post_message(QualityFinished(doc))
+
+    def _post(self, message: Message) -> None:
+        self.post_message(message)
 
     @on(QualityProgressed)
     def _progressed(self, event: QualityProgressed) -> None:

@@ -259,7 +259,7 @@ class _Evaluator:
                 f"--kv-types: unknown KV cache type {subject.kv_type!r}; "
                 f"valid: {', '.join(KV_TYPE_IDS)}"
             )
-        self.lib = lib
+        self.lib: Any = lib
         self.header = read_header(subject.path)
         llama_log.install()
         mark = llama_log.mark()
@@ -333,7 +333,7 @@ class _Evaluator:
         out = on_llama_thread(run)
         if isinstance(out, int):
             raise RunTimeFailure(f"llama_decode returned {out} on {n} tokens")
-        return out  # type: ignore[no-any-return]
+        return out
 
     def _rows(self, n: int) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The n rows of logits in batch order, copied out of llama.cpp's buffer. Where each
@@ -472,7 +472,7 @@ def evaluate(
             ref_ppl = math.exp(sum(nll) / len(nll))
             say(f"{reference.name}: measuring speed")
             pp, tg = ev.speed(all_tokens, speed_reps)
-            row = _row(subjects[0], ev, ref_header, True, positions, 1.0, [0.0], ref_ppl, ref_ppl)
+            row = _row(subjects[0], ref_header, True, positions, 1.0, [0.0], ref_ppl, ref_ppl)
             row = _with_speed(row, pp, tg, memory_ctx)
         finally:
             ev.close()
@@ -507,7 +507,7 @@ def evaluate(
                 pp, tg = ev.speed(all_tokens, speed_reps)
             finally:
                 ev.close()
-            row = _row(subject, ev, header, False, positions, agree / positions, kls, ppl, ref_ppl)
+            row = _row(subject, header, False, positions, agree / positions, kls, ppl, ref_ppl)
             row = _with_speed(row, pp, tg, memory_ctx)
             rows.append(row)
             if on_row:
@@ -543,7 +543,7 @@ def _chunks(tokens: list[int], chunk: int, bos: int | None) -> list[list[int]]:
     """Chunks of at most `chunk` tokens, each starting with BOS when the vocabulary has one;
     a short tail (under MIN_TOKENS) is dropped unless it is all there is."""
     body = chunk - (1 if bos is not None else 0)
-    out = []
+    out: list[list[int]] = []
     for lo in range(0, len(tokens), body):
         part = tokens[lo : lo + body]
         if len(part) < MIN_TOKENS and out:
@@ -554,7 +554,6 @@ def _chunks(tokens: list[int], chunk: int, bos: int | None) -> list[list[int]]:
 
 def _row(
     subject: Subject,
-    ev: _Evaluator,
     header: GgufHeader,
     is_ref: bool,
     positions: int,

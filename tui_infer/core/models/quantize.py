@@ -165,14 +165,22 @@ def run_quantizer(
         raise QuantizeError("quantization cancelled; nothing was written")
     if proc.returncode != 0 or rc != 0:
         part.unlink(missing_ok=True)
-        from tui_infer.core.inference.llama_log import last_error
-
         if proc.returncode is not None and proc.returncode < 0:
             why = f"the quantizer was killed by signal {-proc.returncode}"
         else:
-            why = last_error(lines) or (lines[-1] if lines else "no reason given")
+            why = _last_error(lines) or (lines[-1] if lines else "no reason given")
         raise RunTimeFailure(f"{source.name}: llama.cpp could not quantize it to {qtype}: {why}")
     os.replace(part, dest)
+
+
+def _last_error(lines: list[str]) -> str | None:
+    """llama.cpp's reason, without its function prefix (as llama_log.last_error reads it;
+    the models room sits below the inference room and does not import it)."""
+    for line in reversed(lines):
+        low = line.lower()
+        if "error" in low or "failed" in low or "invalid" in low:
+            return re.sub(r"^\w+:\s*", "", line.strip())
+    return None
 
 
 @dataclass(frozen=True)
