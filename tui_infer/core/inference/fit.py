@@ -226,13 +226,6 @@ def current_machine() -> Machine:
     return Machine(snap.system_available_bytes, bool(offload), snap.gpus)
 
 
-def current_memory() -> tuple[int, int | None]:
-    """(available RAM, free GPU memory over llama.cpp's GPUs or None): prefer
-    current_machine(), which also says whether the build can offload and how many GPUs."""
-    m = current_machine()
-    return m.ram_available, m.gpu_free
-
-
 def gpu_build() -> bool:
     """Whether llama.cpp here can offload (imports llama_cpp: call it only when needed)."""
     from tui_infer.core.inference.backend import probe_system_info
