@@ -188,3 +188,29 @@ def test_estimate_matches_llama_cpp_load(model_path: Path) -> None:
         model_buf
         and abs(est.weights_bytes / MIB - float(model_buf[0].split("=")[1].split()[0])) < 8
     )
+
+
+def test_every_caller_s_fit_uses_the_machine_s_gpus() -> None:
+    """fit_for_machine (models info, the models screen, a hub download): a GPU build with
+    GPUs gives a GPU verdict, never a CPU-only one; gpu_layers = 0 keeps it on the CPU."""
+    from dataclasses import replace
+
+    from tui_infer.core.config import Settings
+    from tui_infer.core.inference.fit import Machine, fit_for_machine
+    from tui_infer.core.inference.memory import GpuMemory
+
+    two = (
+        GpuMemory("CUDA0", 2 * GIB, 24 * GIB, "NVIDIA GeForce RTX 4090", "CUDA"),
+        GpuMemory("CUDA1", 2 * GIB, 24 * GIB, "NVIDIA GeForce RTX 4090", "CUDA"),
+    )
+    s = Settings(ctx=4096)
+    est = fit_for_machine(model(), 32000, s, Machine(3 * GIB, True, two))
+    assert est.gpu_free == 44 * GIB and est.gpu_devices == 2
+    assert est.gpu_layers == 33 and est.verdict == FITS and "(2 devices)" in est.summary()
+    cpu = fit_for_machine(model(), 32000, replace(s, gpu_layers=0), Machine(3 * GIB, True, two))
+    assert cpu.gpu_layers is None and cpu.verdict == WONT_FIT
+    assert "gpu_layers = 0" in cpu.summary()
+    none = fit_for_machine(model(), 32000, s, Machine(3 * GIB, True, ()))
+    assert none.gpu_layers is None and "no GPU memory" in none.summary()
+    plain = fit_for_machine(model(), 32000, s, Machine(3 * GIB, False, ()))
+    assert plain.gpu_layers is None and plain.note == ""
