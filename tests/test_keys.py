@@ -152,3 +152,27 @@ async def test_an_unknown_theme_is_said_and_the_default_kept(tmp_path: Path) -> 
         await ready(pilot)
         assert app.theme != "no-such-theme"
         assert any("no theme named 'no-such-theme'" in n.message for n in app._notifications)
+
+
+async def test_enter_on_the_chats_list_opens_a_chat_without_tab(tmp_path: Path) -> None:
+    """Ctrl+L shows the list with the focus in it: Enter opens the highlighted chat (it used
+    to send the message box instead, until Tab moved there); Ctrl+L again gives the focus
+    back to the message box."""
+    from tui_infer.core.chat.history import History
+
+    with History.in_data_dir(tmp_path / "data") as h:
+        cid = h.create("Rivers", model_name="synthetic", created_at=1.0)
+        h.add_message(cid, "user", "Which river?", created_at=2.0)
+    app = synthetic_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+l")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        await pilot.press("enter")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        assert app.chat.conversation_id == cid
+        await pilot.press("ctrl+l")
+        await pilot.pause(0.1)
+        assert app.focused is app.chat.prompt_input

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual import on
+from textual.widgets import OptionList
 
 from tui_infer.app.screens.chat_base import ChatScreenBase
 from tui_infer.app.screens.dialogs import ConfirmScreen, TextPromptScreen
@@ -123,6 +124,14 @@ class SavedChats(ChatScreenBase):
         sidebar.display = not sidebar.display
         if sidebar.display:
             self.refresh_chat_list()
+            # the list takes the focus: Enter opens the highlighted chat at once (it used to
+            # send the message box's text until Tab moved the focus there)
+            options = self.query_one("#chat-options", OptionList)
+            options.focus()
+            if options.highlighted is None and options.option_count:
+                options.highlighted = 0
+        else:
+            self.prompt_input.focus()
 
     def action_search_chats(self) -> None:
         sidebar = self.query_one(ChatList)
