@@ -24,8 +24,23 @@ class UserTurn(Markdown):
     """What the user sent."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(text)
+        super().__init__(hard_breaks(text))
         self.text = text
+
+
+def hard_breaks(text: str) -> str:
+    """A message's lines as typed (Ctrl+J): Markdown joins lines of a paragraph into one,
+    so each newline outside a code fence becomes a hard line break."""
+    out, fenced = [], False
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        last = i == len(lines) - 1
+        nxt = lines[i + 1] if not last else ""
+        joins = not fenced and not last and line.strip() and nxt.strip()
+        out.append(line + "\\" if joins and not nxt.lstrip().startswith("```") else line)
+    return "\n".join(out)
 
 
 class Notice(Static):
