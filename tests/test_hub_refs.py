@@ -88,6 +88,12 @@ def test_pulled_quants_resolve_case_insensitively(
     assert "F16 (tiny.F16.gguf), Q8_0 (tiny.Q8_0.gguf)" in str(exc2.value)
     assert f"-m {TINY}:F16" in str(exc2.value)
     assert resolve_model(f"{TINY}:f16").name == "tiny.F16.gguf"  # type: ignore[union-attr]
+    # models verify and rm take it too (Q8_0: here the two files are one blob, and the
+    # library keeps one entry per file's content)
+    assert main(["models", "verify", f"{TINY}:q8_0"]) == 0
+    assert main(["models", "rm", f"hf.co/{TINY}:Q8_0", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok      tiny.Q8_0") and "tiny.Q8_0: removed, deleted" in out
 
 
 def test_a_quant_the_repo_does_not_have_lists_the_ones_it_has(

@@ -180,6 +180,14 @@ def _hash_with_progress(lib: ModelLibrary, entry: ModelEntry, verify: bool = Fal
         return lib.verify(entry, cb) if verify else lib.ensure_hashes(entry, cb)
 
 
+def _library_entry(lib: ModelLibrary, target: str) -> ModelEntry:
+    """An entry by name, path or hub reference (owner/repo:QUANT)."""
+    from tui_infer.core.models.resolve import parse_hub_ref, resolve_hub_ref
+
+    ref = parse_hub_ref(target)
+    return lib.get(str(resolve_hub_ref(ref, lib.data_dir)) if ref is not None else target)
+
+
 def _entry_for(lib: ModelLibrary, target: str) -> ModelEntry:
     from pathlib import Path
 
@@ -326,7 +334,7 @@ def _import(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> 
 def _rm(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
     from tui_infer.core.models.library import OWNED_SOURCES, LibraryError
 
-    e = lib.get(args.target)
+    e = _library_entry(lib, args.target)
     if e.source in ("bundled", "hf-cache"):
         where = "an installed Python package" if e.source == "bundled" else "the Hugging Face cache"
         raise LibraryError(
@@ -354,7 +362,7 @@ def _rm(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
 
 
 def _verify(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
-    entries = [lib.get(args.target)] if args.target else lib.entries()
+    entries = [_library_entry(lib, args.target)] if args.target else lib.entries()
     bad = 0
     for e in entries:
         had = e.sha256
