@@ -55,6 +55,11 @@ class Settings:
     seed: int = -1  # -1: a new random seed per reply
     max_tokens: int = 1024
     system: str = ""
+    # structured output in the chat (and run/batch): replies are JSON, constrained by
+    # llama.cpp's grammar sampler to `json_schema` (a JSON schema as text; "": any object)
+    json_mode: bool = False
+    json_schema: str = ""
+    raw_mode: bool = False  # the chat sends the message as written, through no template
     overflow: str = "ask"
     serve: str = "store-then-live"  # the chat: answer from the prediction store first
     redraws: float = 0  # text updates a second while a reply streams; 0: chosen (pacing.py)
@@ -134,6 +139,15 @@ def validate(s: Settings, source: str) -> Settings:
         raise bad(f"'top_k' must be 0 (off) or more, got {s.top_k}")
     if s.max_tokens < 1:
         raise bad(f"'max_tokens' must be at least 1, got {s.max_tokens}")
+    if s.json_schema.strip():
+        import json
+
+        try:
+            schema = json.loads(s.json_schema)
+        except json.JSONDecodeError as exc:
+            raise bad(f"'json_schema' is not JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(schema, dict):
+            raise bad("'json_schema' must be a JSON schema object, such as {\"type\": \"object\"}")
     if not 1 <= s.parallel <= 256:
         raise bad(f"'parallel' must be 1 to 256 sequences, got {s.parallel}")
     if not 0 <= s.redraws <= 60:

@@ -186,11 +186,15 @@ class ChatScreen(SavedChats, StoreServing):
                         fork_at,
                     )
                 )
-                stream = engine.chat(
-                    self.session.messages_for(admitted.turns),
-                    SamplingParams.from_settings(settings),
-                    cancel,
-                )
+                sampling = SamplingParams.from_settings(settings)
+                complete = getattr(engine, "complete", None)
+                if settings.raw_mode and complete is not None:
+                    # raw mode: the message as written, through no template (base models)
+                    stream = complete(text, sampling, cancel)
+                else:
+                    stream = engine.chat(
+                        self.session.messages_for(admitted.turns), sampling, cancel
+                    )
                 reply = stream_paced(stream, self.pacing.text_s, self.post_message, cancel)
             except TemplateError as exc:  # the template is a stranger's code: offer ChatML
                 self.post_message(msg.TemplateFailed(text, str(exc)))

@@ -79,11 +79,11 @@ class StoreServing(ChatScreenBase):
         try:
             # the same path as `run` and `batch`: keyed from what the engine renders
             target = rp.LoadedModel(Path(self.model_path), template.source)
-            request = rp.prepare(
-                self.store,
-                target,
-                self.session.messages_for(turns),
-                SamplingParams.from_settings(self.settings),
+            sampling = SamplingParams.from_settings(self.settings)
+            request = (
+                rp.prepare_raw(self.store, target, text, sampling)  # raw mode: as written
+                if self.settings.raw_mode
+                else rp.prepare(self.store, target, self.session.messages_for(turns), sampling)
             )
             hit = rp.lookup(self.store, request, mode=mode)
         except (TuiInferError, OSError) as exc:

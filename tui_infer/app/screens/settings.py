@@ -86,6 +86,19 @@ class SettingsScreen(ModalScreen[Settings | None]):
                         yield Input(str(getattr(s, name)), id=f"set-{name}", compact=True)
                 yield Label("System prompt (this conversation)", classes="section")
                 yield TextArea(s.system, id="set-system", compact=True)
+                yield Label("Structured output", classes="section")
+                yield Checkbox(
+                    "JSON: replies are JSON (llama.cpp's grammar sampler)",
+                    s.json_mode,
+                    id="set-json_mode",
+                )
+                yield Label("JSON schema (empty: any JSON object)", classes="field-label")
+                yield TextArea(s.json_schema, id="set-json_schema", compact=True)
+                yield Checkbox(
+                    "raw mode: send the message as written, through no chat template (base models)",
+                    s.raw_mode,
+                    id="set-raw_mode",
+                )
                 yield Label("Model (changes reload the model)", classes="section")
                 for name in RELOAD:
                     with Horizontal(classes="field"):
@@ -114,8 +127,23 @@ class SettingsScreen(ModalScreen[Settings | None]):
             values[name] = parse_setting(name, text, source=LABELS[name])
         values["kv_type"] = self.query_one("#set-kv_type", Select).value
         values["flash_attn"] = self.query_one("#set-flash_attn", Checkbox).value
-        base = replace(self._settings, system=self.query_one("#set-system", TextArea).text)
-        return base.with_overrides(**values)
+        base = replace(
+            self._settings,
+            system=self.query_one("#set-system", TextArea).text,
+            json_schema=self.query_one("#set-json_schema", TextArea).text.strip(),
+            json_mode=self.query_one("#set-json_mode", Checkbox).value,
+            raw_mode=self.query_one("#set-raw_mode", Checkbox).value,
+        )
+        new = base.with_overrides(**values)
+        if new.json_mode:  # the schema must compile to a grammar, said here, not at send
+            from tui_infer.core.inference.grammar import GrammarError
+            from tui_infer.core.inference.types import SamplingParams
+
+            try:
+                SamplingParams.from_settings(new)
+            except GrammarError as exc:
+                raise ConfigError(str(exc)) from None
+        return new
 
     @on(Select.Changed, "#set-preset")
     def _preset_chosen(self, event: Select.Changed) -> None:
@@ -154,6 +182,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
     @on(Input.Changed)
     @on(Select.Changed)
     @on(Checkbox.Changed)
+    @on(TextArea.Changed, "#set-json_schema")
     def _changed(self) -> None:
         """Say at once whether saving will reload the model, and whether a value is bad."""
         error = self.query_one("#settings-error", Static)

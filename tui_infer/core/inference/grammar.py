@@ -57,12 +57,19 @@ def schema_to_gbnf(schema_text: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return str(json_schema_to_gbnf(schema_text))
+        gbnf = str(json_schema_to_gbnf(schema_text))
     except RecursionError:
         raise GrammarError("the JSON schema cannot be compiled: it nests too deep") from None
     except Exception as exc:  # the converter asserts, raises ValueError, KeyError, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GrammarError(f"the JSON schema cannot be compiled to a grammar: {reason}") from None
+    # the Python port lets a string hold raw control characters, which JSON forbids
+    # (llama.cpp's own converter excludes them): a reply must parse with json.loads
+    return gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
 def with_schema(sampling: SamplingParams, schema: Any, where: str) -> SamplingParams:

@@ -139,6 +139,7 @@ def fallback_note(architecture: str, n_vocab: int | None, names: list[str]) -> s
     """What is said once about a model without a chat template (run: stderr; TUI: a
     notice; models info: a line)."""
     source = fallback_source(architecture, n_vocab)
+    architecture = architecture or "unknown"
     what = (
         f"llama.cpp's built-in '{source}' template for its architecture ({architecture})"
         if is_builtin(source)
@@ -154,6 +155,13 @@ def fallback_note(architecture: str, n_vocab: int | None, names: list[str]) -> s
             "completion (run --raw, the chat's raw mode) sends the prompt as written"
         )
     return note
+
+
+def missing_template_line(architecture: str, n_vocab: Any, names: list[str]) -> str:
+    """`models info`'s line for a file without a chat template: which one is used."""
+    vocab = n_vocab if isinstance(n_vocab, int) else None
+    note = fallback_note(architecture, vocab, names)
+    return "chat template: none in the file; " + note.split("; ", 1)[1]
 
 
 def header_vocab(header: Any) -> int | None:

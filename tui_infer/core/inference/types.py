@@ -6,6 +6,7 @@ app, the CLI and the tests can name these without loading llama.cpp.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,13 @@ class SamplingParams:
 
     @classmethod
     def from_settings(cls, s: Settings) -> SamplingParams:
-        return cls(s.temperature, s.top_p, s.top_k, s.min_p, s.repeat_penalty, s.seed, s.max_tokens)
+        p = cls(s.temperature, s.top_p, s.top_k, s.min_p, s.repeat_penalty, s.seed, s.max_tokens)
+        if s.json_mode:  # the chat's JSON toggle (or json_mode in the config)
+            from tui_infer.core.inference.grammar import JSON_OBJECT_SCHEMA, with_schema
+
+            schema = json.loads(s.json_schema or JSON_OBJECT_SCHEMA)
+            p = with_schema(p, schema, "the json_schema setting")
+        return p
 
     @property
     def greedy(self) -> bool:

@@ -421,7 +421,20 @@ def sampling_from(params: dict[str, Any], seed: int | None = None) -> Any:
         seed=-1 if given is None else int(given),
         max_tokens=int(p.get("max_tokens", 1024)),
         stop=tuple(p.get("stop") or ()),
+        **_structured(p),
     )
+
+
+def _structured(params: dict[str, Any]) -> dict[str, Any]:
+    """A structured prediction's grammar again (its schema or GBNF is in its key)."""
+    if isinstance(params.get("json_schema"), dict):
+        from tui_infer.core.inference.grammar import normalize_schema, schema_to_gbnf
+
+        text = normalize_schema(params["json_schema"])
+        return {"json_schema": text, "grammar": schema_to_gbnf(text)}
+    if isinstance(params.get("grammar"), str):
+        return {"grammar": params["grammar"]}
+    return {}
 
 
 def resample_flags(
