@@ -147,7 +147,7 @@ def validate(s: Settings, source: str) -> Settings:
         except json.JSONDecodeError as exc:
             raise bad(f"'json_schema' is not JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(schema, dict):
-            raise bad("'json_schema' must be a JSON schema object, such as {\"type\": \"object\"}")
+            raise bad('\'json_schema\' must be a JSON schema object, such as {"type": "object"}')
     if not 1 <= s.parallel <= 256:
         raise bad(f"'parallel' must be 1 to 256 sequences, got {s.parallel}")
     if not 0 <= s.redraws <= 60:
