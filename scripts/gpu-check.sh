@@ -8,7 +8,7 @@
 #   GPU_CHECK_WHEEL=/path/llama_cpp_python-*.whl   install this (prebuilt CUDA) wheel
 #                                                  into .venv first (no build)
 #   GPU_CHECK_REPORT=file                          where the report goes
-#                                                  (default: gpu-check-report.txt)
+#                                                  (default: $OUT/ or ./gpu-check-report.txt)
 #
 # Checks: 1 detection (doctor lists a GPU device from llama.cpp's enumeration);
 # 2 offload at -1, at the fit's suggested count and at 0 (the layers the backend reports
@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-report=${GPU_CHECK_REPORT:-gpu-check-report.txt}
+report=${GPU_CHECK_REPORT:-${OUT:-.}/gpu-check-report.txt}  # $OUT: the device tool brings it back
 : >"$report"
 say() { echo "$*" | tee -a "$report"; }
 if [ ! -x "$PY" ]; then say "FAIL setup: no .venv (run make install first)"; exit 1; fi
