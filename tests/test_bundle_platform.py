@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.test_bundle_install import edit_manifest, install_sh, offline_env
 from tui_infer.cli import main
 
@@ -54,6 +55,10 @@ def test_an_aarch64_bundle_made_here(
     binary = [n for n in names if n.endswith(".whl") and "none-any" not in n]
     assert binary and all("aarch64" in n for n in binary), binary
     assert any(n.startswith("numpy-") for n in binary)
+    # the flags tui-infer builds llama.cpp with (the AMX workaround), computed on the target
+    assert "llama_cmake_args.py" in [f["path"] for f in manifest["files"]]
+    script = (REPO / "scripts" / "llama_cmake_args.py").read_text()
+    assert (out / "llama_cmake_args.py").read_text() == script
     assert main(["bundle", "verify", str(out)]) == 0
 
     venv = tmp_path / "venv"

@@ -107,6 +107,13 @@ if backend != "CPU":
     print(f"note: llama.cpp in this bundle is built for {backend}: this machine needs its "
           "driver and runtime", file=sys.stderr)
 CHECK
+if [[ -z "${CMAKE_ARGS+set}" && -f "$here/llama_cmake_args.py" ]]; then
+  # llama-cpp-python is compiled here: with the flags tui-infer builds with on this CPU
+  # (native, except on AMX CPUs, whose AMX kernels crash in this llama.cpp)
+  CMAKE_ARGS=$("$PY" "$here/llama_cmake_args.py")
+  export CMAKE_ARGS
+  echo "llama.cpp: CMAKE_ARGS=${CMAKE_ARGS:-<default native build>}"
+fi
 echo "Creating $venv"
 "$PY" -m venv "$venv"
 PIP_NO_INDEX=1 "$venv/bin/python" -m pip --disable-pip-version-check install -q --no-index \

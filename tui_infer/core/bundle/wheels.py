@@ -30,6 +30,7 @@ from tui_infer.core.bundle.platforms import Target
 
 Log = Callable[[str], None]
 LLAMA = "llama-cpp-python"
+CMAKE_SCRIPT = "llama_cmake_args.py"
 APP = "tui-infer"
 # files pip writes on install that a wheel does not carry
 _INSTALL_ONLY = ("INSTALLER", "REQUESTED", "direct_url.json", "RECORD")
@@ -295,6 +296,8 @@ def _build_for(
     """The wheelhouse for another platform: every dependency as a binary wheel for it (the
     versions installed here), llama-cpp-python as its sdist and its build requirements as
     wheels for the target, so that install.sh compiles it there with no network."""
+    import shutil
+
     rest = [p for p in pins if p.name not in (canonical(APP), canonical(LLAMA))]
     specs = [f"{p.name}=={p.version}" for p in rest] + unpinned
     log(f"downloading {len(specs)} wheels for {target.tag}, Python {target.python_version}")
@@ -328,6 +331,15 @@ def _build_for(
     )
     (dest / "requirements.txt").write_text(requirements, encoding="utf-8")
     sources[LLAMA] = "sdist, compiled by install.sh on the target"
+    # the flags scripts/install-llama-cpp.sh builds with (the AMX workaround), computed
+    # there by install.sh for the target's own CPU
+    source = _source_dir(APP)
+    script = None if source is None else source / "scripts" / CMAKE_SCRIPT
+    if script is not None and script.is_file():
+        shutil.copyfile(script, dest.parent / CMAKE_SCRIPT)
+    else:
+        log(f"note: {CMAKE_SCRIPT} is not here (an install without its source folder): "
+            "install.sh will use llama.cpp's default native build")  # fmt: skip
     return {
         "requirements": "wheels/requirements.txt",
         "packages": len(pins) + len(unpinned),
