@@ -95,6 +95,10 @@ class QuantScreen(Screen[None]):
     QuantScreen #quant-notes { height: auto; max-height: 6; padding: 0 1; }
     """
 
+    # the evaluation's size: every text token of the built-in sample, 3 speed repetitions
+    max_tokens = 4096
+    speed_reps = 3
+
     def __init__(self, settings: Settings, model_path: Path | None, data_dir: Path) -> None:
         super().__init__()
         self.settings = settings
@@ -183,6 +187,8 @@ class QuantScreen(Screen[None]):
                 threads=s.effective_threads,
                 gpu_layers=s.gpu_layers,
                 memory_ctx=s.ctx,
+                max_tokens=self.max_tokens,
+                speed_reps=self.speed_reps,
                 made_from_ref=family.made_from_ref,
                 on_row=lambda r: self._post(QualityRowMeasured(r.as_dict())),
                 progress=lambda text: self._post(QualityProgressed(text)),
@@ -241,10 +247,10 @@ class QuantScreen(Screen[None]):
         plt = plot.plt
         plt.clear_figure()
         if not self.rows:
-            plt.title("tg tokens/s against KL divergence: nothing measured yet")
+            plt.title("tg t/s vs mean KL: nothing yet")
             plot.refresh()
             return
-        plt.title("tg tokens/s (up) against mean KL divergence (left is closer to the reference)")
+        plt.title("tg t/s vs mean KL")  # up: faster; left: closer to the reference
         for r in self.rows:
             x = float(r["kl_divergence"]["mean"])
             y = float(r["speed"]["tg_tokens_per_s"])
