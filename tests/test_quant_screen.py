@@ -1,8 +1,9 @@
 """The Quant view (Pilot, the real model, a Q4_0 made from it in the test's library).
 
 It opens (F10, Ctrl+P → Quant) with nothing measured; `r` evaluates the loaded model's
-files in a worker (the screen keeps answering keys meanwhile), rows appear with the reference first, the plot of
-speed against KL divergence is drawn, the report is kept and shown again on reopening.
+files in a worker (the screen keeps answering keys meanwhile), rows appear with the
+reference first, the plot of speed against KL divergence is drawn, the report is kept and
+shown again on reopening.
 """
 
 from __future__ import annotations
