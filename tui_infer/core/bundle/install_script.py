@@ -116,8 +116,10 @@ if [[ -z "${CMAKE_ARGS+set}" && -f "$here/llama_cmake_args.py" ]]; then
 fi
 echo "Creating $venv"
 "$PY" -m venv "$venv"
+# --no-cache-dir: pip's cache of wheels built from source ignores CMAKE_ARGS, and would
+# hand back a llama.cpp compiled with other flags
 PIP_NO_INDEX=1 "$venv/bin/python" -m pip --disable-pip-version-check install -q --no-index \
-  --find-links "$here/wheels" -r "$here/wheels/requirements.txt"
+  --no-cache-dir --find-links "$here/wheels" -r "$here/wheels/requirements.txt"
 echo "Installed: $venv/bin/tui-infer"
 echo "Next: $venv/bin/tui-infer bundle import $here"
 """
