@@ -99,7 +99,9 @@ def test_models_list_and_info(capsys: pytest.CaptureFixture[str], model_path: Pa
     assert text["general.name"] == info["general_name"] and info["general_name"]
     assert info["general_name"] != info["name"]
     fit_row = next(v for k, v in text.items() if k.startswith("fit ("))
-    assert fit_row == info["fit"]["summary"] and info["fit"]["verdict"] in fit_row
+    # the same estimate (what RAM is available moves between two calls: not compared)
+    assert fit_row.split(" (")[0] == info["fit"]["summary"].split(" (")[0]
+    assert fit_row.startswith(info["fit"]["verdict"] + ": needs")
     assert info["chat_template"] and info["n_layer"] == 30
     documented("models info", info)
 
