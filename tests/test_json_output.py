@@ -315,3 +315,12 @@ def test_ps_and_presets(capsys: pytest.CaptureFixture[str], isolated_env: Path) 
     assert shown[0]["values"] == 'temperature = 0.2, system = "Be brief."'
     documented("presets", presets[0])
     assert run(capsys, "presets", "-q")[1].split() == ["precise", "wild"]
+
+
+def test_run_json_names_the_model_as_the_library_does(
+    capsys: pytest.CaptureFixture[str], model_path: Path
+) -> None:
+    doc = as_json(capsys, "run", "--temperature", "0", "--max-tokens", "2", "Hi")
+    assert doc["model"] == model_path.stem  # the library's name, not general.name
+    assert doc["model_path"] == str(model_path)
+    assert "Smollm2" not in json.dumps(doc)  # the GGUF's general.name is nowhere in it
