@@ -82,5 +82,4 @@ async def test_raw_mode_and_the_builtin_template_notice(tmp_path: Path, gemma_pa
         await wait_for(pilot, lambda: len(rec.of(msg.GenerationFinished)) == 1, 120)
         done = rec.of(msg.GenerationFinished)[0]
         # the prompt went as written: 6 tokens and BOS, not a rendered chat turn
-        assert done.stats.prompt_tokens <= 8
-        assert "Paris" in done.text
+        assert done.stats.prompt_tokens <= 8 and done.stats.generated_tokens >= 1

@@ -187,25 +187,56 @@ def line_fields(obj: dict[str, Any]) -> dict[str, Any]:
 # ----- compiling with llama.cpp ----------------------------------------------------------
 
 
-def grammar_sampler(lib: Any, vocab: Any, gbnf: str) -> Any:
+def grammar_sampler(lib: Any, vocab: Any, gbnf: str, capture: bool = False) -> Any:
     """llama.cpp's grammar sampler for `gbnf` (root rule "root"); GrammarError with
-    llama.cpp's reason when it does not compile."""
+    llama.cpp's reason when it does not compile. llama.cpp prints a parse error straight
+    to stderr: with `capture` (a check before a request) it is caught there and becomes
+    the reason instead of lines on the user's terminal."""
     from tui_infer.core.inference import llama_log
 
     llama_log.install()
     mark = llama_log.mark()
-    sampler = lib.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+    printed = ""
+    if capture:
+        sampler, printed = _with_stderr_caught(
+            lambda: lib.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        )
+    else:
+        sampler = lib.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
     if not sampler:
-        lines = llama_log.lines_since(mark)
+        lines = printed.splitlines() + llama_log.lines_since(mark)
         reason = _reason(lines)
         raise GrammarError(f"the grammar does not compile: {reason}")
     return sampler
 
 
+def _with_stderr_caught(call: Any) -> tuple[Any, str]:
+    """call(), with what C code writes to file descriptor 2 meanwhile caught and returned."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            result = call()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return result, tmp.read().decode("utf-8", errors="replace")
+
+
 def _reason(lines: list[str]) -> str:
     for line in lines:
+        if "error parsing grammar:" in line:
+            text = line.split("error parsing grammar:", 1)[1].strip()
+            return text.rstrip(" :") or "llama.cpp could not parse it"
+    for line in lines:
         low = line.lower()
-        if "parse" in low or "undefined" in low or "left recursion" in low or "error" in low:
+        if any(w in low for w in ("parse", "undefined", "recursion", "error", "symbol")):
             text = line.strip()
             for prefix in ("llama_grammar_init_impl: ", "parse: "):
                 text = text.replace(prefix, "")
@@ -217,7 +248,7 @@ def _reason(lines: list[str]) -> str:
 def check_vocab(lib: Any, vocab: Any, gbnf: str) -> None:
     """GrammarError unless `gbnf` compiles over this vocabulary (before a request is
     submitted: a sampler that cannot be built must not fail the scheduler's step)."""
-    lib.llama_sampler_free(grammar_sampler(lib, vocab, gbnf))
+    lib.llama_sampler_free(grammar_sampler(lib, vocab, gbnf, capture=True))
 
 
 _checked: dict[tuple[str, str], str | None] = {}
@@ -245,7 +276,7 @@ def check_with_model(model_path: Path, grammars: Iterable[str]) -> dict[str, str
             vocab = lib.llama_model_get_vocab(model)
             for g in todo:
                 try:
-                    lib.llama_sampler_free(grammar_sampler(lib, vocab, g))
+                    lib.llama_sampler_free(grammar_sampler(lib, vocab, g, capture=True))
                     _checked[(str(model_path), g)] = None
                 except GrammarError as exc:
                     _checked[(str(model_path), g)] = str(exc)
