@@ -203,21 +203,24 @@ def reference_notes(
             "are the loss relative to the best file at hand, not to the original weights"
         )
     derived = list(made_from_ref) + [False] * (len(others) - len(made_from_ref))
+    made: list[str] = []
     for h, from_ref in zip(others, derived, strict=True):
         bpw = bits_per_weight(h)
         if bpw <= ref_bpw + 0.01 or h.path == ref.path:
             continue
         if from_ref:
-            notes.append(
-                f"{h.path.name} ({h.quantization}) was made from the reference: more bits "
-                "cannot give back what the reference lost"
-            )
+            made.append(h.path.name)
         else:
             notes.append(
                 f"{h.path.name} ({h.quantization}, {bpw:.2f} bits/weight) has more bits per "
                 f"weight than the reference ({ref_bpw:.2f}); unless it was made from it, "
                 "it is the better reference: pass it first"
             )
+    if made:
+        notes.append(
+            f"{', '.join(made)} {'was' if len(made) == 1 else 'were'} made from the reference: "
+            "more bits cannot give back what the reference lost"
+        )
     return notes
 
 
