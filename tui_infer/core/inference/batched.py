@@ -222,8 +222,16 @@ class BatchRunner:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._lib.llama_free(self._ctx)
-                self._lib.llama_model_free(self._model)
+                lib, ctx, model = self._lib, self._ctx, self._model
+
+                def free() -> None:
+                    lib.llama_free(ctx)
+                    lib.llama_model_free(model)
+
+                # on the llama.cpp thread, after the decode it may still be running: after
+                # Ctrl+C the caller waits only a moment for that decode (on_llama_thread),
+                # and freeing the context under it crashed the process
+                on_llama_thread(free)
 
     def __enter__(self) -> BatchRunner:
         return self
