@@ -145,11 +145,6 @@ def test_the_wheelhouse_installs_with_no_index_and_the_app_answers(
     got = json.loads(r.stdout)
     assert got["source"] == "store" and got["reply"] == answers[prompt]
     r = app("run", "--temperature", "0", "--max-tokens", "6", "--serve", "live", "--json", "Hi.")
-    if r.returncode != 0 and "chat template used more than" in r.stderr:
-        # the template worker is started as a script from tui_infer/core/inference/, so
-        # that folder's types.py shadows the standard library's in any non-editable
-        # install (an editable one imports `types` first through its .pth finder)
-        pytest.xfail("known bug: the chat template worker fails in a wheel install")
     assert r.returncode == 0, r.stderr
     live = json.loads(r.stdout)
     assert live["source"] == "live" and live["reply"]

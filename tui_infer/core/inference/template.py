@@ -277,7 +277,9 @@ class _Worker:
     def _start(self) -> subprocess.Popen[bytes]:
         script = Path(__file__).with_name("template_worker.py")
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(self.memory_bytes)],
+            # -I: the script's folder is not put first on sys.path, where our types.py
+            # would shadow the standard library's in a non-editable install
+            [sys.executable, "-I", str(script), str(self.memory_bytes)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
