@@ -151,9 +151,7 @@ class Hub(HubDownloads):
             by_quant = [m for m in models if (m.quant or "").upper() == wanted.upper()]
             if len(by_quant) == 1:
                 return by_quant[0]
-            names = ", ".join(
-                f"{m.quant or '?'} ({m.filename})" for m in (by_quant or models)[:8]
-            )
+            names = ", ".join(f"{m.quant or '?'} ({m.filename})" for m in (by_quant or models)[:8])
             if len(by_quant) > 1:
                 raise HubError(f"{repo}: several files are {wanted} ({names}); give the file name")
             raise HubNotFoundError(f"{repo}: no file or quant '{wanted}' (there are: {names})")
