@@ -296,7 +296,8 @@ def test_a_full_queue_is_a_429_in_openai_shape(one_slot: Served) -> None:
 
     try:
         open_stream(LONG_PROMPT, LONG)
-        next(iter(streams[0]))  # decoding: the one slot is taken
+        next(iter(streams[0]))  # (the role chunk may come before the slot is taken)
+        wait_until(lambda: one_slot.figures()[:2] == (0, 1), "the long request holds the slot")
         opener = threading.Thread(target=open_stream, args=("Hi there.", MAX_TOKENS))
         opener.start()
         wait_until(lambda: one_slot.figures()[0] == 1, "the second request waits in the queue")
