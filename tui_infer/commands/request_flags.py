@@ -54,19 +54,6 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-# Settings names a preset may set, and the flag that overrides each
-_PRESET_FLAGS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repeat_penalty",
-    "seed",
-    "max_tokens",
-    "system",
-)
-
-
 def with_preset(args: argparse.Namespace, settings: Settings, paths: Paths) -> Settings:
     """--preset NAME: the preset's values over the config's, under the flags given."""
     return apply_preset(settings, preset_values(args, paths))
@@ -85,7 +72,7 @@ def preset_values(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
     name = getattr(args, "preset", None)
     if not name:
         return {}
-    from tui_infer.core.config import load_presets
+    from tui_infer.core.config import PRESET_KEYS, load_presets
     from tui_infer.core.errors import ConfigError
 
     presets = load_presets(paths.config_file)
@@ -98,7 +85,7 @@ def preset_values(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
     return {
         k: v
         for k, v in presets[name].items()
-        if k in _PRESET_FLAGS and getattr(args, k, None) is None
+        if k in PRESET_KEYS and getattr(args, k, None) is None
     }
 
 
