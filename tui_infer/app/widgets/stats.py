@@ -13,6 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Label, ProgressBar, Sparkline, Static
 
+from tui_infer.core.chat.history import prompt_figures
 from tui_infer.core.units import human_size
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class StatsPanel(VerticalScroll):
         # the current (or last) reply
         self.generating = False
         self.prompt_tokens = 0
+        self.prompt_tokens_evaluated: int | None = None  # the rest came from the KV cache
         self.prompt_tps = 0.0
         self.ttft_s: float | None = None
         self.generated_tokens = 0
@@ -134,6 +136,7 @@ class StatsPanel(VerticalScroll):
     def reply_started(self, prompt_tokens: int) -> None:
         self.generating = True
         self.prompt_tokens = prompt_tokens
+        self.prompt_tokens_evaluated = None
         self.prompt_tps = 0.0
         self.ttft_s = None
         self.generated_tokens = 0
@@ -153,6 +156,8 @@ class StatsPanel(VerticalScroll):
         self.generated_tokens = chunk.n_generated
         self.kv_tokens = chunk.kv_tokens
         self.prompt_tps = chunk.prompt_tps
+        if chunk.prompt_tokens_evaluated:
+            self.prompt_tokens_evaluated = chunk.prompt_tokens_evaluated
         if self._window_start is None:
             # speed is counted from the first token: its wait is the TTFT's
             self._window_start = (chunk.n_generated, chunk.elapsed_s)
@@ -169,6 +174,7 @@ class StatsPanel(VerticalScroll):
             self._tps_series.append(stats.generation_tps)
         self.generating = False
         self.prompt_tokens = stats.prompt_tokens
+        self.prompt_tokens_evaluated = stats.prompt_tokens_evaluated
         self.prompt_tps = stats.prompt_tps
         self.ttft_s = stats.ttft_s if stats.generated_tokens else None
         self.generated_tokens = stats.generated_tokens
@@ -184,6 +190,7 @@ class StatsPanel(VerticalScroll):
         self.source = "store"
         self.store_run = run_id
         self.prompt_tokens = figures.prompt_tokens
+        self.prompt_tokens_evaluated = None
         self.prompt_tps = 0.0
         self.ttft_s = figures.ttft_s
         self.generated_tokens = figures.generated_tokens
@@ -248,12 +255,12 @@ class StatsPanel(VerticalScroll):
             self._set("speed-line", f"{speed}  ({state})")
         self.query_one("#tps-sparkline", Sparkline).data = list(self._tps_series)
         ttft = f"{self.ttft_s * 1000:.0f} ms" if self.ttft_s is not None else "-"
-        ptps = f"{self.prompt_tps:.0f} tok/s" if self.prompt_tps else "-"
+        prompt = prompt_figures(self.prompt_tokens, self.prompt_tokens_evaluated, self.prompt_tps)
         total = f"{self.total_s:.2f} s" if self.total_s is not None else "-"
         self._set(
             "reply-figures",
             f"TTFT       {ttft}\n"
-            f"prompt     {self.prompt_tokens} tok · {ptps}\n"
+            f"prompt     {prompt.removeprefix('prompt ')}\n"
             f"generated  {self.generated_tokens} tok\n"
             f"total      {total}",
         )

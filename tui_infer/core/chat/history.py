@@ -66,6 +66,9 @@ class ReplyFigures:
     finish_reason: str  # stop, length, cancelled, error
     source: str = "live"  # live, or store (served from the prediction store)
     error: str | None = None
+    # of prompt_tokens, those evaluated (the rest came from the KV cache); None: not kept
+    # (replies saved before it was); prompt_tps is over these only
+    prompt_tokens_evaluated: int | None = None
 
     @classmethod
     def from_stats(cls, stats: Any, source: str = "live") -> ReplyFigures:
@@ -80,6 +83,9 @@ class ReplyFigures:
             finish_reason=str(stats.finish_reason),
             source=source,
             error=stats.error,
+            prompt_tokens_evaluated=int(
+                getattr(stats, "prompt_tokens_evaluated", stats.prompt_tokens)
+            ),
         )
 
     @classmethod
@@ -95,6 +101,11 @@ class ReplyFigures:
                 finish_reason=str(data["finish_reason"]),
                 source=str(data.get("source", "live")),
                 error=data.get("error"),
+                prompt_tokens_evaluated=(
+                    None
+                    if data.get("prompt_tokens_evaluated") is None
+                    else int(data["prompt_tokens_evaluated"])
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise HistoryError(f"reply figures are incomplete or malformed ({exc})") from None
@@ -486,6 +497,15 @@ class History:
         return cid
 
 
+def prompt_figures(prompt_tokens: int, evaluated: int | None, tps: float) -> str:
+    """'prompt N tok · X tok/s': N and X count only the tokens evaluated; those the KV
+    cache already held (a chat's earlier turns) are said apart, as cached."""
+    speed = f"{tps:.0f} tok/s" if tps else "-"
+    if evaluated is None or evaluated >= prompt_tokens:
+        return f"prompt {prompt_tokens} tok · {speed}"
+    return f"prompt {evaluated} tok · {speed} ({prompt_tokens - evaluated} cached)"
+
+
 def figures_line(f: ReplyFigures) -> str:
     """The small line under a reply: how it ended and what it cost."""
     reason = {"cancelled": "[stopped]", "length": "[length limit]", "stop": "done"}.get(
@@ -498,7 +518,7 @@ def figures_line(f: ReplyFigures) -> str:
         f"{f.generated_tokens} tokens",
         f"{f.generation_tps:.1f} tok/s",
         f"TTFT {f.ttft_s * 1000:.0f} ms",
-        f"prompt {f.prompt_tokens} tok · {f.prompt_tps:.0f} tok/s",
+        prompt_figures(f.prompt_tokens, f.prompt_tokens_evaluated, f.prompt_tps),
         f"{f.total_s:.2f} s",
     ]
     if f.source != "live":
