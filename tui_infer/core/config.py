@@ -25,6 +25,7 @@ OVERFLOW_POLICIES = ("ask", "refuse", "drop-oldest")  # ask: the TUI asks; run r
 # the prediction store, then the model; store-any-sample: the store also answers a request
 # from a prediction for the same messages under other sampling parameters
 SERVE_MODES = ("store-then-live", "live", "store", "store-any-sample")
+SPECULATIVE_MODES = ("auto", "ngram", "off")  # inference/speculative.py
 
 
 def default_threads() -> int:
@@ -65,6 +66,9 @@ class Settings:
     redraws: float = 0  # text updates a second while a reply streams; 0: chosen (pacing.py)
     parallel: int = 1  # live requests the loaded model decodes at once, each with all of ctx
     theme: str = ""  # the TUI's theme (chosen in the palette, saved here); "": Textual's default
+    # speculative decoding: auto (drafts by prompt lookup while it pays), ngram (prompt
+    # lookup always), off (inference/speculative.py)
+    speculative: str = "auto"
 
     @property
     def effective_threads(self) -> int:
@@ -150,6 +154,10 @@ def validate(s: Settings, source: str) -> Settings:
             raise bad('\'json_schema\' must be a JSON schema object, such as {"type": "object"}')
     if not 1 <= s.parallel <= 256:
         raise bad(f"'parallel' must be 1 to 256 sequences, got {s.parallel}")
+    if s.speculative not in SPECULATIVE_MODES:
+        raise bad(
+            f"'speculative' must be one of {', '.join(SPECULATIVE_MODES)}, got {s.speculative!r}"
+        )
     if not 0 <= s.redraws <= 60:
         raise bad(f"'redraws' must be 0 (chosen) or up to 60 a second, got {s.redraws}")
     return s

@@ -129,6 +129,9 @@ class SeqSlot:
     pos: int = 0  # position of pending[0] = cells the sequence holds
     cached: list[int] = field(default_factory=list)  # the tokens it holds, in order
     logits_at: int = -1  # index in this step's batch whose logits to sample, or -1
+    # drafted tokens at the end of `pending` (speculative.py): the slot is a generating
+    # one, put whole in the batch with the other generating slots
+    n_draft: int = 0
 
 
 def fill_batch(batch: Any, active: list[Any], cap: int) -> int:
@@ -140,10 +143,13 @@ def fill_batch(batch: Any, active: list[Any], cap: int) -> int:
     (kv_unified=False) llama.cpp splits a batch into ubatches of consecutive sequence ids
     taken in batch order (llama_batch_allocr::split_equal, sequential), each one more pass
     over the weights; generating slots first then prompts, in any other order, cost a pass
-    per break in the ids."""
+    per break in the ids. A slot with drafted tokens counts as a generating one (the
+    scheduler leaves room for its whole draft and asks for the draft's logits itself)."""
     takes: list[tuple[Any, int]] = []
     n = 0
-    order = sorted(active, key=lambda s: len(s.pending) > 1) if len(active) > 1 else active
+    order = (
+        sorted(active, key=lambda s: len(s.pending) > 1 + s.n_draft) if len(active) > 1 else active
+    )
     for slot in order:
         slot.logits_at = -1
         room = cap - n

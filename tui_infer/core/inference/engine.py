@@ -129,6 +129,7 @@ class Engine:
             bytes_per_token=kv_bytes_per_token(info, options.kv_type),
             cache_type=options.kv_type,
             reported_bytes=self._kv_reported,
+            speculative=options.speculative,
         )
         # the window of one reply: each of the `parallel` sequences has ctx cells
         self.n_ctx = self.scheduler.n_ctx_seq

@@ -88,6 +88,7 @@ from tui_infer.core.inference.decoding import (
     token_piece,
 )
 from tui_infer.core.inference.llama_thread import is_llama_thread
+from tui_infer.core.inference.speculative import NgramDrafter, SpecController, SpeculativeStats
 from tui_infer.core.inference.stops import StopScanner
 from tui_infer.core.inference.types import (
     GenerationStats,
@@ -222,6 +223,12 @@ class _Request:
     n_released: int = 0  # of those, handed out (the rest may be a stop string's start)
     # logprobs of tokens whose text is not all handed out yet, with where that text ends
     held: collections.deque[tuple[int, TokenLogprob]] | None = None
+    # speculative decoding (None: this request does not draft; `spec_note` says why)
+    spec: SpecController | None = None
+    drafter: NgramDrafter | None = None
+    spec_note: SpeculativeStats | None = None
+    t_step: float = 0.0  # when its last token was emitted (drafting's timing)
+    kv_end: int = -1  # while a draft's tokens are handed out: the cells the reply holds
 
 
 @dataclass
@@ -249,6 +256,7 @@ class Scheduler:
         cache_type: str,
         reported_bytes: int | None = None,
         max_queued: int = 256,
+        speculative: str = "off",
     ) -> None:
         if parallel < 1:
             raise GenerationError(f"parallel must be at least 1, got {parallel}")
@@ -289,6 +297,10 @@ class Scheduler:
         self._abort_events: list[threading.Event] = []
         self._abort_cb = lib.ggml_abort_callback(lambda _data: self._should_abort())
         self._no_abort = lib.ggml_abort_callback()
+        # speculative decoding for the requests admitted from now on: auto, ngram or off
+        # (speculative.py)
+        self.speculative = speculative
+        self._n_spec = 0  # running requests that may draft
 
     # ----- submitting --------------------------------------------------------------------
 
@@ -393,8 +405,12 @@ class Scheduler:
         if not active:
             return False
         prompt_cancels = [s.req.cancel for s in active if s.req and not s.req.t_prompt]
+        drafting = self._plan_drafts(active) if self._n_spec else None
         n = fill_batch(self._batch, active, self._cap)
-        abortable = n > len(active)  # prompt tokens in it: worth the per-node callback
+        n_plain = n
+        if drafting:
+            n_plain = self._ask_draft_logits(drafting, n)
+        abortable = n_plain > len(active)  # prompt tokens in it: worth the per-node callback
         if abortable:
             self._abort_events = prompt_cancels
             lib.llama_set_abort_callback(self._ctx, self._abort_cb, None)
@@ -405,6 +421,8 @@ class Scheduler:
                 lib.llama_set_abort_callback(self._ctx, self._no_abort, None)
                 self._abort_events = []
         if rc != 0:
+            if drafting:
+                self._drop_drafts(drafting)
             self._rollback(active)
             if rc != 2:  # 2: aborted for a cancel, reaped at the next step
                 for slot in active:
@@ -422,6 +440,9 @@ class Scheduler:
                 req.t_prompt = now
             if req.cancel.is_set():
                 self._finish(slot, "cancelled")
+                continue
+            if req.spec is not None:
+                self._spec_step(slot, req, at, now)
                 continue
             tok = int(lib.llama_sampler_sample(slot.sampler, self._ctx, at))
             if lib.llama_vocab_is_eog(vocab, tok):
@@ -454,9 +475,149 @@ class Scheduler:
                 slot.pending = [tok]
         return True
 
-    def _emit_watched(self, slot: _Slot, req: _Request, tok: int, at: int, now: float) -> bool:
+    # ----- speculative decoding (speculative.py) ------------------------------------------
+
+    def _plan_drafts(self, active: list[_Slot]) -> list[_Slot]:
+        """Before a step: each drafting request's draft goes after its last token in
+        `pending`, as long as the batch has room for every generating slot's whole draft
+        (fill_batch puts them first, whole); the slots that drafted."""
+        room = self._cap - len(active)
+        out: list[_Slot] = []
+        limit = self.n_ctx_seq - 2
+        for slot in active:
+            req = slot.req
+            if req is None or req.spec is None or len(slot.pending) != 1 or not req.n_gen:
+                continue
+            k = req.spec.want()
+            # never past max_tokens (a step emits up to k + 1) nor the window
+            k = min(k, room, req.sampling.max_tokens - req.n_gen - 1, limit - slot.pos)
+            if k <= 0:
+                continue
+            assert req.drafter is not None
+            draft = req.drafter.propose(k)
+            if draft:
+                slot.pending = slot.pending + draft
+                slot.n_draft = len(draft)
+                room -= len(draft)
+                out.append(slot)
+        return out
+
+    def _ask_draft_logits(self, drafting: list[_Slot], n: int) -> int:
+        """Logits at every drafted position too (fill_batch asked for the last one); the
+        batch's size without the drafts."""
+        logits = self._batch.logits
+        for slot in drafting:
+            at = slot.logits_at
+            for i in range(at - slot.n_draft, at):
+                logits[i] = 1
+            n -= slot.n_draft
+        return n
+
+    def _drop_drafts(self, drafting: list[_Slot]) -> None:
+        """After a failed decode: the drafts are not tokens of the reply; forget them."""
+        for slot in drafting:
+            d = slot.n_draft
+            if d and len(slot.cached) >= d:
+                del slot.cached[-d:]
+                slot.pos -= d
+                self._lib.llama_memory_seq_rm(self._mem, slot.seq, slot.pos, -1)
+            slot.n_draft = 0
+
+    def _spec_step(self, slot: _Slot, req: _Request, at: int, now: float) -> None:
+        """The sampling of a request that may draft. With a draft in this step, the row
+        before each drafted token is sampled with the request's own sampler chain, left to
+        right, while the draw equals the draft; the first draw that differs (or the one
+        after the whole draft) is the target's own token. For a deterministic draft that
+        is the speculative sampling rule (speculative.py): greedy replies are the same
+        tokens as without drafting, sampled ones the same law (and the same draws). The
+        rejected positions leave the KV cache; each emitted token takes the normal path
+        (EOG, stop strings, logprobs, max_tokens, the window)."""
+        lib = self._lib
+        spec = req.spec
+        drafter = req.drafter
+        assert spec is not None and drafter is not None
+        dt = now - req.t_step if req.t_step else 0.0
+        req.t_step = now
+        d = slot.n_draft
+        if not d:
+            tok = int(lib.llama_sampler_sample(slot.sampler, self._ctx, at))
+            if dt:
+                spec.record_plain(dt)
+            if not self._emit_one(slot, req, tok, at, slot.pos, now):
+                slot.pending = [tok]
+                drafter.extend((tok,))
+                req.kv_end = -1
+            return
+        slot.n_draft = 0
+        draft = slot.cached[-d:]
+        first = at - d
+        sampler, ctx = slot.sampler, self._ctx
+        out: list[int] = []
+        accepted = 0
+        for j in range(d + 1):
+            tok = int(lib.llama_sampler_sample(sampler, ctx, first + j))
+            out.append(tok)
+            if j < d and tok == draft[j]:
+                accepted += 1
+            else:
+                break
+        rejected = d - accepted
+        if rejected:
+            del slot.cached[-rejected:]
+            slot.pos -= rejected
+            lib.llama_memory_seq_rm(self._mem, slot.seq, slot.pos, -1)
+        if dt:
+            spec.record_draft(d, accepted, dt)
+        base = slot.pos - accepted
+        for i, tok in enumerate(out):
+            if self._emit_one(slot, req, tok, first + i, base + i, now):
+                return
+        slot.pending = [out[-1]]
+        drafter.extend(out)
+        req.kv_end = -1
+
+    def _emit_one(
+        self, slot: _Slot, req: _Request, tok: int, at: int, pos: int, now: float
+    ) -> bool:
+        """One sampled token of a drafting request, as the step's own path hands it out
+        (`pos`: where it goes in the sequence); True when it ended the request."""
+        lib = self._lib
+        req.kv_end = pos  # should it end here, the drafted cells after it go (_finish)
+        if lib.llama_vocab_is_eog(self._vocab, tok):
+            self._finish(slot, "stop")
+            return True
+        req.n_gen += 1
+        if req.n_gen == 1:
+            req.t_first = now
+            req.ttft = now - req.t_submit
+        req.t_last = now
+        if req.watch:
+            if self._emit_watched(slot, req, tok, at, now, pos + 1):
+                return True
+        else:
+            text = req.decoder.decode(token_piece(lib, self._vocab, tok, self._buf))
+            req.stream._put(
+                TokenChunk(
+                    text,
+                    req.n_gen,
+                    now - req.t_submit,
+                    req.ttft,
+                    pos + 1,
+                    req.t_prompt - req.t_admit,
+                    req.evaluated,
+                )
+            )
+        if req.n_gen >= req.sampling.max_tokens or pos + 1 >= self.n_ctx_seq:
+            self._finish(slot, "length")
+            return True
+        return False
+
+    def _emit_watched(
+        self, slot: _Slot, req: _Request, tok: int, at: int, now: float, kv: int = -1
+    ) -> bool:
         """A token of a request with stop strings or log probabilities; True when a stop
-        string ended it (the text before the stop string handed out, the slot free)."""
+        string ended it (the text before the stop string handed out, the slot free). `kv`:
+        the cells in use once it is decoded (-1: the slot's position + 1)."""
         piece = token_piece(self._lib, self._vocab, tok, self._buf)
         text = req.decoder.decode(piece)
         start = req.n_chars
@@ -474,7 +635,7 @@ class Scheduler:
                 req.n_gen,
                 now - req.t_submit,
                 req.ttft,
-                slot.pos + 1,
+                kv if kv >= 0 else slot.pos + 1,
                 req.t_prompt - req.t_admit,
                 req.evaluated,
                 self._released(req, hit),
@@ -628,11 +789,25 @@ class Scheduler:
         if slot.sampler is not None:
             lib.llama_sampler_free(slot.sampler)
         slot.sampler = make_sampler(lib, self._n_vocab, req.sampling, req.seed, self._vocab)
+        slot.n_draft = 0
+        self._spec_admit(req)
         req.t_admit = time.perf_counter()
         req.evaluated = len(slot.pending)
         req.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.req = req
         self._last_seq = slot.seq
+
+    def _spec_admit(self, req: _Request) -> None:
+        mode = self.speculative
+        if mode == "off":
+            req.spec_note = SpeculativeStats("off", reason="setting")
+        elif req.sampling.grammar is not None:
+            # a grammar's sampler state cannot be stepped back over a rejected draft
+            req.spec_note = SpeculativeStats("off", reason="grammar")
+        else:
+            req.spec = SpecController("ngram", auto=mode == "auto")
+            req.drafter = NgramDrafter(req.prompt)
+            self._n_spec += 1
 
     def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
         req = slot.req
@@ -659,12 +834,21 @@ class Scheduler:
                     logprobs,
                 )
             )
+        if 0 <= req.kv_end < slot.pos:
+            # it ended inside an accepted draft: the cells after its last token go, as
+            # without drafting
+            self._lib.llama_memory_seq_rm(self._mem, slot.seq, req.kv_end, -1)
+            del slot.cached[req.kv_end :]
+            slot.pos = req.kv_end
         if slot.sampler is not None:
             self._lib.llama_sampler_free(slot.sampler)
             slot.sampler = None
         slot.req = None
         slot.pending = []
         slot.logits_at = -1
+        slot.n_draft = 0
+        if req.spec is not None:
+            self._n_spec -= 1
         slot.last_used = now
         self._last_seq = slot.seq
         if slot.forget:
@@ -685,6 +869,7 @@ class Scheduler:
             finish_reason=reason,
             kv=self._usage(len(slot.cached)),
             error=error,
+            speculative=req.spec.stats() if req.spec is not None else req.spec_note,
         )
         req.stream._put(_END)
 
@@ -731,6 +916,8 @@ class Scheduler:
                     slot.req = None
             self._lib.llama_memory_seq_rm(self._mem, slot.seq, 0, -1)
             slot.cached, slot.pos, slot.pending = [], 0, []
+            slot.n_draft = 0
+        self._n_spec = 0
         with self._qlock:
             self._n_active = 0
             waiting = list(self._queue)

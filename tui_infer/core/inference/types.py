@@ -18,6 +18,8 @@ from tui_infer.core.models.gguf import GGML_TYPES, GgufHeader
 if TYPE_CHECKING:
     import threading
 
+    from tui_infer.core.inference.speculative import SpeculativeStats
+
 
 @dataclass(frozen=True)
 class Message:
@@ -54,6 +56,8 @@ class LoadOptions:
     # Sequences decoded together (the scheduler's slots); each keeps `ctx` cells, so the
     # KV cache is ctx x parallel. 1: one request at a time, today's memory.
     parallel: int = 1
+    # speculative decoding (speculative.py): auto, ngram or off
+    speculative: str = "auto"
 
     @classmethod
     def from_settings(cls, s: Settings, template_override: str | None = None) -> LoadOptions:
@@ -66,6 +70,7 @@ class LoadOptions:
             kv_type=s.kv_type,
             template_override=template_override,
             parallel=s.parallel,
+            speculative=s.speculative,
         )
 
 
@@ -211,6 +216,7 @@ class GenerationStats:
     finish_reason: str  # "stop", "length", "cancelled", "error"
     kv: KvCacheUsage
     error: str | None = None
+    speculative: SpeculativeStats | None = None  # what drafting did (None: not asked)
 
     @property
     def prompt_tps(self) -> float:
