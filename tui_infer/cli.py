@@ -146,6 +146,7 @@ def _settings_from(args: argparse.Namespace, paths: Paths) -> Settings:
         "seed",
         "max_tokens",
         "serve",
+        "speculative",
     )
     return load_settings(paths.config_file).with_overrides(
         **{name: getattr(args, name, None) for name in flags}
