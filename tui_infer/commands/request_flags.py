@@ -52,6 +52,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         help="raw completion: the prompt is sent as written, through no chat template "
         "(for base models; keyed apart in the store)",
     )
+    p.add_argument(
+        "--speculative",
+        choices=("auto", "ngram", "off"),
+        help="speculative decoding by prompt lookup: auto (the default, or the "
+        "'speculative' setting: drafts while it pays), ngram (always), off",
+    )
 
 
 def with_preset(args: argparse.Namespace, settings: Settings, paths: Paths) -> Settings:
