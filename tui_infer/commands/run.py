@@ -140,6 +140,8 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
             "source": "live",
             "raw": raw,
             "stats": stats.as_dict() if stats else None,
+            # speculative decoding: mode, drafted, accepted, acceptance_rate, speedup
+            "speculative": stats.speculative.as_dict() if stats and stats.speculative else None,
         }
         print(json.dumps(out, ensure_ascii=False))
     elif hold and problem is None:
@@ -153,7 +155,8 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
             f"[{stats.finish_reason}] prompt {stats.prompt_tokens} tok "
             f"({stats.prompt_tps:.0f} tok/s) · ttft {stats.ttft_s * 1000:.0f} ms · "
             f"{stats.generated_tokens} tok at {stats.generation_tps:.1f} tok/s · "
-            f"KV {stats.kv.tokens}/{stats.kv.n_ctx} · {engine.backend.summary}",
+            f"KV {stats.kv.tokens}/{stats.kv.n_ctx} · {engine.backend.summary}"
+            + (f" · speculative {stats.speculative.summary}" if stats.speculative else ""),
             file=sys.stderr,
         )
     engine.close()
