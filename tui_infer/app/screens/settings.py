@@ -20,6 +20,7 @@ from tui_infer.core.config import (
     Settings,
     check_preset_name,
     load_presets,
+    load_settings,
     parse_setting,
     write_preset,
 )
@@ -157,6 +158,24 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 self.query_one(f"#set-{key}", Input).value = str(value)
         self.query_one("#preset-name", Input).value = event.value
 
+    def _preset_values(self, new: Settings) -> dict[str, Any]:
+        """The fields' values for a preset, less one-off command-line flags: a key the app
+        was started with a flag for (its value at launch is not the config's) is left out
+        while its field still shows that flag's value."""
+        values = {key: getattr(new, key) for key in PRESET_KEYS}
+        launch = getattr(self.app, "settings", None)
+        if self._config_file is None or not isinstance(launch, Settings):
+            return values
+        try:
+            configured = load_settings(self._config_file)
+        except ConfigError:
+            return values
+        return {
+            key: value
+            for key, value in values.items()
+            if getattr(launch, key) == getattr(configured, key) or value != getattr(launch, key)
+        }
+
     @on(Button.Pressed, "#save-preset")
     def _save_preset(self) -> None:
         error = self.query_one("#settings-error", Static)
@@ -166,7 +185,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         try:
             name = check_preset_name(self.query_one("#preset-name", Input).value)
             new = self._read()
-            values = {key: getattr(new, key) for key in PRESET_KEYS}
+            values = self._preset_values(new)
             write_preset(self._config_file, name, values)
         except ConfigError as exc:
             error.update(f"error: {str(exc).replace('command line: ', '')}")
