@@ -1,0 +1,204 @@
+"""Speculative decoding (inference/speculative.py, the scheduler's drafting): greedy replies
+are byte-identical with and without drafts, the acceptance rule keeps the target
+distribution, and `run` shows what drafting did."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tui_infer.cli import main
+from tui_infer.core.inference.engine import Engine
+from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.speculative import (
+    NgramDrafter,
+    SpecController,
+    accept_draft,
+    accept_point_draft,
+)
+from tui_infer.core.inference.types import Message, SamplingParams
+
+CODE = """def area(width, height):
+    return width * height
+
+def perimeter(width, height):
+    return 2 * (width + heigth)
+"""
+PROMPTS = [
+    "Repeat the following code exactly, fixing the typo:\n\n" + CODE,
+    "Copy this list exactly: apples, pears, plums, apples, pears, plums, apples, pears",
+    "List the numbers from 1 to 20 separated by commas.",
+    "Write a short poem about the sea.",
+    "Repeat after me: the quick brown fox jumps over the lazy dog. "
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+def tv(p: list[float], counts: Counter[int], n: int) -> float:
+    return 0.5 * sum(abs(p[i] - counts[i] / n) for i in range(len(p)))
+
+
+# ----- the rule, on a small synthetic distribution -------------------------------------------
+
+P = [0.05, 0.4, 0.25, 0.2, 0.1]
+
+
+@pytest.mark.parametrize("x", [0, 1, 4])
+def test_point_draft_rule_keeps_the_target_distribution(x: int) -> None:
+    rng = random.Random(1234)
+    n = 40_000
+    counts: Counter[int] = Counter()
+    accepted = 0
+    for _ in range(n):
+        ok, tok = accept_point_draft(P, x, rng)
+        counts[tok] += 1
+        accepted += ok
+        assert ok == (tok == x)
+    assert tv(P, counts, n) < 0.01
+    assert abs(accepted / n - P[x]) < 0.01  # accepted with probability p(x)
+
+
+def test_general_rule_keeps_the_target_distribution() -> None:
+    rng = random.Random(99)
+    q = [0.3, 0.1, 0.1, 0.4, 0.1]
+    n = 40_000
+    counts: Counter[int] = Counter()
+    for _ in range(n):
+        x = rng.choices(range(len(q)), weights=q)[0]
+        _, tok = accept_draft(P, q, x, rng)
+        counts[tok] += 1
+    assert tv(P, counts, n) < 0.01
+    # a wrong rule (always accept the draft) gives q, which the check tells apart
+    assert 0.5 * sum(abs(a - b) for a, b in zip(P, q, strict=True)) > 0.1
+
+
+# ----- the drafter and the controller --------------------------------------------------------
+
+
+def test_ngram_drafter_proposes_what_followed_the_last_tokens() -> None:
+    d = NgramDrafter([1, 2, 3, 4, 5, 6, 1, 2, 3])
+    assert d.propose(3) == [4, 5, 6]
+    d.extend([4, 9])
+    assert d.propose(4) == []  # (4, 9) and 9 never came before
+    d.extend([1, 2])
+    assert d.propose(2) == [3, 4]  # (9, 1, 2) never came before; (1, 2) was followed by 3, 4
+
+
+def test_auto_backs_off_when_drafting_is_slower() -> None:
+    c = SpecController("ngram", auto=True)
+    plain = 0
+    for step in range(2000):
+        if step == 40:
+            assert plain > 16  # a first back-off came within a few drafting steps
+        k = c.want()
+        if k:
+            c.record_draft(k, 0, 0.03)  # nothing accepted, 3x a plain step
+        else:
+            c.record_plain(0.01)
+            plain += 1
+    assert c.off_reason == "auto: no speed-up"
+    assert c.want() == 0
+    assert c.speedup is not None and c.speedup < 1
+
+
+# ----- the scheduler: greedy replies are the same bytes ------------------------------------
+
+
+@pytest.fixture
+def modes(engine: Engine) -> Iterator[Engine]:
+    yield engine
+    engine.scheduler.speculative = "auto"
+
+
+def reply(engine: Engine, mode: str, prompt: str, sampling: SamplingParams) -> tuple[str, object]:
+    engine.scheduler.speculative = mode
+    engine.reset()
+    stream = engine.chat([Message("user", prompt)], sampling)
+    text = on_llama_thread(stream.text)
+    assert stream.stats is not None
+    return text, stream.stats
+
+
+def test_greedy_is_byte_identical_with_drafts(modes: Engine) -> None:
+    drafted = accepted = 0
+    for prompt in PROMPTS:
+        sampling = SamplingParams(temperature=0, max_tokens=80)
+        want, base = reply(modes, "off", prompt, sampling)
+        got, stats = reply(modes, "ngram", prompt, sampling)
+        assert got == want, prompt
+        assert stats.generated_tokens == base.generated_tokens  # type: ignore[attr-defined]
+        assert stats.finish_reason == base.finish_reason  # type: ignore[attr-defined]
+        spec = stats.speculative  # type: ignore[attr-defined]
+        assert spec.mode == "ngram"
+        drafted += spec.drafted
+        accepted += spec.accepted
+    assert accepted > 0  # the copying prompts had drafts accepted
+
+
+def test_max_tokens_and_stop_strings_inside_an_accepted_draft(modes: Engine) -> None:
+    prompt = PROMPTS[0]
+    full, _ = reply(modes, "off", prompt, SamplingParams(temperature=0, max_tokens=80))
+    for n in (7, 13, 21):
+        sampling = SamplingParams(temperature=0, max_tokens=n)
+        want, base = reply(modes, "off", prompt, sampling)
+        got, stats = reply(modes, "ngram", prompt, sampling)
+        assert got == want and stats.generated_tokens == n  # type: ignore[attr-defined]
+    stop = full[len(full) // 2 : len(full) // 2 + 4]
+    assert stop.strip()
+    sampling = SamplingParams(temperature=0, max_tokens=80, stop=(stop,), logprobs=2)
+    want, _ = reply(modes, "off", prompt, sampling)
+    got, stats = reply(modes, "ngram", prompt, sampling)
+    assert got == want and stop not in got
+    assert stats.finish_reason == "stop"  # type: ignore[attr-defined]
+
+
+def test_seeded_sampling_is_the_same_text_with_drafts(modes: Engine) -> None:
+    """One draw per emitted token from the request's own chain: the same seed, the same text."""
+    sampling = SamplingParams(temperature=0.8, seed=7, max_tokens=60)
+    want, _ = reply(modes, "off", PROMPTS[1], sampling)
+    got, _ = reply(modes, "ngram", PROMPTS[1], sampling)
+    assert got == want
+
+
+def test_a_grammar_does_not_draft(modes: Engine) -> None:
+    sampling = SamplingParams(temperature=0, max_tokens=20, grammar='root ::= "yes" | "no"')
+    _, stats = reply(modes, "ngram", "Yes or no?", sampling)
+    spec = stats.speculative  # type: ignore[attr-defined]
+    assert spec.mode == "off" and spec.reason == "grammar"
+
+
+# ----- the command line -----------------------------------------------------------------------
+
+
+def test_run_json_has_the_speculative_object(
+    model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["run", "--json", "--serve", "live", "--temperature", "0", "--max-tokens", "30",
+         "--speculative", "ngram", PROMPTS[4]]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    spec = json.loads(out)["speculative"]
+    assert spec["mode"] == "ngram"
+    assert set(spec) >= {"mode", "drafted", "accepted", "acceptance_rate", "speedup"}
+    assert 0 <= spec["accepted"] <= spec["drafted"]
+
+
+def test_a_bad_speculative_value_is_exit_2(
+    model_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--speculative", "bogus", "Hi"])
+    assert exc.value.code == 2
+    assert "--speculative" in capsys.readouterr().err
+    monkeypatch.setenv("TUI_INFER_SPECULATIVE", "bogus")
+    assert main(["run", "Hi"]) == 2
+    err = capsys.readouterr().err
+    assert "'speculative' must be one of auto, ngram, off" in err
+    assert len(err.strip().splitlines()) == 1
