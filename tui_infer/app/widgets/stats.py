@@ -42,6 +42,7 @@ class StatsPanel(VerticalScroll):
         self.generation_tps = 0.0  # live: over the last refresh window; final: the reply's
         self.total_s: float | None = None
         self.finish_reason: str | None = None
+        self.speculative = ""  # drafted/accepted/speed-up of the last reply ("": no drafts)
         self.source = "live"  # live, or store: the last reply came from the prediction store
         self.store_run: int | None = None
         self.store_hits = 0  # this session's lookups in the prediction store
@@ -143,6 +144,7 @@ class StatsPanel(VerticalScroll):
         self.generation_tps = 0.0
         self.total_s = None
         self.finish_reason = None
+        self.speculative = ""
         self.source = "live"
         self.store_run = None
         self._tps_series = []
@@ -181,6 +183,11 @@ class StatsPanel(VerticalScroll):
         self.generation_tps = stats.generation_tps
         self.total_s = stats.total_s
         self.finish_reason = stats.finish_reason
+        spec = stats.speculative
+        self.speculative = ""
+        if spec is not None and spec.drafted:
+            up = f" · x{spec.speedup:.2f}" if spec.speedup is not None else ""
+            self.speculative = f"{spec.accepted}/{spec.drafted} accepted{up}"
         self.show_kv(stats.kv)
         self._redraw()
 
@@ -262,7 +269,8 @@ class StatsPanel(VerticalScroll):
             f"TTFT       {ttft}\n"
             f"prompt     {prompt.removeprefix('prompt ')}\n"
             f"generated  {self.generated_tokens} tok\n"
-            f"total      {total}",
+            f"total      {total}"
+            + (f"\ndrafts     {self.speculative}" if self.speculative else ""),
         )
         ctx_gauge = self.query_one("#ctx-gauge", ProgressBar)
         if self.context_n_ctx:
