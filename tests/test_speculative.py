@@ -8,6 +8,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,31 @@ def test_a_bad_speculative_value_is_exit_2(
     err = capsys.readouterr().err
     assert "'speculative' must be one of auto, ngram, off" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.anyio
+async def test_the_stats_panel_shows_drafts() -> None:
+    from textual.app import App, ComposeResult
+    from textual.widgets import Static
+
+    from tui_infer.app.widgets.stats import StatsPanel
+    from tui_infer.core.inference.speculative import SpeculativeStats
+    from tui_infer.core.inference.types import GenerationStats, KvCacheUsage
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield StatsPanel(id="stats")
+
+    kv = KvCacheUsage(tokens=10, n_ctx=1024, cache_type="f16", bytes_per_token=1,
+                      allocated_bytes=1024, reported_bytes=None)  # fmt: skip
+    spec = SpeculativeStats("ngram", drafted=40, accepted=30, speedup=1.5)
+    stats = GenerationStats(5, 5, 0.1, 50, 1.0, 0.1, 1.2, "stop", kv, speculative=spec)
+    async with Host().run_test() as pilot:
+        panel = pilot.app.query_one(StatsPanel)
+        panel.reply_finished(stats)
+        await pilot.pause()
+        text = str(pilot.app.query_one("#reply-figures", Static).render())
+        assert "drafts     30/40 accepted · x1.50" in text
+        panel.reply_finished(replace(stats, speculative=SpeculativeStats("off", reason="grammar")))
+        await pilot.pause()
+        assert "drafts" not in str(pilot.app.query_one("#reply-figures", Static).render())
