@@ -62,6 +62,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _llama_tools import llama_tool  # noqa: E402
+
 from tui_infer.core.models.bundled import find_bundled_models  # noqa: E402
 
 TOPICS = [
@@ -87,7 +89,6 @@ PASSAGE = (
     "buyers argue about the price of oysters. By noon the boats come back, the nets are "
     "spread on the stones to dry, and children run between them looking for crabs. "
 )
-LLAMA_TOOLS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tui-infer"
 
 
 def free_port() -> int:
@@ -97,10 +98,7 @@ def free_port() -> int:
 
 
 def llama_server_binary() -> Path:
-    import importlib.metadata as md
-
-    version = md.version("llama-cpp-python")
-    return LLAMA_TOOLS / "llama-tools" / version / "bin" / "llama-server"
+    return llama_tool("llama-server")
 
 
 class Proc:
