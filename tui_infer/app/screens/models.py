@@ -30,6 +30,10 @@ from tui_infer.core.config import Settings
 class ModelsScreen(LibraryTab, HubTab):
     """Both tabs (base classes), the keys that reach them, and their workers' failures."""
 
+    # the library table has the focus when the screen opens: Enter loads the highlighted
+    # model at once (Textual's default focused the first focusable widget, the tabs)
+    AUTO_FOCUS = "#lib-table"
+
     BINDINGS = [
         Binding("escape", "close", "Back"),
         Binding("f3", "switch_tab", "Library/Hub"),
