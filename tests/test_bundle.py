@@ -137,7 +137,11 @@ def test_export_verify_import_and_serve(
     assert status == "published" and prov["tui_infer_version"] and prov["input_sha256"]
     assert prov["imported"]["bundle_dir"] == str(out) and prov["imported"]["run_id_in_bundle"]
     assert main(["store", "show", str(run_id)]) == 0
-    assert "input:" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "input:" in shown
+    [imported] = [s for s in shown.splitlines() if s.strip().startswith("imported:")]
+    assert f"from bundle {prov['imported']['bundle'][:16]} ({out})" in imported
+    assert f"run {prov['imported']['run_id_in_bundle']} there" in imported
 
     # importing again changes nothing
     library = library_rows(target / "data")

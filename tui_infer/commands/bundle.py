@@ -191,6 +191,11 @@ def _export(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     print(f"Bundle {out}")
     print(f"  models: {models}")
     print(f"  store:  {store}")
+    if info is not None and not info.published and args.store == "published":
+        print(
+            "          (nothing published: 'tui-infer store publish RUN' first, or "
+            "--store all to carry staged runs too)"
+        )
     carried = "tui-infer and its dependencies for " + (
         f"{target.tag}, Python {target.python_version}; llama-cpp-python as source"
         if target

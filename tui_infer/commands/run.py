@@ -240,7 +240,11 @@ def _from_store(
             )
             return EXIT_NOT_PRECOMPUTED
         if why:
-            print(f"tui-infer: not from the store: {why}", file=sys.stderr)
+            print(
+                f"tui-infer: not from the store: {why} (ask with the same values, or "
+                "--serve store-any-sample to take the stored answer)",
+                file=sys.stderr,
+            )
         return None
     if args.json:
         print(

@@ -259,14 +259,19 @@ def _misses(store: Any, args: argparse.Namespace) -> int:
         raise TuiInferError(
             "store misses needs -o FILE (the next batch's input) or --json (print them)"
         )
-    rows = []
-    for m in store.misses(top=args.top, min_count=args.min_count):
-        row: dict[str, Any] = {"id": m["key"][:16], "messages": m["messages"], **m["params"]}
-        row["model_sha256"] = m["model_sha256"]
-        if m["template_sha256"]:  # (misses recorded before the template was kept have none)
-            row["template_sha256"] = m["template_sha256"]
-        row["misses"] = m["count"]
-        rows.append(row)
+    from tui_infer.core.static.drift import miss_line
+
+    rows = [
+        miss_line(
+            m["key"],
+            m["messages"],
+            m["params"],
+            m["model_sha256"],
+            m["template_sha256"],
+            m["count"],
+        )
+        for m in store.misses(top=args.top, min_count=args.min_count)
+    ]
     if args.output is not None:
         _write_jsonl(args.output, rows)
     if args.json:

@@ -373,19 +373,31 @@ def drift(
     )
 
 
+def miss_line(
+    key: str,
+    messages: Any,
+    params: dict[str, Any],
+    model_sha256: str,
+    template_sha256: str | None,
+    count: int,
+) -> dict[str, Any]:
+    """One missed request as a batch input line: every part of its key (messages,
+    parameters, model, template), so a batch makes exactly the prediction that answers
+    it. `store misses -o` and the drift view's export both write these."""
+    line: dict[str, Any] = {"id": key[:16], "messages": messages, **params}
+    line["model_sha256"] = model_sha256
+    if template_sha256:  # (misses recorded before the template was kept have none)
+        line["template_sha256"] = template_sha256
+    line["misses"] = count
+    return line
+
+
 def batch_lines(report: DriftReport) -> list[dict[str, Any]]:
-    """The top misses as the next batch's input lines, in the shape `store misses -o` writes:
-    every part of the key (messages, parameters, model, template), so a batch makes exactly
-    the predictions that answer them."""
-    lines = []
-    for m in report.top:
-        line: dict[str, Any] = {"id": m.key[:16], "messages": m.messages, **m.params}
-        line["model_sha256"] = m.model_sha256
-        if m.template_sha256:
-            line["template_sha256"] = m.template_sha256
-        line["misses"] = m.count
-        lines.append(line)
-    return lines
+    """The top misses as the next batch's input lines (see miss_line)."""
+    return [
+        miss_line(m.key, m.messages, m.params, m.model_sha256, m.template_sha256, m.count)
+        for m in report.top
+    ]
 
 
 __all__ = [
@@ -396,6 +408,7 @@ __all__ = [
     "NearStored",
     "NearestPrompts",
     "batch_lines",
+    "miss_line",
     "bucket_starts",
     "drift",
     "similarity",

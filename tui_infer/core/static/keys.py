@@ -148,9 +148,13 @@ def describe_difference(
     e.g. "precomputed with temperature 0.0; this request asks temperature 0.7"."""
     parts = [
         (name, stored_params.get(name), params.get(name))
-        for name in sorted(set(stored_params) | set(params))
+        for name in sorted(set(stored_params) | set(params), key=lambda n: (n != "temperature", n))
         if stored_params.get(name) != params.get(name)
     ]
+    if parts and parts[0][0] == "temperature" and 0 in (parts[0][1], parts[0][2]):
+        # greedy on one side: a greedy key drops the samplers' values, so their differences
+        # follow from the temperature's and would only hide what to change
+        parts = [x for x in parts if x[0] not in ("top_p", "top_k", "min_p", "seed")]
     if stored_template_sha != template_sha:
         parts.append(("chat template", "another", "this one"))
     if not parts:
@@ -162,4 +166,4 @@ def describe_difference(
 
 
 def _shown(v: Any) -> str:
-    return "random" if v is None else "unset" if v == "" else str(v)
+    return "unset" if v is None or v == "" else str(v)

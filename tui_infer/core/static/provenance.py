@@ -125,8 +125,9 @@ def collect(
 
 def describe(prov: dict[str, Any]) -> list[str]:
     """The lines `store show` prints (an empty dict: a run made before provenance was kept)."""
-    if not prov:
-        return ["provenance: not recorded (the run predates it)"]
+    imported = _imported_line(prov.get("imported"))
+    if not prov.keys() - {"imported"}:
+        return ["provenance: not recorded (the run predates it)", *imported]
     build = prov.get("llama_cpp_build") or {}
     lines = [
         f"tui-infer {prov.get('tui_infer_version', '?')} · llama-cpp-python "
@@ -137,8 +138,21 @@ def describe(prov: dict[str, Any]) -> list[str]:
         f"model: {prov.get('model_path', '?')} (sha256 {prov.get('model_sha256', '?')})",
         f"input: {prov.get('input_path', '?')} (sha256 {prov.get('input_sha256', '?')})",
         "command: " + " ".join(_quoted(a) for a in prov.get("argv", [])),
+        *imported,
     ]
     return lines
+
+
+def _imported_line(imp: Any) -> list[str]:
+    """The `imported:` line of a run that came in with a bundle (none for a local run)."""
+    if not isinstance(imp, dict):
+        return []
+    when = imp.get("imported_at")
+    at = time.strftime("%Y-%m-%d %H:%M", time.localtime(when)) if when else "?"
+    return [
+        f"imported: {at} from bundle {str(imp.get('bundle', '?'))[:16]} "
+        f"({imp.get('bundle_dir', '?')}), run {imp.get('run_id_in_bundle', '?')} there"
+    ]
 
 
 def _quoted(arg: str) -> str:
