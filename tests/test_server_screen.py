@@ -148,6 +148,9 @@ async def test_the_server_screen_serves_the_chats_model(
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             await start(pilot, screen, port=taken.getsockname()[1])
+            # the port stays taken until the start has failed (on a loaded machine its
+            # worker may not have begun when start() returns)
+            await wait_for(pilot, lambda: notified(app, "could not listen") or screen.serving)
         assert screen.serving is None and notified(app, "could not listen")
         assert "not started" in text_of(screen, "#server-status")
         assert "serving" not in app.title
