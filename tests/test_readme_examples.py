@@ -146,7 +146,7 @@ SKIP: dict[str, str] = {
     "(tests/test_bundle.py)",
     "tui-infer-venv/bin/tui-infer bundle import /media/usb/bundle": "needs a bundle's venv "
     "(tests/test_bundle_install.py)",
-    'tui-infer-venv/bin/tui-infer run "..."': "needs a bundle's venv "
+    'tui-infer-venv/bin/tui-infer run --temperature 0 "..."': "needs a bundle's venv "
     "(tests/test_bundle_install.py)",
 }
 
