@@ -19,6 +19,13 @@ SIZE = (100, 30)
 
 async def _settle(pilot) -> None:  # type: ignore[no-untyped-def]
     await pilot.app.workers.wait_for_complete()
+    # the stats panel's context and KV figures arrive with the model's first refresh: on a
+    # loaded machine that can come after the workers are done (with no model they stay "-")
+    for _ in range(60):
+        shown = [str(w.render()) for w in pilot.app.screen.query("#ctx-figures, #kv-figures")]
+        if shown and "-" not in shown:
+            break
+        await pilot.pause(0.05)
     # a blinking cursor would make the picture depend on the moment it is taken
     for area in pilot.app.screen.query("TextArea, Input"):
         area.cursor_blink = False
