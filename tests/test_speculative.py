@@ -201,7 +201,7 @@ def test_a_bad_speculative_value_is_exit_2(
     monkeypatch.setenv("TUI_INFER_SPECULATIVE", "bogus")
     assert main(["run", "Hi"]) == 2
     err = capsys.readouterr().err
-    assert "'speculative' must be one of auto, ngram, off" in err
+    assert "'speculative' must be one of auto, ngram, draft, off" in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -147,6 +147,7 @@ def _settings_from(args: argparse.Namespace, paths: Paths) -> Settings:
         "max_tokens",
         "serve",
         "speculative",
+        "draft_model",
     )
     return load_settings(paths.config_file).with_overrides(
         **{name: getattr(args, name, None) for name in flags}

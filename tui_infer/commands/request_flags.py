@@ -54,9 +54,17 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--speculative",
-        choices=("auto", "ngram", "off"),
-        help="speculative decoding by prompt lookup: auto (the default, or the "
-        "'speculative' setting: drafts while it pays), ngram (always), off",
+        choices=("auto", "ngram", "draft", "off"),
+        help="speculative decoding: auto (the default, or the 'speculative' setting: "
+        "drafts by prompt lookup, or with --draft's model, while it pays), ngram (prompt "
+        "lookup always), draft (the --draft model always), off",
+    )
+    p.add_argument(
+        "--draft",
+        dest="draft_model",
+        metavar="MODEL",
+        help="a small model of the same vocabulary (path or library name) that drafts "
+        "tokens for the model to verify (speculative decoding; the 'draft_model' setting)",
     )
 
 

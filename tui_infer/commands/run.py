@@ -88,6 +88,8 @@ def run_command(args: argparse.Namespace, settings: Settings, paths: Paths) -> i
     engine = Engine.load(path, target.load_options(settings), header=target.header)
     for note in load_notes(settings, engine.n_ctx):
         print(f"tui-infer: note: {note}", file=sys.stderr)
+    if engine.draft_note:
+        print(f"tui-infer: warning: {engine.draft_note}", file=sys.stderr)
     if not raw and engine.template.warning:
         print(f"tui-infer: note: {engine.template.warning}", file=sys.stderr)
     cancel = threading.Event()

@@ -25,7 +25,7 @@ OVERFLOW_POLICIES = ("ask", "refuse", "drop-oldest")  # ask: the TUI asks; run r
 # the prediction store, then the model; store-any-sample: the store also answers a request
 # from a prediction for the same messages under other sampling parameters
 SERVE_MODES = ("store-then-live", "live", "store", "store-any-sample")
-SPECULATIVE_MODES = ("auto", "ngram", "off")  # inference/speculative.py
+SPECULATIVE_MODES = ("auto", "ngram", "draft", "off")  # inference/speculative.py
 
 
 def default_threads() -> int:
@@ -66,9 +66,13 @@ class Settings:
     redraws: float = 0  # text updates a second while a reply streams; 0: chosen (pacing.py)
     parallel: int = 1  # live requests the loaded model decodes at once, each with all of ctx
     theme: str = ""  # the TUI's theme (chosen in the palette, saved here); "": Textual's default
-    # speculative decoding: auto (drafts by prompt lookup while it pays), ngram (prompt
-    # lookup always), off (inference/speculative.py)
+    # speculative decoding: auto (drafts by prompt lookup, or with draft_model when one is
+    # set, while it pays), ngram (prompt lookup always), draft (draft_model always), off
+    # (inference/speculative.py)
     speculative: str = "auto"
+    # a small model of the same vocabulary that drafts for the loaded one (a path or a
+    # library name; inference/draft.py); "": none
+    draft_model: str = ""
 
     @property
     def effective_threads(self) -> int:
@@ -157,6 +161,11 @@ def validate(s: Settings, source: str) -> Settings:
     if s.speculative not in SPECULATIVE_MODES:
         raise bad(
             f"'speculative' must be one of {', '.join(SPECULATIVE_MODES)}, got {s.speculative!r}"
+        )
+    if s.speculative == "draft" and not s.draft_model.strip():
+        raise bad(
+            "'speculative' draft needs a draft model: give --draft MODEL (or set "
+            "'draft_model'), or use --speculative ngram"
         )
     if not 0 <= s.redraws <= 60:
         raise bad(f"'redraws' must be 0 (chosen) or up to 60 a second, got {s.redraws}")

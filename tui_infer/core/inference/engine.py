@@ -56,6 +56,19 @@ from tui_infer.core.models.gguf import GgufHeader, read_header
 __all__ = ["Engine", "GenerationError", "ReplyStream", "make_sampler", "token_piece"]
 
 
+def _draft_path(options: LoadOptions) -> Path | None:
+    """The draft model's file (LoadOptions.draft_model: a path or a library name), its
+    header checked; None without one, or when the mode never drafts with it."""
+    if not options.draft_model or options.speculative in ("off", "ngram"):
+        return None
+    from tui_infer.core.models.resolve import resolve_model
+
+    path = resolve_model(options.draft_model)
+    if path is None:  # pragma: no cover - resolve_model raises for a name it cannot find
+        raise ModelFileError(f"--draft {options.draft_model}: no such model")
+    return read_header(path).path  # ModelFileError names what is wrong with the file
+
+
 class ReplyStream:
     """A reply over a generator of TokenChunks; `stats` is set once iteration ends.
 
@@ -88,6 +101,8 @@ class Engine:
         info: ModelInfo,
         options: LoadOptions,
         load_log: list[str],
+        draft: Any = None,
+        draft_note: str | None = None,
     ) -> None:
         self._lib = lib
         self._model = model
@@ -112,6 +127,8 @@ class Engine:
                 names=[info.path.stem, info.name],
             )
         except TemplateError as exc:
+            if draft is not None:
+                draft.close()
             lib.llama_free(ctx)
             lib.llama_model_free(model)
             if self.template_overridden:
@@ -130,7 +147,12 @@ class Engine:
             cache_type=options.kv_type,
             reported_bytes=self._kv_reported,
             speculative=options.speculative,
+            draft=draft,
         )
+        # the draft model (draft.py, --draft), and a warning about it said once: it is
+        # larger than the model
+        self.draft = draft
+        self.draft_note = draft_note
         # the window of one reply: each of the `parallel` sequences has ctx cells
         self.n_ctx = self.scheduler.n_ctx_seq
         system_info, offload = probe_system_info()
@@ -169,6 +191,7 @@ class Engine:
         # llama.cpp's C log is caught by llama_log; Python-level prints by the sink.
         sink = io.StringIO()
         n_ctx = options.ctx * options.parallel
+        draft_path = _draft_path(options)
 
         def build() -> tuple[Any, Any]:
             model = load_model(lib, header.path, options, sink)
@@ -189,13 +212,28 @@ class Engine:
                 f"llama.cpp could not create a context of {options.ctx} tokens for "
                 f"{options.parallel} sequence(s): {reason}; lower --ctx or parallel"
             )
-        return cls(lib, model, ctx, info, options, llama_log.lines_since(mark))
+        load_log = llama_log.lines_since(mark)
+        draft, note = None, None
+        if draft_path is not None:
+            from tui_infer.core.inference.draft import load_draft
+
+            try:
+                draft, note = on_llama_thread(
+                    lambda: load_draft(lib, draft_path, model, header.path, options, n_ctx, sink)
+                )
+            except BaseException:
+                lib.llama_free(ctx)
+                lib.llama_model_free(model)
+                raise
+        return cls(lib, model, ctx, info, options, load_log, draft, note)
 
     def close(self) -> None:
         with self._close_lock:
             if not self._closed:
                 self._closed = True
                 self.scheduler.close()
+                if self.draft is not None:
+                    self.draft.close()
                 self._lib.llama_free(self._ctx)
                 self._lib.llama_model_free(self._model)
 

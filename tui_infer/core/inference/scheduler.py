@@ -87,6 +87,7 @@ from tui_infer.core.inference.decoding import (
     make_sampler,
     token_piece,
 )
+from tui_infer.core.inference.draft import DraftModel, ModelDrafter
 from tui_infer.core.inference.llama_thread import is_llama_thread
 from tui_infer.core.inference.speculative import NgramDrafter, SpecController, SpeculativeStats
 from tui_infer.core.inference.stops import StopScanner
@@ -225,7 +226,7 @@ class _Request:
     held: collections.deque[tuple[int, TokenLogprob]] | None = None
     # speculative decoding (None: this request does not draft; `spec_note` says why)
     spec: SpecController | None = None
-    drafter: NgramDrafter | None = None
+    drafter: NgramDrafter | ModelDrafter | None = None
     spec_note: SpeculativeStats | None = None
     t_step: float = 0.0  # when its last token was emitted (drafting's timing)
     kv_end: int = -1  # while a draft's tokens are handed out: the cells the reply holds
@@ -257,6 +258,7 @@ class Scheduler:
         reported_bytes: int | None = None,
         max_queued: int = 256,
         speculative: str = "off",
+        draft: DraftModel | None = None,
     ) -> None:
         if parallel < 1:
             raise GenerationError(f"parallel must be at least 1, got {parallel}")
@@ -297,9 +299,11 @@ class Scheduler:
         self._abort_events: list[threading.Event] = []
         self._abort_cb = lib.ggml_abort_callback(lambda _data: self._should_abort())
         self._no_abort = lib.ggml_abort_callback()
-        # speculative decoding for the requests admitted from now on: auto, ngram or off
-        # (speculative.py)
+        # speculative decoding for the requests admitted from now on: auto, ngram, draft
+        # or off (speculative.py); the draft model, if one was loaded (draft.py): auto
+        # then drafts with it
         self.speculative = speculative
+        self.draft = draft
         self._n_spec = 0  # running requests that may draft
 
     # ----- submitting --------------------------------------------------------------------
@@ -790,20 +794,27 @@ class Scheduler:
             lib.llama_sampler_free(slot.sampler)
         slot.sampler = make_sampler(lib, self._n_vocab, req.sampling, req.seed, self._vocab)
         slot.n_draft = 0
-        self._spec_admit(req)
+        self._spec_admit(req, slot.seq)
         req.t_admit = time.perf_counter()
         req.evaluated = len(slot.pending)
         req.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.req = req
         self._last_seq = slot.seq
 
-    def _spec_admit(self, req: _Request) -> None:
+    def _spec_admit(self, req: _Request, seq: int) -> None:
         mode = self.speculative
+        draft = self.draft
         if mode == "off":
             req.spec_note = SpeculativeStats("off", reason="setting")
         elif req.sampling.grammar is not None:
             # a grammar's sampler state cannot be stepped back over a rejected draft
             req.spec_note = SpeculativeStats("off", reason="grammar")
+        elif mode == "draft" and draft is None:
+            req.spec_note = SpeculativeStats("off", reason="no draft model")
+        elif draft is not None and mode in ("auto", "draft"):
+            req.spec = SpecController("draft", auto=mode == "auto")
+            req.drafter = draft.drafter(seq, req.prompt, req.sampling)
+            self._n_spec += 1
         else:
             req.spec = SpecController("ngram", auto=mode == "auto")
             req.drafter = NgramDrafter(req.prompt)

@@ -10,8 +10,8 @@ Drafts. `NgramDrafter` is prompt lookup: the last n tokens (n from 3 down to 1) 
 up among the earlier tokens of the prompt and the reply so far, and the tokens that
 followed their most recent earlier occurrence are the draft. An index from each n-gram to
 where its continuation starts is kept up to date as tokens are emitted, so a lookup costs a
-few dict probes whatever the context's length. (A draft model of the same vocabulary
-would draft greedily, a point mass too: not done yet.)
+few dict probes whatever the context's length. `draft.ModelDrafter` drafts greedily with a
+small model of the same vocabulary (`--draft MODEL`): a point mass too.
 
 Acceptance. Both drafts are deterministic: the draft distribution q is a point mass on
 the drafted token x. The standard speculative sampling rule (Leviathan et al., Chen et
@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-MODES = ("auto", "ngram", "off")
+MODES = ("auto", "ngram", "draft", "off")
 NGRAM_MAX = 3
 K_MIN = 1
 K_START = 4
@@ -53,7 +53,7 @@ K_MAX = 16
 class SpeculativeStats:
     """What drafting did for one reply (run --json's `speculative` object)."""
 
-    mode: str  # what ran: "ngram" or "off"
+    mode: str  # what ran: "ngram", "draft" or "off"
     drafted: int = 0  # tokens proposed
     accepted: int = 0  # of those, kept
     speedup: float | None = None  # plain time per token / drafting time per token, measured
@@ -210,7 +210,7 @@ class SpecController:
     )
 
     def __init__(self, mode: str, auto: bool) -> None:
-        self.mode = mode  # what drafts: "ngram"
+        self.mode = mode  # what drafts: "ngram" or "draft" (a draft model)
         self.auto = auto
         self.k = K_START
         self.drafted = 0

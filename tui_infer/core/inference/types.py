@@ -56,8 +56,10 @@ class LoadOptions:
     # Sequences decoded together (the scheduler's slots); each keeps `ctx` cells, so the
     # KV cache is ctx x parallel. 1: one request at a time, today's memory.
     parallel: int = 1
-    # speculative decoding (speculative.py): auto, ngram or off
+    # speculative decoding (speculative.py): auto, ngram, draft or off
     speculative: str = "auto"
+    # the draft model (draft.py): a path or a library name, loaded beside the model
+    draft_model: str | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, template_override: str | None = None) -> LoadOptions:
@@ -71,6 +73,7 @@ class LoadOptions:
             template_override=template_override,
             parallel=s.parallel,
             speculative=s.speculative,
+            draft_model=s.draft_model.strip() or None,
         )
 
 
