@@ -33,26 +33,50 @@ def make_sampler(
     that keep the reply inside it, the end only once it is complete), penalties, then
     greedy, or top-k, top-p, min-p, temperature and a seeded draw (seed None: llama.cpp
     picks one). A grammar that does not compile raises grammar.GrammarError (front ends
-    check theirs before they submit: grammar.check_sampling)."""
+    check theirs before they submit: grammar.check_sampling). Under a grammar the chain
+    holds one sampler that checks the grammar over a shortlist of the likeliest tokens
+    rather than the whole vocabulary, with the same result (grammar.shortlist_sampler)."""
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    if p.grammar is not None:
-        from tui_infer.core.inference.grammar import GrammarError, grammar_sampler
+    if p.grammar is None:
+        _add_penalties(lib, chain, n_vocab, p)
+        _add_draw(lib, chain, p, seed)
+        return chain
+    from tui_infer.core.inference import grammar
 
-        if vocab is None:
-            lib.llama_sampler_free(chain)
-            raise GrammarError("a grammar needs the model's vocabulary")
-        try:
-            lib.llama_sampler_chain_add(chain, grammar_sampler(lib, vocab, p.grammar))
-        except GrammarError:
-            lib.llama_sampler_free(chain)
-            raise
+    if vocab is None:
+        lib.llama_sampler_free(chain)
+        raise grammar.GrammarError("a grammar needs the model's vocabulary")
+    try:
+        g = grammar.grammar_sampler(lib, vocab, p.grammar)
+    except grammar.GrammarError:
+        lib.llama_sampler_free(chain)
+        raise
+    if not grammar.SHORTLIST:  # the grammar over the whole vocabulary, first
+        lib.llama_sampler_chain_add(chain, g)
+        _add_penalties(lib, chain, n_vocab, p)
+        _add_draw(lib, chain, p, seed)
+        return chain
+    pre = None
+    if p.repeat_penalty != 1.0:
+        pre = lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
+    post = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    _add_draw(lib, post, p, seed)
+    lib.llama_sampler_chain_add(chain, grammar.shortlist_sampler(lib, g, pre, post, p))
+    return chain
+
+
+def _add_penalties(lib: Any, chain: Any, n_vocab: int, p: SamplingParams) -> None:
     if p.repeat_penalty != 1.0:
         lib.llama_sampler_chain_add(
             chain, lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
         )
+
+
+def _add_draw(lib: Any, chain: Any, p: SamplingParams, seed: int | None) -> None:
+    """Greedy, or top-k, top-p, min-p, temperature and a seeded draw."""
     if p.greedy:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        return chain
+        return
     if p.top_k > 0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(p.top_k))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
@@ -61,7 +85,6 @@ def make_sampler(
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(p.temperature))
     s = seed if seed is not None else lib.LLAMA_DEFAULT_SEED
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(s & 0xFFFFFFFF))
-    return chain
 
 
 def tokenize(lib: Any, vocab: Any, text: str) -> list[int]:

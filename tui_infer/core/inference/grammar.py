@@ -19,7 +19,10 @@ grammar is compiled or checked.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import lru_cache
@@ -317,3 +320,287 @@ def validate(text: str, schema_text: str) -> str | None:
     except jsonschema.SchemaError as exc:
         return f"the schema itself is invalid: {exc.message}"
     return None
+
+
+# ----- sampling under a grammar: a shortlist first ----------------------------------------
+#
+# llama.cpp's grammar sampler checks every candidate it is given against the grammar's
+# stacks: over the whole vocabulary (49k tokens for SmolLM2) that is milliseconds per token,
+# as long as decoding a token of a small model. llama.cpp's own common sampler
+# (common/sampling.cpp, common_sampler_sample with grammar_first=false) samples without the
+# grammar first and checks only the token drawn, going over the whole vocabulary only when
+# that token is rejected; with top-k, top-p and min-p that changes what a sampled reply
+# draws from (the truncation then saw tokens the grammar forbids).
+#
+# The shortlist does the same work in a way that keeps the result: the grammar checks only
+# the likeliest tokens (all those whose logit is within a width of the best: 0 for greedy,
+# -log(min_p) + 0.5 when sampling (4 without min-p), then wider), and the rest of the chain
+# runs on them once the shortlist holds what it would keep from the whole constrained
+# vocabulary. Every token left out has a lower logit than the shortlist's threshold:
+#
+# - greedy: one allowed token at or above the threshold. It is then the best allowed token
+#   of the vocabulary; the shortlist is in vocabulary order, so a tie breaks as it would.
+# - top-k: k allowed tokens at or above the threshold, which are the k best allowed tokens
+#   of the vocabulary. Or fewer, when top-p and min-p keep the same tokens whatever allowed
+#   tokens were left out (_rest_cut): min-p's floor (best + log(min_p)) lies above the
+#   threshold, and top-p cuts at the same place for any probability mass that top-k could
+#   add from below the threshold.
+# - top-k off (top-p over the whole vocabulary): the grammar over the whole vocabulary.
+#
+# When the shortlist would be half the vocabulary, the grammar goes over the whole of it.
+# The draw is the chain's own (one uniform number per token from its seeded generator), so
+# a seeded reply is the same text with the shortlist as without; only two tokens with
+# exactly equal logits at the top-k boundary may be ordered otherwise. A repetition penalty
+# above 1 only lowers logits: it runs on the shortlist alone (below 1, over the whole array
+# first; the grammar only sets -inf, so the two commute either way).
+#
+# The shortlist is a llama.cpp sampler written in Python (llama_sampler_init with a
+# llama_sampler_i of ctypes callbacks) that holds the grammar, the penalties and the rest
+# of the chain; make_sampler returns a chain with it alone, so llama_sampler_sample, accept
+# and free work on it as on any chain. SHORTLIST = False makes the plain chain (the grammar
+# over the whole vocabulary first) again: tests and benchmarks compare the two.
+
+SHORTLIST = True
+ROUNDING = 1e-3  # room left for float32 rounding where a logit comparison decides
+RELATIVE = 1e-4  # the same for top-p's normalizer
+WIDEN = 3.0  # nats added to the shortlist's width while it holds too little
+# tokens sampled from a shortlist, and with the grammar over the whole vocabulary
+COUNTS = {"shortlist": 0, "whole": 0}
+
+
+class _Shortlist:
+    """The state of one shortlist sampler: its grammar, penalties (or None) and the rest
+    of the chain (greedy, or top-k ... dist), and how many allowed tokens it needs."""
+
+    def __init__(self, lib: Any, grammar: Any, pre: Any, post: Any, sampling: SamplingParams):
+        import numpy as np
+
+        self.np = np
+        self.lib = lib
+        self.grammar = grammar
+        self.pre = pre
+        # a repetition penalty above 1 only lowers logits, so a token left out of the
+        # shortlist stays below it: the penalty runs on the shortlist alone (else on all)
+        self.pre_lowers = sampling.repeat_penalty >= 1.0
+        self.post = post
+        self.greedy = sampling.greedy
+        # how many allowed tokens the chain keeps: None when it takes the whole vocabulary
+        self.k: int | None = (
+            1 if sampling.greedy else sampling.top_k if sampling.top_k > 0 else None
+        )
+        self.top_p = sampling.top_p
+        self.min_p = sampling.min_p
+        # the first shortlist: the best logit alone (greedy), or what min-p could keep
+        self.first_width = (
+            0.0
+            if sampling.greedy
+            else -math.log(sampling.min_p) + 0.5
+            if sampling.min_p > 0
+            else 4.0
+        )
+        self.small = lib.llama_token_data_array()
+
+    def apply(self, cur_p: Any) -> None:
+        lib = self.lib
+        pre_first = self.pre is not None and not self.pre_lowers
+        if pre_first:
+            lib.llama_sampler_apply(self.pre, cur_p)
+        try:
+            done = self.k is not None and self._shortlist(cur_p, not pre_first)
+        except Exception:
+            done = False  # never leave the array without a selected token: the whole way
+        if not done:
+            COUNTS["whole"] += 1
+            if self.pre is not None and not pre_first:
+                lib.llama_sampler_apply(self.pre, cur_p)
+            lib.llama_sampler_apply(self.grammar, cur_p)
+            lib.llama_sampler_apply(self.post, cur_p)
+
+    def _shortlist(self, cur_p: Any, pre_here: bool) -> bool:
+        """Sample from shortlists of the tokens whose logit is within `width` of the best
+        (then 2x, 4x, ... as wide) until one holds what the chain keeps; False when the
+        shortlist would be half the vocabulary (then the grammar goes over all of it)."""
+        np, lib = self.np, self.lib
+        assert self.k is not None
+        cur = cur_p.contents
+        n = int(cur.size)
+        addr = ctypes.cast(cur.data, ctypes.c_void_p).value
+        if not addr or n == 0:
+            return False
+        view = np.frombuffer(
+            (ctypes.c_char * (n * _TOKEN_DATA.itemsize)).from_address(addr), _TOKEN_DATA
+        )
+        logits = np.ascontiguousarray(view["logit"])
+        top = float(logits.max())
+        width = self.first_width
+        arr = self.small
+        while True:
+            thr = np.float32(top - width)
+            at = np.flatnonzero(logits >= thr)  # ascending: vocabulary order
+            if 2 * len(at) >= n:
+                return False
+            small = view[at]  # a copy, contiguous
+            arr.data = ctypes.cast(small.ctypes.data, ctypes.POINTER(lib.llama_token_data))
+            if pre_here and self.pre is not None:
+                self._reset_small(len(small))
+                lib.llama_sampler_apply(self.pre, ctypes.byref(arr))
+            self._reset_small(len(small))
+            lib.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+            # every token left out is below thr, penalized or not; the shortlist's own
+            # logits are now penalized, and -inf where the grammar forbids
+            values = small["logit"]
+            allowed = values != -np.inf
+            enough = int((allowed & (values >= thr)).sum()) >= self.k
+            if not enough and not self.greedy and allowed.any():
+                enough = self._rest_cut(values[allowed], float(thr))
+            if enough:
+                self._reset_small(len(small))
+                lib.llama_sampler_apply(self.post, ctypes.byref(arr))
+                if not 0 <= arr.selected < len(small):
+                    return False
+                tok = int(small["id"][arr.selected])
+                ids = view["id"]
+                i = (
+                    tok
+                    if 0 <= tok < n and int(ids[tok]) == tok
+                    else int(np.flatnonzero(ids == tok)[0])
+                )
+                cur.selected = i
+                COUNTS["shortlist"] += 1
+                return True
+            # wider: at once as wide as the best allowed token shows is needed, else by
+            # WIDEN (the tokens left out then weigh e^-3 = 1/20 as much)
+            need = 0.0
+            if allowed.any():
+                need = top - float(values[allowed].max()) + 2 * ROUNDING
+                if not self.greedy and self.min_p > 0:
+                    need -= math.log(self.min_p)
+            width = need if need > width else width + WIDEN
+
+    def _reset_small(self, size: int) -> None:
+        arr = self.small
+        arr.size = size
+        arr.selected = -1
+        arr.sorted = False
+
+    def _rest_cut(self, allowed: Any, thr: float) -> bool:
+        """With fewer than k allowed tokens at or above `thr` in the shortlist (`allowed`:
+        the shortlist's allowed logits; every token left out is below thr): do top-p and
+        min-p keep the same tokens whatever allowed tokens were left out? Then the draw is
+        the same as over the whole vocabulary.
+
+        Top-k's pick holds the n allowed tokens at or above thr and up to k - n more, each
+        below thr: top-p's normalizer lies in [z_lo, z_hi], and the more it holds, the
+        later top-p cuts. Min-p then keeps the sorted prefix at or above best + log(min_p),
+        all of it in the shortlist when thr is below that. The same tokens survive when the
+        cut is the same at both ends of the range (widened for float32 rounding)."""
+        np = self.np
+        assert self.k is not None
+        best = float(allowed.max())
+        known = np.sort(allowed[allowed >= thr])[::-1].astype(np.float64)
+        if self.min_p > 0:
+            floor = best + math.log(self.min_p)
+            if thr >= floor - ROUNDING or bool(np.any(np.abs(allowed - floor) < ROUNDING)):
+                return False
+            n_keep = int((known > floor).sum())
+        else:
+            n_keep = len(known)
+        if self.top_p >= 1.0:  # no top-p cut: min-p alone decides, if there is one
+            return self.min_p > 0
+        q = np.exp(known - best)
+        cum = np.cumsum(q)
+        z_lo = float(cum[-1]) * (1 - RELATIVE)
+        z_hi = (float(cum[-1]) + (self.k - len(known)) * math.exp(thr - best)) * (1 + RELATIVE)
+
+        def cut(z: float) -> int:  # top-p keeps this many (len + 1: none of the known)
+            i = int(np.searchsorted(cum, self.top_p * z))
+            return i + 1 if i < len(cum) else len(cum) + 1
+
+        lo, hi = cut(z_lo), cut(z_hi)
+        if self.min_p > 0:
+            return min(lo, n_keep) == min(hi, n_keep)
+        return lo == hi <= len(known)
+
+    def accept(self, token: int) -> None:
+        lib = self.lib
+        lib.llama_sampler_accept(self.grammar, token)
+        if self.pre is not None:
+            lib.llama_sampler_accept(self.pre, token)
+        lib.llama_sampler_accept(self.post, token)
+
+    def reset(self) -> None:
+        lib = self.lib
+        for s in (self.grammar, self.pre, self.post):
+            if s is not None:
+                lib.llama_sampler_reset(s)
+
+    def free(self) -> None:
+        lib = self.lib
+        for s in (self.grammar, self.pre, self.post):
+            if s is not None:
+                lib.llama_sampler_free(s)
+        self.grammar = self.pre = self.post = None
+
+
+_TOKEN_DATA: Any = None  # numpy's view of llama_token_data: int32 id, float32 logit, p
+_states: dict[int, _Shortlist] = {}
+_ids = itertools.count(1)
+_iface: Any = None  # the llama_sampler_i, built once
+_callbacks: list[Any] = []
+_NAME = ctypes.create_string_buffer(b"grammar-shortlist")
+
+
+def _state(smpl: Any) -> _Shortlist:
+    return _states[int(smpl.contents.ctx)]
+
+
+def _build_iface(lib: Any) -> Any:
+    """The llama_sampler_i of the shortlist sampler (clone and the backend hooks NULL:
+    nothing here clones a sampler or samples on the device)."""
+    import numpy as np
+
+    global _TOKEN_DATA
+    _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+    assert _TOKEN_DATA.itemsize == ctypes.sizeof(lib.llama_token_data)
+    ptr = lib.llama_sampler_p_ctypes
+
+    # the name as a plain address: a c_char_p result from a callback warns of a leak
+    @ctypes.CFUNCTYPE(ctypes.c_void_p, ptr)
+    def name(smpl: Any) -> int:
+        return ctypes.addressof(_NAME)
+
+    @lib.llama_sampler_i_accept
+    def accept(smpl: Any, token: int) -> None:
+        _state(smpl).accept(token)
+
+    @lib.llama_sampler_i_apply
+    def apply(smpl: Any, cur_p: Any) -> None:
+        _state(smpl).apply(cur_p)
+
+    @lib.llama_sampler_i_reset
+    def reset(smpl: Any) -> None:
+        _state(smpl).reset()
+
+    @lib.llama_sampler_i_free
+    def free(smpl: Any) -> None:
+        state = _states.pop(int(smpl.contents.ctx), None)
+        if state is not None:
+            state.free()
+
+    iface = lib.llama_sampler_i()
+    iface.name = ctypes.cast(name, lib.llama_sampler_i_name)
+    iface.accept, iface.apply, iface.reset, iface.free = accept, apply, reset, free
+    _callbacks.extend((name, accept, apply, reset, free))  # they outlive every sampler
+    return iface
+
+
+def shortlist_sampler(lib: Any, grammar: Any, pre: Any, post: Any, sampling: SamplingParams) -> Any:
+    """A llama.cpp sampler that samples as the chain [grammar, pre, post] does, checking
+    the grammar over a shortlist of the likeliest tokens (see above). It owns the three
+    samplers given (pre may be None) and frees them with itself."""
+    global _iface
+    if _iface is None:
+        _iface = _build_iface(lib)
+    key = next(_ids)
+    _states[key] = _Shortlist(lib, grammar, pre, post, sampling)
+    return lib.llama_sampler_init(ctypes.byref(_iface), ctypes.c_void_p(key))
