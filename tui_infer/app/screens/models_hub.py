@@ -85,11 +85,84 @@ class DownloadProgressed(Message):
 
 
 class DownloadFinished(Message):
-    def __init__(self, text: str, ok: bool, cancelled: bool = False) -> None:
+    def __init__(
+        self, text: str, ok: bool, cancelled: bool = False, path: Path | None = None
+    ) -> None:
         super().__init__()
         self.text = text
         self.ok = ok
         self.cancelled = cancelled
+        self.path = path  # the library's file, when ok
+
+
+def download_to_library(
+    model: Any, data_dir: Path, cancel: threading.Event, post: Callable[[Message], Any]
+) -> None:
+    """Download a HubModel (resumable, verified) into the library, in a thread worker:
+    progress is posted as DownloadProgressed (at most every PROGRESS_INTERVAL_S, state
+    changes at once), the end as one DownloadFinished. The Hub tab's download and the
+    download offer (download_offer.py) both run this."""
+    from tui_infer.core.models.hub import Hub
+    from tui_infer.core.models.hub_types import DownloadCancelled, HubError, Progress
+    from tui_infer.core.models.library import ModelLibrary
+
+    before = {i: sum(f.size for f in model.files[: i - 1]) for i in range(1, len(model.files) + 1)}
+    last = 0.0
+
+    def on_progress(p: Progress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        urgent = p.state not in ("downloading",)
+        if not urgent and now - last < PROGRESS_INTERVAL_S:
+            return
+        last = now
+        done = before.get(p.file_index, 0) + p.done
+        note = p.message or (f"resumed from {human_size(p.resumed_from)}" if p.resumed_from else "")
+        post(DownloadProgressed(done, model.size, p.speed, p.eta_s, p.state, note))
+
+    hub = Hub()
+    try:
+        result = hub.download(model, progress=on_progress, cancel=cancel)
+    except DownloadCancelled:
+        kept = sum(
+            hub.part_path(model, f).stat().st_size
+            for f in model.files
+            if hub.part_path(model, f).exists()
+        )
+        post(
+            DownloadFinished(
+                f"cancelled: kept {human_size(kept)}; Download again resumes it", False, True
+            )
+        )
+        return
+    except (HubError, OSError) as exc:
+        post(DownloadFinished(f"download failed: {exc}", False))
+        return
+    post(DownloadProgressed(model.size, model.size, 0.0, 0.0, "done", ""))
+    with ModelLibrary(data_dir) as lib:
+        try:
+            entry = lib.register_download(result.paths[0], model.repo, result.hashes)
+        except TuiInferError as exc:
+            post(DownloadFinished(f"downloaded, but: {exc}", False))
+            return
+    post(
+        DownloadFinished(
+            f"{entry.name}: downloaded and verified ({human_size(entry.size)}); it is in the "
+            "library",
+            True,
+            path=entry.path,
+        )
+    )
+
+
+def progress_text(event: DownloadProgressed) -> str:
+    """The download's line: state, bytes of total, percent, speed, ETA, and a note."""
+    pct = 100 * event.done / event.total if event.total else 100
+    text = (
+        f"{event.state}: {human_size(event.done)} of {human_size(event.total)} "
+        f"({pct:.0f} %), {human_size(event.speed)}/s, ETA {human_eta(event.eta_s)}"
+    )
+    return text + (f" · {event.note}" if event.note else "")
 
 
 class HubTab(Screen[None]):
@@ -270,77 +343,18 @@ class HubTab(Screen[None]):
 
     @work(thread=True, exclusive=False, exit_on_error=False, group="download", name="download")
     def _download(self, model: Any, cancel: threading.Event) -> None:
-        from tui_infer.core.models.hub import Hub
-        from tui_infer.core.models.hub_types import DownloadCancelled, HubError, Progress
-        from tui_infer.core.models.library import ModelLibrary
-
-        before = {
-            i: sum(f.size for f in model.files[: i - 1]) for i in range(1, len(model.files) + 1)
-        }
-        last = 0.0
-
-        def on_progress(p: Progress) -> None:
-            nonlocal last
-            now = time.monotonic()
-            urgent = p.state not in ("downloading",)
-            if not urgent and now - last < PROGRESS_INTERVAL_S:
-                return
-            last = now
-            done = before.get(p.file_index, 0) + p.done
-            note = p.message or (
-                f"resumed from {human_size(p.resumed_from)}" if p.resumed_from else ""
-            )
-            self.post_message(DownloadProgressed(done, model.size, p.speed, p.eta_s, p.state, note))
-
-        hub = Hub()
-        # the fit estimate before any byte of the model is fetched (a ranged header read)
         from tui_infer.core.inference.fit import hub_file_fit
+        from tui_infer.core.models.hub import Hub
 
-        fit_line = hub_file_fit(hub, model, self._settings_fn())
+        # the fit estimate before any byte of the model is fetched (a ranged header read)
+        fit_line = hub_file_fit(Hub(), model, self._settings_fn())
         self.app.call_from_thread(self._hub_status, f"{model.filename}: {fit_line}")
-        try:
-            result = hub.download(model, progress=on_progress, cancel=cancel)
-        except DownloadCancelled:
-            kept = sum(
-                hub.part_path(model, f).stat().st_size
-                for f in model.files
-                if hub.part_path(model, f).exists()
-            )
-            self.post_message(
-                DownloadFinished(
-                    f"cancelled: kept {human_size(kept)}; Download again resumes it", False, True
-                )
-            )
-            return
-        except (HubError, OSError) as exc:
-            self.post_message(DownloadFinished(f"download failed: {exc}", False))
-            return
-        self.post_message(DownloadProgressed(model.size, model.size, 0.0, 0.0, "done", ""))
-        with ModelLibrary(self.data_dir) as lib:
-            try:
-                entry = lib.register_download(result.paths[0], model.repo, result.hashes)
-            except TuiInferError as exc:
-                self.post_message(DownloadFinished(f"downloaded, but: {exc}", False))
-                return
-        self.post_message(
-            DownloadFinished(
-                f"{entry.name}: downloaded and verified ({human_size(entry.size)}); it is in the "
-                "library",
-                True,
-            )
-        )
+        download_to_library(model, self.data_dir, cancel, self.post_message)
 
     @on(DownloadProgressed)
     def _download_progressed(self, event: DownloadProgressed) -> None:
         self.query_one("#download-bar", ProgressBar).update(total=event.total, progress=event.done)
-        pct = 100 * event.done / event.total if event.total else 100
-        text = (
-            f"{event.state}: {human_size(event.done)} of {human_size(event.total)} "
-            f"({pct:.0f} %), {human_size(event.speed)}/s, ETA {human_eta(event.eta_s)}"
-        )
-        if event.note:
-            text += f" · {event.note}"
-        self.query_one("#download-label", Label).update(text)
+        self.query_one("#download-label", Label).update(progress_text(event))
 
     @on(DownloadFinished)
     def _download_finished(self, event: DownloadFinished) -> None:

@@ -326,16 +326,23 @@ def fit_label(settings: Settings) -> str:
     return f"ctx {settings.ctx}{seqs}, KV {settings.kv_type}"
 
 
-def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
-    """The fit line shown before a download starts (CLI and TUI): the header is read with
-    a ranged request, so nothing large is fetched; an unreachable header says so."""
-    from tui_infer.core.models.hub_types import HubError
+def hub_fit_estimate(hub: Any, model: Any, settings: Settings) -> FitEstimate:
+    """The fit of a hub file not yet downloaded, from its header (a ranged request, so
+    nothing large is fetched); HubError when the header cannot be read."""
     from tui_infer.core.models.library import header_metadata
 
+    md = header_metadata(hub.read_header(model))
+    info = info_from_metadata(model.filename, model.size, md)
+    return fit_for_machine(info, md["n_vocab"], settings, current_machine())
+
+
+def hub_file_fit(hub: Any, model: Any, settings: Settings) -> str:
+    """The fit line shown before a download starts (CLI and TUI); an unreachable header
+    says so."""
+    from tui_infer.core.models.hub_types import HubError
+
     try:
-        md = header_metadata(hub.read_header(model))
-        info = info_from_metadata(model.filename, model.size, md)
-        est = fit_for_machine(info, md["n_vocab"], settings, current_machine())
+        est = hub_fit_estimate(hub, model, settings)
     except HubError as exc:
         return f"fit: unknown ({exc})"
     return f"fit at {fit_label(settings)}: {est.summary()}"

@@ -140,25 +140,7 @@ class Hub(HubDownloads):
 
     def select(self, repo: str, wanted: str | None, revision: str = "main") -> HubModel:
         """A file name or a quant (Q4_K_M) to one model; None picks the only one."""
-        models = self.models(repo, revision)
-        if not models:
-            raise HubNotFoundError(f"{repo}: no GGUF files in this repository")
-        if wanted:
-            check_filename(wanted) if "/" in wanted or ".." in wanted else None
-            by_file = [m for m in models if any(f.filename == wanted for f in m.files)]
-            if by_file:
-                return by_file[0]
-            by_quant = [m for m in models if (m.quant or "").upper() == wanted.upper()]
-            if len(by_quant) == 1:
-                return by_quant[0]
-            names = ", ".join(f"{m.quant or '?'} ({m.filename})" for m in (by_quant or models)[:8])
-            if len(by_quant) > 1:
-                raise HubError(f"{repo}: several files are {wanted} ({names}); give the file name")
-            raise HubNotFoundError(f"{repo}: no file or quant '{wanted}' (there are: {names})")
-        if len(models) == 1:
-            return models[0]
-        names = ", ".join(f"{m.filename} ({m.quant or '?'})" for m in models[:8])
-        raise HubError(f"{repo} has {len(models)} GGUF models; name one: {names}")
+        return pick_model(repo, self.models(repo, revision), wanted)
 
     def read_header(self, model: HubModel) -> GgufHeader:
         """The GGUF header of a hub file, from ranged GETs of its first bytes."""
@@ -189,3 +171,27 @@ class Hub(HubDownloads):
                     if len(buf) >= (f.size or len(buf)):
                         break
         raise HubError(f"{model.repo}/{f.filename}: cannot read its GGUF header ({last})")
+
+
+def pick_model(repo: str, models: list[HubModel], wanted: str | None) -> HubModel:
+    """One of a repo's models (a listing from Hub.models) by file name or quant, the quant
+    without regard to case; None picks the only one. A quant that matches none or several
+    is a HubError (HubNotFoundError for none) that lists the ones there are."""
+    if not models:
+        raise HubNotFoundError(f"{repo}: no GGUF files in this repository")
+    if wanted:
+        check_filename(wanted) if "/" in wanted or ".." in wanted else None
+        by_file = [m for m in models if any(f.filename == wanted for f in m.files)]
+        if by_file:
+            return by_file[0]
+        by_quant = [m for m in models if (m.quant or "").upper() == wanted.upper()]
+        if len(by_quant) == 1:
+            return by_quant[0]
+        names = ", ".join(f"{m.quant or '?'} ({m.filename})" for m in (by_quant or models)[:8])
+        if len(by_quant) > 1:
+            raise HubError(f"{repo}: several files are {wanted} ({names}); give the file name")
+        raise HubNotFoundError(f"{repo}: no file or quant '{wanted}' (there are: {names})")
+    if len(models) == 1:
+        return models[0]
+    names = ", ".join(f"{m.filename} ({m.quant or '?'})" for m in models[:8])
+    raise HubError(f"{repo} has {len(models)} GGUF models; name one: {names}")
