@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from tui_infer import __version__
 
 if TYPE_CHECKING:
+    from tui_infer.app.app import TuiInferApp
     from tui_infer.core.config import Settings
     from tui_infer.core.paths import Paths
 
@@ -230,23 +231,35 @@ def _dispatch(args: argparse.Namespace, paths: Paths) -> int:
         return int(module.execute(args, settings, paths))
     if not sys.stdout.isatty():
         return _error("the TUI needs a terminal; use 'tui-infer run PROMPT' for headless use")
-    # A model that cannot be found is shown in the TUI, which stays open so that
-    # the user can pick another one.
-    from tui_infer.core.errors import TuiInferError
-    from tui_infer.core.models.resolve import resolve_model
+    app = tui_app(settings, paths, debug=args.debug)
+    app.run()
+    return app.return_code or 0
 
-    model, problem = None, None
+
+def tui_app(settings: Settings, paths: Paths, debug: bool = False) -> TuiInferApp:
+    """The TUI on the model the settings name. A model that cannot be found is shown in
+    the TUI, which stays open so that the user can pick another one; a hub model that is
+    not here (-m OWNER/REPO:QUANT) is offered for download."""
+    from tui_infer.core.errors import TuiInferError
+    from tui_infer.core.models.resolve import HubRefNotLocal, resolve_model
+
+    model, problem, offer = None, None, None
     try:
         model = resolve_model(settings.model)
+    except HubRefNotLocal as exc:
+        problem, offer = str(exc), exc.ref
     except TuiInferError as exc:
         problem = str(exc)
     from tui_infer.app.app import TuiInferApp
 
-    app = TuiInferApp(
-        settings=settings, paths=paths, model_path=model, startup_error=problem, debug=args.debug
+    return TuiInferApp(
+        settings=settings,
+        paths=paths,
+        model_path=model,
+        startup_error=problem,
+        download_offer=offer,
+        debug=debug,
     )
-    app.run()
-    return app.return_code or 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.types import ChatEngine, LoadOptions
+from tui_infer.core.models.resolve import HubRef
 from tui_infer.core.paths import Paths
 
 if TYPE_CHECKING:
@@ -55,12 +56,15 @@ class TuiInferApp(App[None]):
         paths: Paths,
         model_path: Path | None = None,
         startup_error: str | None = None,
+        download_offer: HubRef | None = None,
         engine_loader: Callable[[Path, LoadOptions], ChatEngine] = Engine.load,
         memory_probe: Any = None,
         debug: bool = False,
     ) -> None:
         """engine_loader and memory_probe let benchmarks and tests inject synthetic ones;
-        debug (--debug) prints an internal error's traceback instead of logging it."""
+        debug (--debug) prints an internal error's traceback instead of logging it;
+        download_offer: the hub model named (-m OWNER/REPO:QUANT) is not here, and the app
+        opens offering to download it."""
         super().__init__()
         self._print_tracebacks = debug
         self.crash_line: str | None = None
@@ -68,6 +72,7 @@ class TuiInferApp(App[None]):
         self.paths = paths
         self._model_path = model_path
         self._startup_error = startup_error
+        self._download_offer = download_offer
         self._engine_loader = engine_loader
         if memory_probe is None:
             from tui_infer.core.inference.memory import MemoryProbe
@@ -194,6 +199,8 @@ class TuiInferApp(App[None]):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit)
         self.registration = self._enter_registry()
         self.theme_changed_signal.subscribe(self, self._save_theme)  # saved when chosen
+        if self._download_offer is not None:
+            self.call_later(self.chat.offer_download, self._download_offer)
 
     def _enter_registry(self) -> Any:
         """`tui-infer ps` lists the app (as a server while its Server screen serves)."""

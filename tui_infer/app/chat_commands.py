@@ -31,7 +31,7 @@ KEY_HELP: dict[str, str] = {
     "rename_chat": "rename this chat",
     "delete_chat": "delete this chat (asks first)",
     "search_chats": "search chats by title and text",
-    "load_model": "load a .gguf file by path",
+    "load_model": "load a .gguf file, or a hub model (OWNER/REPO:QUANT)",
     "models": "the models: the library, import, remove, the hub, downloads",
     "server": "serve the loaded model over an OpenAI-compatible HTTP API",
     "drift": "the store's hit rate and misses over time",
@@ -74,7 +74,9 @@ def chat_commands(chat: ChatScreen) -> Iterator[SystemCommand]:
         "Focus input", "Move the cursor to the message box", chat.action_focus_input
     )
     yield SystemCommand(
-        "Load model…", "Load a .gguf file by path" + k("load_model"), chat.action_load_model
+        "Load model…",
+        "Load a .gguf file or a hub model, OWNER/REPO:QUANT" + k("load_model"),
+        chat.action_load_model,
     )
     yield SystemCommand("Reload model", "Load the current model again", chat.action_reload_model)
     commands = [

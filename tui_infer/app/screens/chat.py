@@ -24,7 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from tui_infer.app import messages as msg
 from tui_infer.app.chat_commands import help_keys
-from tui_infer.app.keys import bound, in_force
+from tui_infer.app.keys import bound, in_force, key_label
 from tui_infer.app.screens.chat_saved import SavedChats
 from tui_infer.app.screens.chat_store import NotPrecomputed, ServedFromStore, StoreServing
 from tui_infer.app.screens.dialogs import (
@@ -48,7 +48,7 @@ from tui_infer.core.config import Settings, write_config_key
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.template import CHATML_FALLBACK, TemplateError
 from tui_infer.core.inference.types import ChatEngine, Message, SamplingParams
-from tui_infer.core.models.resolve import NO_MODEL_HELP
+from tui_infer.core.models.resolve import NO_MODEL_HELP, HubRef
 
 # NotPrecomputed and ServedFromStore are named here too: tests and callers know them by it.
 __all__ = ["ChatScreen", "NotPrecomputed", "ServedFromStore"]
@@ -404,11 +404,51 @@ class ChatScreen(SavedChats, StoreServing):
             self.load_model(self.model_path)
 
     def action_load_model(self) -> None:
-        def chosen(path: Path | None) -> None:
-            if path is not None:
-                self.load_model(path)
+        def chosen(choice: Path | HubRef | None) -> None:
+            if isinstance(choice, HubRef):
+                self.load_hub_ref(choice)
+            elif choice is not None:
+                self.load_model(choice)
 
         self.app.push_screen(LoadModelScreen(self.model_path), chosen)
+
+    def load_hub_ref(self, ref: HubRef) -> None:
+        """OWNER/REPO[:QUANT]: loaded when it is here, else offered for download."""
+        from tui_infer.core.models.resolve import HubRefNotLocal, resolve_hub_ref
+
+        data_dir: Path = self.app.paths.data_dir  # type: ignore[attr-defined]
+        try:
+            path = resolve_hub_ref(ref, data_dir)
+        except HubRefNotLocal:
+            self.offer_download(ref)
+            return
+        except TuiInferError as exc:  # several files here match: the error lists them
+            self._show_notice(str(exc), "error")
+            return
+        self.load_model(path)
+
+    def offer_download(self, ref: HubRef) -> None:
+        """The model named is not here: the download offer (its size and fit); the file
+        downloaded is loaded, and Cancel says how to get it later."""
+        from tui_infer.app.screens.download_offer import DownloadOfferScreen
+
+        def done(path: Path | None) -> None:
+            if path is not None:
+                self.load_model(path)
+                if self.app.is_screen_installed("models"):  # its library table rescans
+                    self.app.get_screen("models").action_refresh()  # type: ignore[attr-defined]
+                return
+            if self.engine is None and not self.loading:
+                self._show_banner(
+                    f"{ref} is not downloaded: {key_label(self.app, 'load_model')} with "
+                    f"{ref} offers it again, {key_label(self.app, 'models')} opens the "
+                    f"library and the hub, or '{ref.pull_command}' gets it",
+                    "error",
+                )
+            self.prompt_input.focus()
+
+        data_dir: Path = self.app.paths.data_dir  # type: ignore[attr-defined]
+        self.app.push_screen(DownloadOfferScreen(ref, self.settings, data_dir), done)
 
     # ----- editing --------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""A small modal asking for the path of a .gguf file to load."""
+"""A small modal asking for the model to load: the path of a .gguf file, or a hub
+reference (OWNER/REPO[:QUANT], hf.co/OWNER/REPO:QUANT) that the chat finds here or offers
+to download."""
 
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
+from tui_infer.core.errors import TuiInferError
+from tui_infer.core.models.resolve import HubRef, parse_hub_ref
 
-class LoadModelScreen(ModalScreen[Path | None]):
+
+class LoadModelScreen(ModalScreen[Path | HubRef | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, current: Path | None = None) -> None:
@@ -21,7 +26,10 @@ class LoadModelScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="load-dialog"):
-            yield Label("Load a model: path to a .gguf file (Enter loads, Esc cancels)")
+            yield Label(
+                "Load a model: a .gguf path or a hub model, OWNER/REPO:QUANT "
+                "(Enter loads, Esc cancels)"
+            )
             yield Input(
                 value=str(self._current) if self._current else "",
                 placeholder="~/models/model.gguf",
@@ -33,9 +41,16 @@ class LoadModelScreen(ModalScreen[Path | None]):
     def _submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()
         if not text:
-            self.query_one("#load-error", Label).update("give a path to a .gguf file")
+            self.query_one("#load-error", Label).update(
+                "give a path to a .gguf file or OWNER/REPO:QUANT"
+            )
             return
-        self.dismiss(Path(text).expanduser())
+        try:
+            ref = parse_hub_ref(text)
+        except TuiInferError as exc:  # hf.co/ with no OWNER/REPO after it
+            self.query_one("#load-error", Label).update(str(exc))
+            return
+        self.dismiss(ref if ref is not None else Path(text).expanduser())
 
     def action_cancel(self) -> None:
         self.dismiss(None)
