@@ -18,7 +18,7 @@ in llama_sampler_sample (wrapped here), which is the part the grammar changes. T
 shortlist's replies are checked to be the same text as the whole vocabulary's, and every
 structured reply that ended by itself to validate against its schema or grammar.
 
-    .venv/bin/python benchmarks/grammar_speed.py [--reps 2] [--max-tokens 96] [--threads 2]
+    .venv/bin/python benchmarks/grammar_speed.py [--reps 1] [--max-tokens 64] [--threads 2]
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class Tally:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 

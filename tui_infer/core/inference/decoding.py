@@ -26,6 +26,9 @@ def token_piece(lib: Any, vocab: Any, token: int, buf: ctypes.Array[ctypes.c_cha
     return buf.raw[:n]
 
 
+PENALTY_LAST_N = 64  # the repetition penalty looks this many tokens back
+
+
 def make_sampler(
     lib: Any, n_vocab: int, p: SamplingParams, seed: int | None, vocab: Any = None
 ) -> Any:
@@ -58,17 +61,19 @@ def make_sampler(
         return chain
     pre = None
     if p.repeat_penalty != 1.0:
-        pre = lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
+        pre = lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repeat_penalty, 0, 0)
     post = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     _add_draw(lib, post, p, seed)
-    lib.llama_sampler_chain_add(chain, grammar.shortlist_sampler(lib, g, pre, post, p))
+    shortlist = grammar.shortlist_sampler(lib, g, pre, post, p, PENALTY_LAST_N)
+    lib.llama_sampler_chain_add(chain, shortlist)
     return chain
 
 
 def _add_penalties(lib: Any, chain: Any, n_vocab: int, p: SamplingParams) -> None:
     if p.repeat_penalty != 1.0:
         lib.llama_sampler_chain_add(
-            chain, lib.llama_sampler_init_penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0)
+            chain,
+            lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repeat_penalty, 0.0, 0.0),
         )
 
 

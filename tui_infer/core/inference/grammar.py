@@ -23,6 +23,7 @@ import ctypes
 import itertools
 import json
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import lru_cache
@@ -333,10 +334,11 @@ def validate(text: str, schema_text: str) -> str | None:
 # draws from (the truncation then saw tokens the grammar forbids).
 #
 # The shortlist does the same work in a way that keeps the result: the grammar checks only
-# the likeliest tokens (all those whose logit is within a width of the best: 0 for greedy,
-# -log(min_p) + 0.5 when sampling (4 without min-p), then wider), and the rest of the chain
-# runs on them once the shortlist holds what it would keep from the whole constrained
-# vocabulary. Every token left out has a lower logit than the shortlist's threshold:
+# the likeliest tokens (all those whose logit is within a width of the best: 2 nats for
+# greedy, -log(min_p) + 3 when sampling, then wider), and the rest of the chain runs on
+# them once the shortlist holds what it would keep from the whole constrained vocabulary.
+# Every token left out has a lower logit than the shortlist's threshold (the repetition
+# penalty's effect on the recent tokens reckoned in):
 #
 # - greedy: one allowed token at or above the threshold. It is then the best allowed token
 #   of the vocabulary; the shortlist is in vocabulary order, so a tie breaks as it would.
@@ -372,7 +374,15 @@ class _Shortlist:
     """The state of one shortlist sampler: its grammar, penalties (or None) and the rest
     of the chain (greedy, or top-k ... dist), and how many allowed tokens it needs."""
 
-    def __init__(self, lib: Any, grammar: Any, pre: Any, post: Any, sampling: SamplingParams):
+    def __init__(
+        self,
+        lib: Any,
+        grammar: Any,
+        pre: Any,
+        post: Any,
+        sampling: SamplingParams,
+        penalty_last_n: int,
+    ):
         import numpy as np
 
         self.np = np
@@ -382,6 +392,8 @@ class _Shortlist:
         # a repetition penalty above 1 only lowers logits, so a token left out of the
         # shortlist stays below it: the penalty runs on the shortlist alone (else on all)
         self.pre_lowers = sampling.repeat_penalty >= 1.0
+        self.penalty = np.float32(sampling.repeat_penalty)
+        self.recent: deque[int] = deque(maxlen=penalty_last_n)  # the tokens it penalizes
         self.post = post
         self.greedy = sampling.greedy
         # how many allowed tokens the chain keeps: None when it takes the whole vocabulary
@@ -390,13 +402,15 @@ class _Shortlist:
         )
         self.top_p = sampling.top_p
         self.min_p = sampling.min_p
-        # the first shortlist: the best logit alone (greedy), or what min-p could keep
+        # the first shortlist's width: 2 nats for greedy (the best token is often one the
+        # grammar forbids), 3 more than min-p keeps when sampling (measured: the fewest
+        # shortlists per token on the example schema)
         self.first_width = (
-            0.0
+            2.0
             if sampling.greedy
-            else -math.log(sampling.min_p) + 0.5
+            else -math.log(sampling.min_p) + 3.0
             if sampling.min_p > 0
-            else 4.0
+            else 6.0
         )
         self.small = lib.llama_token_data_array()
 
@@ -430,13 +444,23 @@ class _Shortlist:
         view = np.frombuffer(
             (ctypes.c_char * (n * _TOKEN_DATA.itemsize)).from_address(addr), _TOKEN_DATA
         )
-        logits = np.ascontiguousarray(view["logit"])
+        logits = np.ascontiguousarray(view["logit"])  # a copy
+        if pre_here and self.recent:
+            # the penalty's own float32 arithmetic on the recent tokens' logits, to place
+            # the shortlist (the shortlist's logits come from the penalty sampler itself)
+            ids = np.fromiter(set(self.recent), np.int64)
+            ids = ids[ids < n]
+            if bool((view["id"][ids] == ids).all()):  # the array is in vocabulary order
+                v = logits[ids]
+                logits[ids] = np.where(v <= 0, v * self.penalty, v / self.penalty)
         top = float(logits.max())
         width = self.first_width
         arr = self.small
         while True:
             thr = np.float32(top - width)
-            at = np.flatnonzero(logits >= thr)  # ascending: vocabulary order
+            # vocabulary order; a little wider than thr, so that every token left out is
+            # below thr however the penalty's arithmetic above rounded
+            at = np.flatnonzero(logits >= thr - ROUNDING)
             if 2 * len(at) >= n:
                 return False
             small = view[at]  # a copy, contiguous
@@ -526,10 +550,12 @@ class _Shortlist:
         lib.llama_sampler_accept(self.grammar, token)
         if self.pre is not None:
             lib.llama_sampler_accept(self.pre, token)
+            self.recent.append(token)
         lib.llama_sampler_accept(self.post, token)
 
     def reset(self) -> None:
         lib = self.lib
+        self.recent.clear()
         for s in (self.grammar, self.pre, self.post):
             if s is not None:
                 lib.llama_sampler_reset(s)
@@ -594,13 +620,16 @@ def _build_iface(lib: Any) -> Any:
     return iface
 
 
-def shortlist_sampler(lib: Any, grammar: Any, pre: Any, post: Any, sampling: SamplingParams) -> Any:
+def shortlist_sampler(
+    lib: Any, grammar: Any, pre: Any, post: Any, sampling: SamplingParams, penalty_last_n: int
+) -> Any:
     """A llama.cpp sampler that samples as the chain [grammar, pre, post] does, checking
     the grammar over a shortlist of the likeliest tokens (see above). It owns the three
-    samplers given (pre may be None) and frees them with itself."""
+    samplers given (pre: the repetition penalty over the last `penalty_last_n` tokens, or
+    None) and frees them with itself."""
     global _iface
     if _iface is None:
         _iface = _build_iface(lib)
     key = next(_ids)
-    _states[key] = _Shortlist(lib, grammar, pre, post, sampling)
+    _states[key] = _Shortlist(lib, grammar, pre, post, sampling, penalty_last_n)
     return lib.llama_sampler_init(ctypes.byref(_iface), ctypes.c_void_p(key))
