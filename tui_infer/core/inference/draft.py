@@ -140,8 +140,12 @@ class DraftModel:
         self.params = int(lib.llama_model_n_params(model))
         self._closed = False
 
-    def drafter(self, seq: int, prompt: Sequence[int], sampling: SamplingParams) -> ModelDrafter:
-        return ModelDrafter(self, seq, prompt, sampling)
+    def drafter(
+        self, seq: int, prompt: Sequence[int], sampling: SamplingParams, reused: int
+    ) -> ModelDrafter:
+        """`reused`: the prompt tokens the target's sequence already held (evaluated
+        before); the draft evaluates the rest of the prompt as the target does."""
+        return ModelDrafter(self, seq, prompt, sampling, reused)
 
     def forget(self, seq: int) -> None:
         """Drop what a sequence holds (after a failed decode its contents are unknown)."""
@@ -184,29 +188,39 @@ class ModelDrafter:
     """A request's drafts from the draft model (the interface of NgramDrafter): `tokens`
     are the prompt and the reply so far; `propose(k)` drafts up to k tokens greedily."""
 
-    __slots__ = ("_dm", "_n_prompt", "_penalty", "seq", "tokens")
+    __slots__ = ("_dm", "_n_prompt", "_penalty", "_reused", "seq", "tokens")
 
     def __init__(
-        self, dm: DraftModel, seq: int, prompt: Sequence[int], sampling: SamplingParams
+        self,
+        dm: DraftModel,
+        seq: int,
+        prompt: Sequence[int],
+        sampling: SamplingParams,
+        reused: int = 0,
     ) -> None:
         self._dm = dm
         self.seq = seq
         self.tokens: list[int] = list(prompt)
         self._n_prompt = len(self.tokens)
         self._penalty = sampling.repeat_penalty
+        # until the first draft: how much of the prompt the target reused (-1: done)
+        self._reused = reused
 
     def extend(self, new: Sequence[int]) -> None:
         self.tokens.extend(new)
 
     def _chain(self) -> Any:
-        """Greedy after the target's repetition penalty, which (as in the target's chain,
-        decoding.make_sampler) has seen the reply's last 64 tokens."""
+        """Greedy after the target's repetition penalty, made as the target's chain makes
+        it (decoding.make_sampler: a window of 64 tokens) and fed the reply's last 64
+        tokens, as the target's chain has been."""
         lib = self._dm._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if self._penalty != 1.0:
-            n_vocab = int(lib.llama_vocab_n_tokens(self._dm.vocab))
             lib.llama_sampler_chain_add(
-                chain, lib.llama_sampler_init_penalties(n_vocab, 64, self._penalty, 0.0, 0.0)
+                chain,
+                lib.llama_sampler_init_penalties(
+                    self._dm.n_vocab_target, 64, self._penalty, 0.0, 0.0
+                ),
             )
             for tok in self.tokens[max(self._n_prompt, len(self.tokens) - 64) :]:
                 lib.llama_sampler_accept(chain, tok)
@@ -221,13 +235,25 @@ class ModelDrafter:
         cached = dm.cached[seq]
         # in step with the request: keep the common prefix, but at least one token to
         # evaluate (its logits draw the first drafted token)
-        keep = _common(cached, toks)
-        keep = min(keep, len(toks) - 1)
+        keep = min(_common(cached, toks), len(toks) - 1)
+        n_prompt = self._n_prompt
+        if self._reused >= 0:
+            # the first draft: the prompt's rest is evaluated from where the target's was,
+            # in the same chunks, then the reply's first token alone, as the target did.
+            # The numbers then agree: a row of logits depends a little on the shape of
+            # the batch it came from (measured: evaluating a prompt's tail from another
+            # point turns ~10 % of self-drafted tokens into near-tie rejections).
+            keep = min(keep, self._reused)
+            self._reused = -1
         if keep < len(cached):
             lib.llama_memory_seq_rm(dm.mem, seq, keep, -1)
             del cached[keep:]
         k = min(k, dm.n_ctx_seq - len(toks) - 1)
-        if k <= 0 or not dm.evaluate(seq, toks[keep:]):
+        if k <= 0:
+            return []
+        if keep < n_prompt and not dm.evaluate(seq, toks[keep:n_prompt]):
+            return []
+        if not dm.evaluate(seq, toks[max(keep, n_prompt) :]):
             return []
         chain = self._chain()
         out: list[int] = []

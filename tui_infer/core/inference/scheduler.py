@@ -813,7 +813,7 @@ class Scheduler:
             req.spec_note = SpeculativeStats("off", reason="no draft model")
         elif draft is not None and mode in ("auto", "draft"):
             req.spec = SpecController("draft", auto=mode == "auto")
-            req.drafter = draft.drafter(seq, req.prompt, req.sampling)
+            req.drafter = draft.drafter(seq, req.prompt, req.sampling, self._slots[seq].pos)
             self._n_spec += 1
         else:
             req.spec = SpecController("ngram", auto=mode == "auto")
