@@ -179,7 +179,7 @@ def main() -> int:
         out = [json.loads(x) for x in (work / "out.jsonl").read_text().splitlines()]
         assert len(out) == a.prompts and all(o["response"]["status_code"] == 200 for o in out)
         [run] = json.loads(sh(env, "store", "runs", "--json").stdout)
-        run_id = str(run["id"])
+        run_id = str(run["run"])
         print(f"run {run_id}: {run['status']}")
         sh(env, "store", "verify", run_id, "--resample", "2%", check=False)
         flagged = [
