@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input, OptionList, Static
 
-from tests.support.hub_server import HubServer
+from tests.support.hub_server import HubServer, Repo
 from tests.support.pilot import banner, wait_for
 from tests.test_hub import REAL, REAL_FILE, served, server  # noqa: F401  (fixtures)
 from tui_infer.app.screens.download_offer import DownloadOfferScreen
@@ -77,6 +77,8 @@ async def test_the_offer_gives_size_and_fit_and_download_loads_the_model(
         assert loaded.name == REAL_FILE and loaded.read_bytes() == model_path.read_bytes()
         assert app.chat.engine.info.quantization == "Q4_1"  # type: ignore[attr-defined]
         assert banner(app) == ""  # type: ignore[arg-type]
+        # what is typed next goes to the message box
+        await wait_for(pilot, lambda: app.focused is app.chat.prompt_input)  # type: ignore[attr-defined]
     # it is in the library now: the same reference resolves, and a new start loads it
     with ModelLibrary(default_paths().data_dir) as lib:
         assert [e.path.name for e in lib.entries() if e.repo == REAL] == [REAL_FILE]
@@ -98,6 +100,38 @@ async def test_cancel_keeps_the_app_usable(server: HubServer) -> None:  # noqa: 
         assert all(h.range for h in server.state.gets(REAL_FILE))
         await pilot.press("f3")
         await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen))  # type: ignore[attr-defined]
+
+
+async def test_cancel_during_the_download_keeps_the_part_and_the_next_resumes(
+    server: HubServer,  # noqa: F811
+    served: dict[str, Repo],  # noqa: F811
+    model_path: Path,
+) -> None:
+    served[REAL].files[REAL_FILE].rate = 4_000_000  # bytes/s: ~25 s for the whole file
+    app = app_for(f"{REAL}:Q4_1")
+    async with app.run_test(size=SIZE) as pilot:  # type: ignore[attr-defined]
+        offer = await the_offer(pilot)
+        await wait_for(pilot, lambda: offer.model is not None, 60)
+        await pilot.click("#offer-download")
+        await wait_for(pilot, lambda: server.state.bytes_sent(REAL_FILE) > 2_000_000, 30)
+        assert str(offer.query_one("#offer-cancel", Button).label) == "Cancel download"
+        await pilot.press("escape")  # stops the download; the dialog closes once it has
+        await wait_for(pilot, lambda: app.screen is app.chat, 30)  # type: ignore[attr-defined]
+        assert not offer.downloading and app.chat.engine is None  # type: ignore[attr-defined]
+        assert "is not downloaded" in banner(app)  # type: ignore[arg-type]
+
+        # again, at full speed (Ctrl+O with the reference): it resumes from the part
+        served[REAL].files[REAL_FILE].rate = None
+        await pilot.press("ctrl+o")
+        app.screen.query_one("#model-path", Input).value = f"{REAL}:Q4_1"  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        offer = await the_offer(pilot)
+        await wait_for(pilot, lambda: offer.model is not None, 60)
+        await pilot.click("#offer-download")
+        await wait_for(pilot, lambda: app.chat.engine is not None, 120)  # type: ignore[attr-defined]
+        assert app.chat.model_path.read_bytes() == model_path.read_bytes()  # type: ignore[attr-defined]
+    last = server.state.gets(REAL_FILE)[-1]
+    assert last.range is not None and not last.range.startswith("bytes=0-")
 
 
 async def test_offline_says_so_without_the_network(tmp_path: Path) -> None:

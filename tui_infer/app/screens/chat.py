@@ -434,6 +434,8 @@ class ChatScreen(SavedChats, StoreServing):
 
         def done(path: Path | None) -> None:
             if path is not None:
+                # the input hides while loading: the focus comes back to it once loaded
+                self._focus_input_when_loaded = True
                 self.load_model(path)
                 if self.app.is_screen_installed("models"):  # its library table rescans
                     self.app.get_screen("models").action_refresh()  # type: ignore[attr-defined]

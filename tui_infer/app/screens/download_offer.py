@@ -76,6 +76,7 @@ class DownloadOfferScreen(ModalScreen[Path | None]):
     DownloadOfferScreen #offer-choices { height: auto; max-height: 10; margin: 1 0 0 0; }
     DownloadOfferScreen #offer-bar Bar { width: 1fr; }
     DownloadOfferScreen #offer-bar { width: 100%; }
+    DownloadOfferScreen #offer-cancel, DownloadOfferScreen #offer-download { width: 20; }
     """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -90,7 +91,7 @@ class DownloadOfferScreen(ModalScreen[Path | None]):
         self.downloading = False
         self._models: list[Any] | None = None  # the repo's listing, kept for a second pick
         self._cancel = threading.Event()
-        self._closing = False
+        self._close_when_stopped = False
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide", id="offer-dialog"):
@@ -268,7 +269,7 @@ class DownloadOfferScreen(ModalScreen[Path | None]):
             self.app.notify(event.text, title="Download")
             self.dismiss(event.path)
             return
-        if event.cancelled or self._closing:
+        if event.cancelled or self._close_when_stopped:
             self.app.notify(event.text, title="Download")
             self.dismiss(None)
             return
@@ -283,7 +284,7 @@ class DownloadOfferScreen(ModalScreen[Path | None]):
         """Before a download: close. During one: stop it (the part is kept, a later
         download resumes it); the modal closes when the worker has stopped."""
         if self.downloading:
-            self._closing = True
+            self._close_when_stopped = True
             self._cancel.set()
             self.query_one("#offer-progress", Label).update("cancelling…")
             return
