@@ -208,3 +208,77 @@ def fill_batch(batch: Any, active: list[Any], cap: int) -> int:
             slot.logits_at = n - 1
     batch.n_tokens = n
     return n
+
+
+# ----- speculative decoding's steps (speculative.py), shared by the scheduler and BatchRunner
+
+
+def draft_into(slot: SeqSlot, spec: Any, drafter: Any, cap: int) -> int:
+    """Before a step: up to min(spec.want(), cap) drafted tokens (`drafter.propose`) go
+    after the slot's last token in `pending` (`n_draft` says how many); how many went.
+    `spec` is a SpecController, `drafter` a NgramDrafter or draft.ModelDrafter; `cap`
+    keeps the step within the batch's room, the reply's max_tokens and the window."""
+    k = min(spec.want(), cap)
+    if k <= 0:
+        return 0
+    draft = drafter.propose(k)
+    if draft:
+        slot.pending = slot.pending + draft
+        slot.n_draft = len(draft)
+    return len(draft)
+
+
+def ask_draft_logits(batch: Any, drafting: list[Any]) -> int:
+    """After fill_batch: logits at every drafted position too (fill_batch asked for the
+    last one); the number of drafted tokens in the batch."""
+    logits = batch.logits
+    n = 0
+    for slot in drafting:
+        at = slot.logits_at
+        for i in range(at - slot.n_draft, at):
+            logits[i] = 1
+        n += slot.n_draft
+    return n
+
+
+def drop_drafts(lib: Any, mem: Any, drafting: list[Any]) -> None:
+    """After a failed decode: the drafts are not tokens of the reply; forget them."""
+    for slot in drafting:
+        d = slot.n_draft
+        if d and len(slot.cached) >= d:
+            del slot.cached[-d:]
+            slot.pos -= d
+            lib.llama_memory_seq_rm(mem, slot.seq, slot.pos, -1)
+        slot.n_draft = 0
+
+
+def verify_draft(
+    lib: Any, ctx: Any, mem: Any, sampler: Any, slot: SeqSlot
+) -> tuple[list[int], int, int]:
+    """After the decode of a slot's last token and its draft: the row before each drafted
+    token is sampled with the slot's own sampler chain, left to right, while the draw
+    equals the draft; the first draw that differs (or the one after the whole draft) is
+    the target's own token (speculative.py: for a deterministic draft that is the
+    speculative sampling rule, one draw per emitted token). The rejected positions leave
+    the KV cache (`cached` and `pos` follow). Returns (the tokens drawn, all of them
+    emitted in order; how many drafted tokens were accepted; the batch row the first was
+    drawn from, the next ones following it)."""
+    d = slot.n_draft
+    slot.n_draft = 0
+    draft = slot.cached[-d:]
+    first = slot.logits_at - d
+    out: list[int] = []
+    accepted = 0
+    for j in range(d + 1):
+        tok = int(lib.llama_sampler_sample(sampler, ctx, first + j))
+        out.append(tok)
+        if j < d and tok == draft[j]:
+            accepted += 1
+        else:
+            break
+    rejected = d - accepted
+    if rejected:
+        del slot.cached[-rejected:]
+        slot.pos -= rejected
+        lib.llama_memory_seq_rm(mem, slot.seq, slot.pos, -1)
+    return out, accepted, first

@@ -83,9 +83,13 @@ from tui_infer.core.errors import ContextOverflowError, TuiInferError
 from tui_infer.core.inference import llama_thread
 from tui_infer.core.inference.decoding import (
     SeqSlot,
+    ask_draft_logits,
+    draft_into,
+    drop_drafts,
     fill_batch,
     make_sampler,
     token_piece,
+    verify_draft,
 )
 from tui_infer.core.inference.draft import DraftModel, ModelDrafter
 from tui_infer.core.inference.llama_thread import is_llama_thread
@@ -413,7 +417,7 @@ class Scheduler:
         n = fill_batch(self._batch, active, self._cap)
         n_plain = n
         if drafting:
-            n_plain = self._ask_draft_logits(drafting, n)
+            n_plain = n - ask_draft_logits(self._batch, drafting)
         abortable = n_plain > len(active)  # prompt tokens in it: worth the per-node callback
         if abortable:
             self._abort_events = prompt_cancels
@@ -426,7 +430,7 @@ class Scheduler:
                 self._abort_events = []
         if rc != 0:
             if drafting:
-                self._drop_drafts(drafting)
+                drop_drafts(lib, self._mem, drafting)
             self._rollback(active)
             if rc != 2:  # 2: aborted for a cancel, reaped at the next step
                 for slot in active:
@@ -492,40 +496,13 @@ class Scheduler:
             req = slot.req
             if req is None or req.spec is None or len(slot.pending) != 1 or not req.n_gen:
                 continue
-            k = req.spec.want()
             # never past max_tokens (a step emits up to k + 1) nor the window
-            k = min(k, room, req.sampling.max_tokens - req.n_gen - 1, limit - slot.pos)
-            if k <= 0:
-                continue
-            assert req.drafter is not None
-            draft = req.drafter.propose(k)
-            if draft:
-                slot.pending = slot.pending + draft
-                slot.n_draft = len(draft)
-                room -= len(draft)
+            cap = min(room, req.sampling.max_tokens - req.n_gen - 1, limit - slot.pos)
+            d = draft_into(slot, req.spec, req.drafter, cap)
+            if d:
+                room -= d
                 out.append(slot)
         return out
-
-    def _ask_draft_logits(self, drafting: list[_Slot], n: int) -> int:
-        """Logits at every drafted position too (fill_batch asked for the last one); the
-        batch's size without the drafts."""
-        logits = self._batch.logits
-        for slot in drafting:
-            at = slot.logits_at
-            for i in range(at - slot.n_draft, at):
-                logits[i] = 1
-            n -= slot.n_draft
-        return n
-
-    def _drop_drafts(self, drafting: list[_Slot]) -> None:
-        """After a failed decode: the drafts are not tokens of the reply; forget them."""
-        for slot in drafting:
-            d = slot.n_draft
-            if d and len(slot.cached) >= d:
-                del slot.cached[-d:]
-                slot.pos -= d
-                self._lib.llama_memory_seq_rm(self._mem, slot.seq, slot.pos, -1)
-            slot.n_draft = 0
 
     def _spec_step(self, slot: _Slot, req: _Request, at: int, now: float) -> None:
         """The sampling of a request that may draft. With a draft in this step, the row
@@ -552,24 +529,7 @@ class Scheduler:
                 drafter.extend((tok,))
                 req.kv_end = -1
             return
-        slot.n_draft = 0
-        draft = slot.cached[-d:]
-        first = at - d
-        sampler, ctx = slot.sampler, self._ctx
-        out: list[int] = []
-        accepted = 0
-        for j in range(d + 1):
-            tok = int(lib.llama_sampler_sample(sampler, ctx, first + j))
-            out.append(tok)
-            if j < d and tok == draft[j]:
-                accepted += 1
-            else:
-                break
-        rejected = d - accepted
-        if rejected:
-            del slot.cached[-rejected:]
-            slot.pos -= rejected
-            lib.llama_memory_seq_rm(self._mem, slot.seq, slot.pos, -1)
+        out, accepted, first = verify_draft(lib, self._ctx, self._mem, slot.sampler, slot)
         if dt:
             spec.record_draft(d, accepted, dt)
         base = slot.pos - accepted

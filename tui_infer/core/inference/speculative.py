@@ -3,8 +3,8 @@ whether drafting pays (standard library and numpy only; the scheduler does the d
 
 A request that drafts puts its last token plus up to K drafted tokens into one
 llama_batch with logits at each position; one llama_decode then gives the target model's
-distribution after each prefix of the draft, and the scheduler verifies the draft left to
-right (scheduler.py, `_verify`).
+distribution after each prefix of the draft, and the draft is verified left to right
+(decoding.py's `verify_draft`, used by the scheduler and the batch runner alike).
 
 Drafts. `NgramDrafter` is prompt lookup: the last n tokens (n from 3 down to 1) are looked
 up among the earlier tokens of the prompt and the reply so far, and the tokens that
