@@ -195,10 +195,12 @@ def main() -> None:
     ap.add_argument("--no-free", action="store_true", help="skip free generation")
     ap.add_argument("--draft", type=Path, help="a draft model: adds the `draft` contender")
     ap.add_argument("--ngram-max", type=int, default=speculative.NGRAM_MAX)
+    ap.add_argument("--ngram-min", type=int, default=speculative.NGRAM_MIN)
     ap.add_argument("--k-start", type=int, default=speculative.K_START)
     ap.add_argument("--k-max", type=int, default=speculative.K_MAX)
     args = ap.parse_args()
     speculative.NGRAM_MAX = args.ngram_max
+    speculative.NGRAM_MIN = args.ngram_min
     speculative.K_START = args.k_start
     speculative.K_MAX = args.k_max
     path = find_bundled_models()[0].path

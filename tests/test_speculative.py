@@ -17,8 +17,10 @@ from tui_infer.cli import main
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.llama_thread import on_llama_thread
 from tui_infer.core.inference.speculative import (
+    MEMORY_MAX_HOLD,
     NgramDrafter,
     SpecController,
+    SpecMemory,
     accept_draft,
     accept_point_draft,
 )
@@ -231,3 +233,36 @@ async def test_the_stats_panel_shows_drafts() -> None:
         panel.reply_finished(replace(stats, speculative=SpeculativeStats("off", reason="grammar")))
         await pilot.pause()
         assert "drafts" not in str(pilot.app.query_one("#reply-figures", Static).render())
+
+
+def test_auto_remembers_across_requests_that_drafting_did_not_pay() -> None:
+    memory = SpecMemory()
+    first = SpecController("ngram", True, memory)
+    for _ in range(40):
+        k = first.want()
+        if k:
+            first.record_draft(k, 0, 0.03)  # nothing accepted, 3x a plain step
+        else:
+            first.record_plain(0.01)
+    assert memory.hold >= 16
+    # the next request starts with that many plain steps, then tries again
+    second = SpecController("ngram", True, memory)
+    held = 0
+    while second.want() == 0:
+        second.record_plain(0.01)
+        held += 1
+    assert held == memory.hold
+    # a trial where drafting pays (everything accepted, 1.5x a plain step for 5 tokens)
+    for _ in range(8):
+        k = second.want()
+        if k:
+            second.record_draft(k, k, 0.015)
+        else:
+            second.record_plain(0.01)
+    assert memory.hold == 0
+    assert SpecController("ngram", True, memory).want() > 0  # the next one drafts at once
+    # the hold never exceeds its cap, and ngram mode (not auto) ignores the memory
+    for _ in range(20):
+        memory.backed_off()
+    assert memory.hold == MEMORY_MAX_HOLD
+    assert SpecController("ngram", False, memory).want() > 0

@@ -93,7 +93,12 @@ from tui_infer.core.inference.decoding import (
 )
 from tui_infer.core.inference.draft import DraftModel, ModelDrafter
 from tui_infer.core.inference.llama_thread import is_llama_thread
-from tui_infer.core.inference.speculative import NgramDrafter, SpecController, SpeculativeStats
+from tui_infer.core.inference.speculative import (
+    NgramDrafter,
+    SpecController,
+    SpecMemory,
+    SpeculativeStats,
+)
 from tui_infer.core.inference.stops import StopScanner
 from tui_infer.core.inference.types import (
     GenerationStats,
@@ -309,6 +314,8 @@ class Scheduler:
         self.speculative = speculative
         self.draft = draft
         self._n_spec = 0  # running requests that may draft
+        # what auto learnt from earlier requests, per draft kind (speculative.SpecMemory)
+        self._spec_memory = {"ngram": SpecMemory(), "draft": SpecMemory()}
 
     # ----- submitting --------------------------------------------------------------------
 
@@ -772,11 +779,11 @@ class Scheduler:
         elif mode == "draft" and draft is None:
             req.spec_note = SpeculativeStats("off", reason="no draft model")
         elif draft is not None and mode in ("auto", "draft"):
-            req.spec = SpecController("draft", auto=mode == "auto")
+            req.spec = SpecController("draft", mode == "auto", self._spec_memory["draft"])
             req.drafter = draft.drafter(seq, req.prompt, req.sampling, self._slots[seq].pos)
             self._n_spec += 1
         else:
-            req.spec = SpecController("ngram", auto=mode == "auto")
+            req.spec = SpecController("ngram", mode == "auto", self._spec_memory["ngram"])
             req.drafter = NgramDrafter(req.prompt)
             self._n_spec += 1
 

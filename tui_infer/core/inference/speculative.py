@@ -6,7 +6,7 @@ llama_batch with logits at each position; one llama_decode then gives the target
 distribution after each prefix of the draft, and the draft is verified left to right
 (decoding.py's `verify_draft`, used by the scheduler and the batch runner alike).
 
-Drafts. `NgramDrafter` is prompt lookup: the last n tokens (n from 3 down to 1) are looked
+Drafts. `NgramDrafter` is prompt lookup: the last n tokens (n from 3 down to 2) are looked
 up among the earlier tokens of the prompt and the reply so far, and the tokens that
 followed their most recent earlier occurrence are the draft. An index from each n-gram to
 where its continuation starts is kept up to date as tokens are emitted, so a lookup costs a
@@ -44,6 +44,10 @@ from typing import Any
 
 MODES = ("auto", "ngram", "draft", "off")
 NGRAM_MAX = 3
+# the shortest n-gram looked up: a one-token match is weak evidence (free text repeats single
+# tokens all the time); with 1, auto cost 4 % of free generation in wasted drafts and ngram
+# gave less on copying tasks (benchmarks/speculative.py --ngram-min, BENCHMARKS.md)
+NGRAM_MIN = 2
 K_MIN = 1
 K_START = 4
 K_MAX = 16
@@ -118,7 +122,7 @@ class NgramDrafter:
         toks = self.tokens
         end = len(toks)
         index = self._index
-        for n in range(min(NGRAM_MAX, end), 0, -1):
+        for n in range(min(NGRAM_MAX, end), NGRAM_MIN - 1, -1):
             start = index.get(tuple(toks[end - n :]))
             if start is not None:
                 # an n-gram match of one token is weak evidence: draft less
@@ -184,11 +188,38 @@ MAX_BACKOFFS = 5
 _EMA = 0.2
 
 
+MEMORY_MAX_HOLD = 64  # plain steps at most before a new request tries drafting again
+
+
+class SpecMemory:
+    """What `auto` learnt from earlier requests of one scheduler (per draft kind): how many
+    plain steps a new request starts with before it tries drafting. Each back-off in a
+    request doubles it (up to MEMORY_MAX_HOLD); a trial where drafting paid resets it to 0.
+
+    Without it each request relearnt from scratch, paying WARMUP drafting steps and its
+    back-off trials every time: on free text, where drafts are rarely accepted, that cost
+    about 7 % of generation (benchmarks/speculative.py). With it, once drafting has not paid,
+    a reply starts with up to MEMORY_MAX_HOLD plain steps and then tries (one trial costs a
+    few steps); a reply that copies its input then drafts again and, if that pays, resets
+    the hold for the next ones. The cap keeps auto from giving up on a mixed workload."""
+
+    __slots__ = ("hold",)
+
+    def __init__(self) -> None:
+        self.hold = 0
+
+    def backed_off(self) -> None:
+        self.hold = min(MEMORY_MAX_HOLD, max(16, self.hold * 2))
+
+    def paid(self) -> None:
+        self.hold = 0
+
+
 class SpecController:
     """Per request: the draft size, the counts, and auto mode's decision. See the module
     docstring. The scheduler calls `want(n_gen)` before a step (how many tokens to draft,
     0: a plain step), then `record_draft` or `record_plain` with the time the step took
-    for this request."""
+    for this request. `memory` (auto only) carries the decision across requests."""
 
     __slots__ = (
         "_backoff",
@@ -201,6 +232,7 @@ class SpecController:
         "auto",
         "drafted",
         "k",
+        "memory",
         "mode",
         "off_reason",
         "plain_s",
@@ -209,9 +241,10 @@ class SpecController:
         "spec_sum",
     )
 
-    def __init__(self, mode: str, auto: bool) -> None:
+    def __init__(self, mode: str, auto: bool, memory: SpecMemory | None = None) -> None:
         self.mode = mode  # what drafts: "ngram" or "draft" (a draft model)
         self.auto = auto
+        self.memory = memory if auto else None
         self.k = K_START
         self.drafted = 0
         self.accepted = 0
@@ -227,6 +260,10 @@ class SpecController:
         self._backoff = 16
         self._backoffs = 0
         self.off_reason: str | None = None
+        if self.memory is not None and self.memory.hold:
+            # earlier requests found drafting slower: plain first, then a trial
+            self._hold = self.memory.hold
+            self._backoff = self.memory.hold * 2
 
     def want(self) -> int:
         """Tokens to draft at most this step (0: decode plainly)."""
@@ -267,8 +304,17 @@ class SpecController:
             self._since_probe = 0
             self._probe = PROBE_STEPS
             return
+        if (
+            self._spec_steps == WARMUP
+            and self.memory is not None
+            and self.spec_s is not None
+            and self.spec_s <= self.plain_s
+        ):
+            self.memory.paid()
         if self._spec_steps >= WARMUP and self.spec_s is not None and self.spec_s > self.plain_s:
             # drafting costs more than it saves: stop a while, then try again
+            if self.memory is not None:
+                self.memory.backed_off()
             self._backoffs += 1
             if self._backoffs > MAX_BACKOFFS:
                 self.off_reason = "auto: no speed-up"
