@@ -164,8 +164,28 @@ def contest(
                 totals[mode][1] += n
                 totals[mode][2] += gen_s
             if len(set(texts.values())) != 1:
-                print(f"  MISMATCH on prompt {i}: {texts}", file=sys.stderr)
+                print(
+                    f"  MISMATCH on prompt {i}: {parting(engine, prompt, texts)}", file=sys.stderr
+                )
     return totals
+
+
+def parting(engine: Engine, prompt: str, texts: dict[str, str]) -> str:
+    """Where each reply parts from `off`'s: the token of the reply and the KV cell. From
+    cell 256 on, llama.cpp's CPU flash attention decodes a single token with its split-KV
+    kernel and a draft's batch with the row kernel (ops.cpp: neq1 == 1 && nek1 >= 512), whose
+    sums differ in rounding: a near-tie can then go either way (BENCHMARKS.md)."""
+    n_prompt = len(engine.tokenize(engine.render([Message("user", prompt)])))
+    base = engine.tokenize(texts["off"])
+    out = []
+    for mode, text in texts.items():
+        toks = engine.tokenize(text)
+        if mode == "off" or toks == base:
+            continue
+        pairs = enumerate(zip(base, toks, strict=False))
+        at = next((j for j, (a, b) in pairs if a != b), min(len(base), len(toks)))
+        out.append(f"{mode} parts at reply token {at}, cell {n_prompt + at}")
+    return "; ".join(out)
 
 
 def show(title: str, totals: dict[str, list[float]], budget: float, against: str) -> None:

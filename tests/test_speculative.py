@@ -266,3 +266,57 @@ def test_auto_remembers_across_requests_that_drafting_did_not_pay() -> None:
         memory.backed_off()
     assert memory.hold == MEMORY_MAX_HOLD
     assert SpecController("ngram", False, memory).want() > 0
+
+
+def test_a_batch_gives_the_same_logits_as_lone_tokens_below_cell_256(model_path: Path) -> None:
+    """What greedy exactness rests on (speculative.py's docstring): a draft verified in one
+    batch sees bit-identical logits to decoding its tokens one at a time, while the cache is
+    under 256 cells (flash attention on, as the engine runs). A llama.cpp update that breaks
+    it fails here before it shows as a reply that parts."""
+    import llama_cpp as L
+    import numpy as np
+
+    mp = L.llama_model_default_params()
+    model = L.llama_model_load_from_file(str(model_path).encode(), mp)
+    cp = L.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch = 512, 512, 512
+    cp.n_threads = cp.n_threads_batch = 2
+    cp.flash_attn_type = 1  # enabled
+    ctx = L.llama_init_from_model(model, cp)
+    batch = L.llama_batch_init(512, 0, 1)
+    try:
+        n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+        tokens = [(t * 7919) % 20000 + 100 for t in range(240)]
+        head = 40
+
+        def run(k: int) -> list[np.ndarray]:
+            def go() -> list[np.ndarray]:
+                L.llama_memory_clear(L.llama_get_memory(ctx), True)
+                rows: list[np.ndarray] = []
+                at = 0
+                while at < len(tokens):
+                    n = head if at == 0 else min(k, len(tokens) - at)
+                    batch.n_tokens = n
+                    for j in range(n):
+                        batch.token[j] = tokens[at + j]
+                        batch.pos[j] = at + j
+                        batch.n_seq_id[j] = 1
+                        batch.seq_id[j][0] = 0
+                        batch.logits[j] = 1
+                    assert L.llama_decode(ctx, batch) == 0
+                    if at:
+                        for j in range(n):
+                            row = L.llama_get_logits_ith(ctx, j)
+                            rows.append(np.ctypeslib.as_array(row, shape=(n_vocab,)).copy())
+                    at += n
+                return rows
+
+            return on_llama_thread(go)
+
+        lone = run(1)
+        for k in (2, 5, 17):
+            assert all(np.array_equal(a, b) for a, b in zip(lone, run(k), strict=True)), k
+    finally:
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+        L.llama_model_free(model)

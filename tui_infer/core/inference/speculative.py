@@ -26,6 +26,16 @@ and without it, and a greedy reply (the draw is the argmax) is byte-identical. T
 rule for a non-degenerate q is `accept_draft`; tests/test_speculative.py checks both
 against the target distribution.
 
+Exactness rests on llama.cpp giving a drafted position the same logits in a batch as alone.
+On the CPU with flash attention that holds bit for bit while the cache's padded size
+(n_kv, a multiple of 256) is under 512, i.e. below cell 256 (tests/test_speculative.py
+checks it). From there a lone token goes through the split-KV kernel (ggml-cpu ops.cpp:
+`neq1 == 1 && nek1 >= 512`) and a batch through the row kernel; the rounding differs (up to
+~1 in a logit, 0.5 in the top-two margin, measured), so a near-tie can be decided either
+way and a long greedy reply can part from the plain one there (3 of 11 copying prompts did,
+each after cell 256: benchmarks/speculative.py prints where). Without flash attention the
+batched and lone logits differ at every position.
+
 Control. `SpecController` sizes the draft (K grows while whole drafts are accepted, shrinks
 to what was accepted after a rejection) and, in `auto` mode, compares the time per emitted
 token of drafting steps with that of plain steps (steps where no draft was found count as
