@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label
+from textual.widgets import Input, Label, Static
 
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.models.resolve import HubRef, parse_hub_ref
@@ -26,13 +26,15 @@ class LoadModelScreen(ModalScreen[Path | HubRef | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="load-dialog"):
-            yield Label(
+            # a Static wraps to the dialog's width (a Label was cut off at it)
+            yield Static(
                 "Load a model: a .gguf path or a hub model, OWNER/REPO:QUANT "
-                "(Enter loads, Esc cancels)"
+                "(Enter loads, Esc cancels)",
+                id="load-prompt",
             )
             yield Input(
                 value=str(self._current) if self._current else "",
-                placeholder="~/models/model.gguf",
+                placeholder="~/models/model.gguf or OWNER/REPO:Q4_K_M",
                 id="model-path",
             )
             yield Label("", id="load-error")
