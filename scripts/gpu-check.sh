@@ -9,6 +9,11 @@
 #                                                  into .venv first (no build)
 #   GPU_CHECK_REPORT=file                          where the report goes
 #                                                  (default: $OUT/ or ./gpu-check-report.txt)
+#   GPU_CHECK_FORCE=1                              run checks 2-6 even when llama.cpp sees
+#                                                  no GPU (to try the script on a CPU build)
+#
+# Exit status: 0 every check passed, 1 a check failed, 2 no GPU here (llama.cpp's devices
+# are the CPU only, or the build cannot offload): checks 2-6 are skipped and it says so.
 #
 # Checks: 1 detection (doctor lists a GPU device from llama.cpp's enumeration);
 # 2 offload at -1, at the fit's suggested count and at 0 (the layers the backend reports
@@ -40,7 +45,15 @@ echo "$out" >>"$report"
 if echo "$out" | grep -Eq '^device (CUDA|MTL|Metal|Vulkan|ROCm)[0-9]*'; then
   say "PASS 1 detection: $(echo "$out" | grep -E '^device (CUDA|MTL|Metal|Vulkan|ROCm)' | head -3 | tr -s ' ' | paste -sd';')"
 else
-  say "FAIL 1 detection: doctor lists no GPU device"; fails=$((fails + 1))
+  seen=$(echo "$out" | grep -E '^device ' | sed -E 's/^device ([^ ]+).*/\1/' | paste -sd, -)
+  offload=$(echo "$out" | grep -oE 'GPU offload: (yes|no)' | head -1)
+  say "FAIL 1 detection: no GPU: llama.cpp sees ${seen:-no device} (${offload:-gpu offload: ?})"
+  fails=$((fails + 1))
+  if [ "${GPU_CHECK_FORCE:-}" != 1 ]; then
+    say "SKIP 2-6: no GPU here (GPU_CHECK_FORCE=1 runs them anyway, on the CPU)"
+    say "gpu-check: no GPU, $(($(date +%s) - start)) s; report in $report"
+    exit 2
+  fi
 fi
 
 # 2-4, 6: one Python run (loads the model 4 times; each verdict printed as it comes)

@@ -88,8 +88,22 @@ def apple_silicon(system: str | None = None, machine: str | None = None) -> bool
 
 
 def gpu_devices(devices: Sequence[Device]) -> list[Device]:
-    """The devices layers can go to, in llama.cpp's order (RPC servers aside)."""
-    return [d for d in devices if d.is_gpu]
+    """The devices a model's layers go to by default, in llama.cpp's order: its default
+    selection (llama_prepare_model_devices, src/llama.cpp): every discrete GPU, but one
+    whose PCI id an earlier GPU already has is skipped (a card seen by two backends, say
+    CUDA and Vulkan: "skipping device ... with the same id"); integrated GPUs only when
+    there is no discrete one, and only those of the first iGPU's backend. RPC servers
+    (remote, only there when added by hand) are left out."""
+    gpus: list[Device] = []
+    igpus: list[Device] = []
+    for d in devices:
+        if d.kind == "gpu" and d.backend != "RPC":
+            if d.device_id and any(g.device_id == d.device_id for g in gpus):
+                continue
+            gpus.append(d)
+        elif d.kind == "igpu" and (not igpus or igpus[-1].registry == d.registry):
+            igpus.append(d)
+    return gpus or igpus
 
 
 # ----- the real library ---------------------------------------------------------------------

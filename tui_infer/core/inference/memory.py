@@ -78,12 +78,13 @@ class MemorySnapshot:
 def gpu_memory(
     devices: list[Any], nvml: dict[str, tuple[int | None, int | None]]
 ) -> list[GpuMemory]:
-    """GpuMemory per GPU device of ggml's list; `nvml` maps a device name to (this
-    process's bytes, utilisation %) where NVML had them."""
+    """GpuMemory per GPU that llama.cpp would put layers on (devices.gpu_devices: not a
+    card seen twice, nor an integrated GPU beside a discrete one); `nvml` maps a device
+    name to (this process's bytes, utilisation %) where NVML had them."""
+    from tui_infer.core.inference.devices import gpu_devices
+
     out = []
-    for d in devices:
-        if not d.is_gpu:
-            continue
+    for d in gpu_devices(devices):
         process, util = nvml.get(d.name, (None, None))
         out.append(
             GpuMemory(
@@ -172,14 +173,15 @@ class MemoryProbe:
 
     def gpus(self) -> tuple[tuple[GpuMemory, ...], str]:
         try:
-            from tui_infer.core.inference.devices import probe_devices
+            from tui_infer.core.inference.devices import gpu_devices, probe_devices
 
             devices = probe_devices()
         except Exception as exc:  # an unloadable llama.cpp costs only this figure
             return (), f"no GPU figures (llama.cpp: {exc})"
-        if not any(d.is_gpu for d in devices):
+        used = gpu_devices(devices)
+        if not used:
             return (), no_gpu_note(devices)
-        nvml = self._nvml_figures(devices) if any(d.backend == "CUDA" for d in devices) else {}
+        nvml = self._nvml_figures(devices) if any(d.backend == "CUDA" for d in used) else {}
         return tuple(gpu_memory(devices, nvml)), self._nvml_note if not nvml else ""
 
     def snapshot(self) -> MemorySnapshot:
