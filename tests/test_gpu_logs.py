@@ -4,7 +4,10 @@ Silicon, and the CPU build's own log."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from tui_infer.core.inference import llama_log
 from tui_infer.core.inference.backend import describe_backend, gpu_name_in
@@ -134,3 +137,42 @@ def test_names_of_backends() -> None:
         "BLAS",
     ]
     assert gpu_name_in(CUDA_INFO) == "CUDA" and gpu_name_in("CPU : AVX2 = 1 |") is None
+
+
+def test_pacing_from_llama_cpp_s_own_offload_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TUI's redraw pace (app/streaming.pacing_for) from the backend llama.cpp's log
+    describes: all n_layer + 1 layers on the GPU frees the CPU, a partial offload not."""
+    from tui_infer.app.streaming import pacing_for
+    from tui_infer.core.inference.pacing import SHARED, SPARE
+
+    def backend(name: str, gpu: Device, requested: int, n_layer: int) -> object:
+        lines = log(name)
+        return describe_backend(
+            CUDA_INFO,
+            [gpu, CPU_DEV],
+            True,
+            requested,
+            n_layer,
+            2,
+            llama_log.offloaded_layers(lines),
+            lines,
+        )
+
+    h100 = cuda(0, "NVIDIA H100 80GB HBM3", 80590 * MIB, 81079 * MIB, "0000:00:07.0")
+    gtx = cuda(0, "NVIDIA GeForce GTX 1080 Ti", 10988 * MIB, 11264 * MIB, "0000:03:00.0")
+    # 2 threads on (say) a 2-core machine: shared, unless the whole model is on the GPU
+    whole = backend("cuda_single.log", h100, -1, 30)
+    partial = backend("cuda_partial_fa_off.log", gtx, 20, 32)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert pacing_for(whole, 0) is SPARE
+    assert pacing_for(partial, 0) is SHARED
+
+
+def test_a_bundle_names_the_gpu_backend_as_users_do() -> None:
+    """A bundle's manifest (core/bundle/cpu.py) from the build's system info: Metal's section
+    is "MTL" in current llama.cpp."""
+    from tui_infer.core.bundle.cpu import backend_name
+
+    assert backend_name(METAL_INFO, True) == "Metal"
+    assert backend_name(CUDA_INFO, True) == "CUDA"
+    assert backend_name("CPU : AVX2 = 1 |", False) == "CPU"

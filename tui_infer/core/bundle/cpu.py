@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tui_infer.core.inference.backend import GPU_BACKENDS, parse_system_info
+from tui_infer.core.inference.backend import gpu_name_in, parse_system_info
 
 # ggml's feature name -> (Linux /proc/cpuinfo flag, macOS sysctl word or hw.* key or None)
 FEATURES: dict[str, tuple[str, str | None]] = {
@@ -65,13 +65,10 @@ def requirements(features: list[str]) -> dict[str, Any]:
 
 
 def backend_name(system_info: str, gpu_offload: bool) -> str:
-    """CPU, or the GPU backend the build carries (CUDA, Metal, ...)."""
-    sections = parse_system_info(system_info)
+    """CPU, or the GPU backend the build carries as users call it (CUDA, Metal: its
+    section is "MTL" in current llama.cpp, ...)."""
     if gpu_offload:
-        for name in GPU_BACKENDS:
-            if any(s.upper() == name.upper() for s in sections):
-                return name
-        return "GPU"
+        return gpu_name_in(system_info) or "GPU"
     return "CPU"
 
 
