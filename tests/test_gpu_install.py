@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,49 @@ def test_install_script_dry_run_keeps_a_cuda_build(tmp_path: Path) -> None:
     assert flags.stat().st_mtime_ns == first - 10**9 and "GGML_CUDA=on" in flags.read_text()
     subprocess.run(cmd, env={**env, "CMAKE_ARGS": ""}, check=True, timeout=60)
     assert flags.stat().st_mtime_ns != first - 10**9 and "GGML_CUDA" not in flags.read_text()
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or shutil.which("make") is None, reason="needs make and bash"
+)
+def test_make_rebuilds_when_the_flags_change_and_keeps_a_cuda_build(tmp_path: Path) -> None:
+    """The real Makefile, its install recipe run against a venv in tmp_path whose python
+    runs the scripts for real and only logs what it is asked of pip (nothing is built or
+    installed): the stamp is remade exactly when the llama.cpp flags change."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    pip_log = tmp_path / "pip.log"
+    python = venv / "bin" / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = -m ]; then echo "$*" >>{pip_log}; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CMAKE_ARGS", "MAKEFLAGS", "MFLAGS")}
+    env["TUI_INFER_WHEEL_CACHE"] = str(tmp_path / "wheels")
+
+    def make(**extra: str) -> str:
+        """What pip was asked during `make install` ("" when nothing was remade)."""
+        pip_log.write_text("")
+        out = subprocess.run(
+            ["make", "--no-print-directory", f"VENV={venv}", f"PYTHON={sys.executable}", "install"],
+            cwd=ROOT,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        return pip_log.read_text()
+
+    installed = venv / ".llama-cpp-build"
+    assert "pip wheel" in make()  # first install: builds
+    assert "GGML_CUDA" not in installed.read_text()
+    assert make() == ""  # nothing changed: nothing remade
+    assert "pip wheel" in make(CMAKE_ARGS="-DGGML_CUDA=on")  # CMAKE_ARGS=... make run rebuilds
+    assert "-DGGML_CUDA=on" in installed.read_text()
+    assert make() == ""  # a plain make keeps the CUDA build
+    assert "-DGGML_CUDA=on" in (venv / ".llama-cmake-args").read_text()
+    assert "pip wheel" in make(CMAKE_ARGS="")  # back to the default build
+    assert "GGML_CUDA" not in installed.read_text()
