@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tui_infer.core.errors import ContextOverflowError, ModelFileError
+from tui_infer.core.inference.backend import probe_system_info
 from tui_infer.core.inference.engine import Engine
 from tui_infer.core.inference.template import ChatTemplate, TemplateError
 from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams, kv_bytes_per_token
@@ -150,6 +151,10 @@ def test_quantized_kv_cache_size(model_path: Path) -> None:
         eng.close()
 
 
+@pytest.mark.skipif(
+    probe_system_info()[1],
+    reason="assumes a CPU build of llama.cpp (tests/test_gpu_logs.py: the GPU backends)",
+)
 def test_backend_is_the_cpu(engine: Engine) -> None:
     b = engine.backend
     assert b.name == "CPU" and b.offloaded_layers == 0 and b.threads == 2
