@@ -221,3 +221,33 @@ def test_every_caller_s_fit_uses_the_machine_s_gpus() -> None:
     assert none.gpu_layers is None and "no GPU memory" in none.summary()
     plain = fit_for_machine(model(), 32000, s, Machine(3 * GIB, False, ()))
     assert plain.gpu_layers is None and plain.note == ""
+
+
+def test_the_user_s_gpu_layers_count_in_the_ram_needed() -> None:
+    """gpu_layers = N offloads N of n_layer + 1 whatever else would fit: the RAM needed
+    counts the layers left on the CPU, the suggestion stays what fits; asking for more
+    than fits says so."""
+    from dataclasses import replace
+
+    from tui_infer.core.config import Settings
+    from tui_infer.core.inference.fit import Machine, fit_for_machine
+    from tui_infer.core.inference.memory import GpuMemory
+
+    card = (GpuMemory("CUDA0", 0, 24 * GIB, "NVIDIA GeForce RTX 4090", "CUDA"),)
+    s = Settings(ctx=4096)
+    every = fit_for_machine(model(), 32000, s, Machine(3 * GIB, True, card))
+    five = fit_for_machine(model(), 32000, replace(s, gpu_layers=5), Machine(3 * GIB, True, card))
+    assert every.gpu_layers == five.gpu_layers == 33  # what fits, suggested either way
+    assert five.ram_needed > every.ram_needed and "5 of 33 go to the GPU" in five.note
+    assert every.verdict == FITS and five.verdict == WONT_FIT  # 28 layers stay in 3 GiB
+    # 1 layer: the output layer alone; 33 or more: all of them, nothing to say
+    one = fit_for_machine(model(), 32000, replace(s, gpu_layers=1), Machine(8 * GIB, True, card))
+    out = int(4 * GIB * 32000 * 4096 / 7_000_000_000)
+    assert one.ram_needed == (
+        one.weights_bytes + one.kv_bytes - out + one.overhead_bytes + 32000 * 512 * 4
+    )
+    many = fit_for_machine(model(), 32000, replace(s, gpu_layers=99), Machine(3 * GIB, True, card))
+    assert many.ram_needed == every.ram_needed and "gpu_layers" not in many.note
+    small = (GpuMemory("CUDA0", 22 * GIB, 24 * GIB, "NVIDIA GeForce RTX 4090", "CUDA"),)
+    over = fit_for_machine(model(), 32000, replace(s, gpu_layers=30), Machine(8 * GIB, True, small))
+    assert over.gpu_layers == 12 and "asks for more than fit" in over.note

@@ -102,7 +102,13 @@ def embedding_bytes(info: ModelInfo, n_vocab: int) -> int:
 
 
 def offload_split(
-    info: ModelInfo, n_vocab: int, kv: int, compute: int, gpu_free: int, gpu_devices: int = 1
+    info: ModelInfo,
+    n_vocab: int,
+    kv: int,
+    compute: int,
+    gpu_free: int,
+    gpu_devices: int = 1,
+    limit: int | None = None,
 ) -> tuple[int, int]:
     """(layers to offload out of n_layer + 1, bytes they take on the GPUs).
 
@@ -110,7 +116,8 @@ def offload_split(
     then the last k - 1 repeating layers with their part of the KV cache. Each device
     that gets layers also reserves a compute buffer; a share of free memory is left for
     the driver. A repeating layer is sized as (weights - embedding) / n_layer, which
-    over-counts it slightly for a model whose output matrix is not tied."""
+    over-counts it slightly for a model whose output matrix is not tied. `limit`: at
+    most that many layers (the user's gpu_layers)."""
     n_layer = max(info.n_layer, 1)
     out_unit = embedding_bytes(info, n_vocab)
     layer_unit = (info.file_size - out_unit) / n_layer + kv / n_layer
@@ -118,6 +125,10 @@ def offload_split(
     if budget < out_unit or budget <= 0:
         return 0, 0
     k = 1 + min(n_layer, int((budget - out_unit) // max(layer_unit, 1)))
+    if limit is not None and limit >= 0:
+        k = min(k, limit)
+    if k == 0:
+        return 0, 0
     return k, int(out_unit + (k - 1) * layer_unit)
 
 
@@ -135,9 +146,13 @@ def estimate_fit(
     parallel: int = 1,
     gpu_devices: int = 1,
     unified: bool = False,
+    requested_layers: int = -1,
 ) -> FitEstimate:
     """The verdict, and for a GPU build with a known free GPU memory a suggested layer
     count out of llama.cpp's n_layer + 1.
+
+    `requested_layers`: the user's gpu_layers (-1: all). The suggestion is what fits
+    whatever the setting; the RAM needed counts only the layers the setting offloads.
 
     `parallel` sequences each keep `ctx` cells (the scheduler's context): the KV cache
     is ctx x parallel cells. `gpu_free` is the free memory summed over `gpu_devices`
@@ -158,7 +173,12 @@ def estimate_fit(
     ram_needed = weights + kv + compute + OVERHEAD_BYTES
     if gpu_build and gpu_free is not None:
         gpu_layers, on_gpu = offload_split(info, n_vocab, kv, compute, gpu_free, gpu_devices)
-        if not unified and gpu_layers > 0:
+        placed = gpu_layers
+        if 0 <= requested_layers < gpu_layers:
+            placed, on_gpu = offload_split(
+                info, n_vocab, kv, compute, gpu_free, gpu_devices, limit=requested_layers
+            )
+        if not unified and placed > 0:
             # What stays in RAM: the layers not offloaded, the input embedding, and a
             # host copy of the logits (the compute buffer moves to the GPU).
             ram_needed = weights + kv - on_gpu + OVERHEAD_BYTES + n_vocab * n_ubatch * 4
@@ -168,6 +188,17 @@ def estimate_fit(
             note = "too little free GPU memory to offload any layer"
         else:
             note = f"{gpu_layers} of {units} layers fit on the GPU, the rest runs on the CPU"
+        asked = min(requested_layers, units)
+        if 0 < asked < gpu_layers:
+            note += (
+                f"; with gpu_layers = {requested_layers}, {asked} of {units} go to the GPU"
+                " (the RAM needed counts the rest)"
+            )
+        elif asked > gpu_layers:
+            note += (
+                f"; gpu_layers = {requested_layers} asks for more than fit"
+                " (llama.cpp may fail to allocate its GPU buffers)"
+            )
     elif gpu_build:
         note = "llama.cpp reports no GPU memory: the fit is for the CPU alone"
     if ctx > info.n_ctx_train > 0:
@@ -280,7 +311,7 @@ def fit_with_settings(
     unified: bool = False,
 ) -> FitEstimate:
     """The fit under the user's settings (context, cache type, batch, flash attention,
-    parallel sequences) with explicit memory figures."""
+    parallel sequences, gpu_layers) with explicit memory figures."""
     return estimate_fit(
         info,
         n_vocab=n_vocab,
@@ -294,6 +325,7 @@ def fit_with_settings(
         parallel=settings.parallel,
         gpu_devices=gpu_devices,
         unified=unified,
+        requested_layers=settings.gpu_layers,
     )
 
 
