@@ -176,3 +176,19 @@ def test_a_bundle_names_the_gpu_backend_as_users_do() -> None:
     assert backend_name(METAL_INFO, True) == "Metal"
     assert backend_name(CUDA_INFO, True) == "CUDA"
     assert backend_name("CPU : AVX2 = 1 |", False) == "CPU"
+
+
+def test_a_registry_without_features_in_the_system_info() -> None:
+    """llama_print_system_info (src/llama.cpp) writes "NAME : " then "KEY = VALUE | " per
+    feature: Metal without GGML_METAL_EMBED_LIBRARY has none and runs into the CPU's."""
+    from tui_infer.core.inference.backend import parse_system_info
+
+    info = "MTL : CPU : NEON = 1 | ARM_FMA = 1 | DOTPROD = 1 | "
+    assert parse_system_info(info) == {
+        "MTL": {},
+        "CPU": {"NEON": "1", "ARM_FMA": "1", "DOTPROD": "1"},
+    }
+    assert gpu_name_in(info) == "Metal"
+    assert parse_system_info("CPU : AVX2 = 1 | MTL : ") == {"CPU": {"AVX2": "1"}, "MTL": {}}
+    b = describe_backend(info, [CPU_DEV], True, -1, 30, 8, None)
+    assert "NEON" in b.cpu_features and "DOTPROD" in b.cpu_features

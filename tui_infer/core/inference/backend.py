@@ -81,14 +81,20 @@ _HEADLINE_FEATURES = (
 
 
 def parse_system_info(info: str) -> dict[str, dict[str, str]]:
-    """'CUDA : ARCHS = 890 | CPU : AVX = 1 | ...' -> {'CUDA': {'ARCHS': '890'}, 'CPU': {...}}."""
+    """'CUDA : ARCHS = 890 | CPU : AVX = 1 | ...' -> {'CUDA': {'ARCHS': '890'}, 'CPU': {...}}.
+
+    llama_print_system_info writes each registry's name, " : ", then its features each
+    followed by " | ": a registry with no feature (a Metal build without its embedded
+    library) runs into the next one, "MTL : CPU : NEON = 1 | "."""
     sections: dict[str, dict[str, str]] = {}
     current = "CPU"
     for part in info.split("|"):
         part = part.strip()
         if not part:
             continue
-        if " : " in part:
+        if part.endswith(" :"):  # the last registry, with no feature
+            part += " "
+        while " : " in part:
             section, part = part.split(" : ", 1)
             current = section.strip()
             sections.setdefault(current, {})
