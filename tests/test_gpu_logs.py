@@ -192,3 +192,14 @@ def test_a_registry_without_features_in_the_system_info() -> None:
     assert parse_system_info("CPU : AVX2 = 1 | MTL : ") == {"CPU": {"AVX2": "1"}, "MTL": {}}
     b = describe_backend(info, [CPU_DEV], True, -1, 30, 8, None)
     assert "NEON" in b.cpu_features and "DOTPROD" in b.cpu_features
+
+
+def test_what_is_said_of_nvml_s_figures() -> None:
+    """Beside the GPU lines: why NVML has no figure, or that it lists none for this
+    process (nothing allocated yet, or a container's PID namespace), else nothing."""
+    from tui_infer.core.inference.memory import nvml_note
+
+    missing = "this process's share needs NVML: pip install 'tui-infer[nvidia]'"
+    assert nvml_note({}, missing) == missing
+    assert "no GPU memory of this process" in nvml_note({"CUDA0": (None, 3)}, "")
+    assert nvml_note({"CUDA0": (None, 3), "CUDA1": (512 * MIB, 40)}, "") == ""

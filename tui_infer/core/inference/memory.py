@@ -108,6 +108,20 @@ def no_gpu_note(devices: list[Any]) -> str:
     return f"no GPU (llama.cpp sees: {names})"
 
 
+def nvml_note(figures: dict[str, tuple[int | None, int | None]], unavailable: str) -> str:
+    """What to say beside the GPU lines about NVML's figures: why there are none
+    (`unavailable`), or that NVML lists no memory of this process: it has allocated none
+    yet, or it runs in another PID namespace (a container) than the one NVML reports."""
+    if not figures:
+        return unavailable
+    if all(process is None for process, _ in figures.values()):
+        return (
+            "NVML lists no GPU memory of this process (none allocated yet, or a container's"
+            " PID namespace hides it)"
+        )
+    return ""
+
+
 class MemoryProbe:
     """Samples memory. The device list is read from llama.cpp at each sample (cheap);
     NVML is initialised once, lazily, only when llama.cpp has a CUDA device."""
@@ -182,7 +196,7 @@ class MemoryProbe:
         if not used:
             return (), no_gpu_note(devices)
         nvml = self._nvml_figures(devices) if any(d.backend == "CUDA" for d in used) else {}
-        return tuple(gpu_memory(devices, nvml)), self._nvml_note if not nvml else ""
+        return tuple(gpu_memory(devices, nvml)), nvml_note(nvml, self._nvml_note)
 
     def snapshot(self) -> MemorySnapshot:
         vm = self._psutil.virtual_memory()
