@@ -64,6 +64,19 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         help="with --publish: publish even with flagged answers not rejected",
     )
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
+    p.add_argument(
+        "--speculative",
+        dest="batch_speculative",  # checked here (no draft model): see _speculative_mode
+        metavar="auto|ngram|off",
+        help="speculative decoding by prompt lookup, each sequence drafting in the same "
+        "decode: auto (the default, or the 'speculative' setting: only while at most 2 "
+        "sequences run, and while it pays), ngram (always), off; outputs are the same",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as one JSON document (with a 'speculative' object)",
+    )
     from tui_infer.commands.request_flags import add_request_flags
 
     add_request_flags(p)  # --preset, --json-schema, --grammar, --template
@@ -96,6 +109,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
     if args.parallel is not None and args.parallel < 1:
         raise TuiInferError(f"--parallel must be at least 1, got {args.parallel}")
+    speculative = _speculative_mode(args, settings)
     if args.output.resolve() == args.input.resolve():
         raise TuiInferError("OUTPUT is the INPUT file; give another path with -o")
     from tui_infer.core.files import MissingFolderError
@@ -191,6 +205,9 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         todo = [(i, b) for i, b in enumerate(batch_items) if b.id not in done]
         t0 = time.perf_counter()
         generated = 0
+        from tui_infer.core.inference.batched import BatchProgress
+
+        progress = BatchProgress(speculative=speculative)
         if todo:
             if resumed:
                 print(
@@ -214,6 +231,8 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                     system,
                     len(batch_items),
                     len(batch_items) - len(todo),
+                    speculative,
+                    progress,
                 )
             except KeyboardInterrupt:
                 store.set_run_status(run_id, "interrupted")
@@ -298,11 +317,66 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
         if refused
         else f"; staged: 'tui-infer store publish {run_id}' serves them"
     )
-    print(summary)
+    spec = progress.speculative_stats()
+    if todo:
+        summary += f"; speculative {spec.summary}"
+        if spec.drafted:
+            summary += f" ({spec.acceptance_rate:.0%})"
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "run": run_id,
+                    "prompts": len(batch_items),
+                    "decoded": len(todo),
+                    "from_store": len(batch_items) - len(todo),
+                    "generated_tokens": generated,
+                    "elapsed_s": round(elapsed, 3),
+                    "output": str(args.output),
+                    "rejected": len(rejects),
+                    "published": published,
+                    # what drafting did over the prompts decoded now (None: none were)
+                    "speculative": spec.as_dict() if todo else None,
+                }
+            )
+        )
+    else:
+        print(summary)
     if refused:
         print(f"tui-infer: {refused}", file=sys.stderr)
         return int(ExitCode.FAILURE)
     return int(ExitCode.REJECTED_LINES) if rejects else int(ExitCode.OK)
+
+
+def _speculative_mode(args: argparse.Namespace, settings: Settings) -> str:
+    """--speculative, else the 'speculative' setting, as `run` takes it: auto, ngram or off.
+    The batch runner drafts by prompt lookup only: the flag's draft is a one-line error
+    naming the way out; the setting's draft (for the chat and `run`, with its draft_model)
+    runs here as auto, said on stderr."""
+    from tui_infer.core.errors import TuiInferError
+    from tui_infer.core.inference.batched import SPECULATIVE_MODES
+
+    flag = getattr(args, "batch_speculative", None)
+    if flag == "draft":
+        raise TuiInferError(
+            "batch --speculative draft: batch has no draft model, it drafts by prompt "
+            "lookup; use --speculative ngram or auto (--draft MODEL works with run, serve "
+            "and the chat)"
+        )
+    if flag is not None and flag not in SPECULATIVE_MODES:
+        raise TuiInferError(
+            f"--speculative must be one of {', '.join(SPECULATIVE_MODES)}, got {flag!r}"
+        )
+    if flag is not None:
+        return str(flag)
+    if settings.speculative == "draft":
+        print(
+            "tui-infer: note: the 'speculative' setting is draft, but batch drafts by prompt "
+            "lookup only: auto here (give --speculative to choose)",
+            file=sys.stderr,
+        )
+        return "auto"
+    return settings.speculative
 
 
 def _provenance(
@@ -520,8 +594,10 @@ def _run_todo(
     system: str | None,
     total: int,
     already: int,
+    speculative: str,
+    progress: Any,
 ) -> int:
-    from tui_infer.core.inference.batched import BatchProgress, BatchRunner, default_parallel
+    from tui_infer.core.inference.batched import BatchRunner, default_parallel
 
     parallel = args.parallel or default_parallel()
     parallel = max(1, min(parallel, len(todo)))
@@ -533,8 +609,8 @@ def _run_todo(
             "tokens each; raise --ctx or lower --parallel"
         )
     by_id = {b.id: (pos, b) for pos, b in todo}
-    progress = BatchProgress()
     runner: Any
+    spec_kw: dict[str, str] = {"speculative": speculative}
     if getattr(args, "ray", None) is not None:  # the same loop, decoded by Ray actors
         from tui_infer.core.static.ray_batch import RayRunner
 
@@ -549,6 +625,8 @@ def _run_todo(
             args.ray_send_model,
             log=lambda line: print(line, file=sys.stderr),
         )
+        spec_kw = {}  # Ray's actors decode without drafts
+        progress.speculative = "off"
     elif getattr(args, "ray_actors", 1) != 1 or getattr(args, "ray_send_model", False):
         from tui_infer.core.errors import TuiInferError
 
@@ -557,7 +635,8 @@ def _run_todo(
         runner = BatchRunner.load(model_path, opts, parallel=parallel, kv_unified=args.kv_unified)
     bar = _Bar(total, already, progress) if sys.stderr.isatty() else None
     try:
-        for res in runner.run([b for _, b in todo], sampling, run_seed, system, None, progress):
+        items = [b for _, b in todo]
+        for res in runner.run(items, sampling, run_seed, system, None, progress, **spec_kw):
             pos, item = by_id[res.id]
             store.add_prediction(
                 run_id,

@@ -27,6 +27,30 @@ Each generated token's log-probability under the model's raw distribution (a log
 of the row of logits it was sampled from) is folded into a running mean and minimum per
 sequence: what `store verify` judges an answer's confidence by. The rows of a step are
 done together (benchmarks/batch_logprob.py measures the cost).
+
+Speculative decoding (`run(..., speculative=)`; speculative.py): with "ngram" or "auto"
+each sequence drafts by prompt lookup over its own prompt and reply (NgramDrafter, its
+draft size and counts in a SpecController, both per sequence, as a live request's in the
+scheduler). A sequence's draft goes into the step's llama_batch after its last token, so
+the drafts of every sequence are verified in the same llama_decode as the other
+sequences' tokens and prompts; verification, the draft's logits and the KV cache's
+rejected cells are decoding.py's helpers, the scheduler's own. Each emitted token takes
+the plain path (end of generation, stop strings, max_tokens, the window) and its
+log-probability is read from the row it was drawn from, so greedy outputs, seeded samples
+and the mean/min log-probabilities are those of decoding without drafts. A sequence under
+a grammar does not draft (as in the scheduler).
+
+`auto` in a batch: a draft is extra tokens in a decode every sequence waits for. At one or
+two sequences a step is bound by reading the weights, and verifying a few more tokens
+costs little beside it, so drafts accepted pay nearly in full; the wider the batch, the
+more a step is bound by arithmetic over every token in it, so drafted tokens cost what
+plain ones cost and a rejected one is lost work for every sequence (the per-sequence
+controller sees only its own share of that). So `auto` drafts only while at most
+AUTO_MAX_WIDTH sequences run (a narrow run, or the tail of a wide one) and, there, each
+sequence's SpecController compares its time per token with and without drafts and backs
+off as in the scheduler; steps that evaluated prompt tokens are not timed (a prompt's cost
+is not the draft's). benchmarks/batch_speculative.py measured the choice (see
+AUTO_MAX_WIDTH). `ngram` drafts at any width.
 """
 
 from __future__ import annotations
@@ -47,14 +71,18 @@ from tui_infer.core.errors import ModelFileError, TuiInferError
 from tui_infer.core.inference import llama_log
 from tui_infer.core.inference.decoding import (
     SeqSlot,
+    ask_draft_logits,
     create_context,
+    draft_into,
     fill_batch,
     load_model,
     make_sampler,
     token_piece,
     tokenize,
+    verify_draft,
 )
 from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.speculative import NgramDrafter, SpecController, SpeculativeStats
 from tui_infer.core.inference.template import ChatTemplate, limits_for
 from tui_infer.core.inference.types import (
     KV_TYPE_IDS,
@@ -70,6 +98,10 @@ _PLACEHOLDER = "\x00tui-infer-prefix\x00"
 # most, 8 MB, for the largest vocabularies)
 LOGPROB_ROWS = 8
 _LOG2E = np.float32(1.4426950408889634)
+# `auto` drafts only while at most this many sequences are in a step (module docstring;
+# benchmarks/batch_speculative.py)
+AUTO_MAX_WIDTH = 2
+SPECULATIVE_MODES = ("auto", "ngram", "off")  # what the batch runner does (no draft model)
 
 
 class BatchError(TuiInferError):
@@ -103,6 +135,8 @@ class BatchResult:
     # the generated tokens' log-probabilities (None when no token was generated)
     mean_logprob: float | None = None
     min_logprob: float | None = None
+    drafted: int = 0  # speculative decoding: tokens drafted for it, and of those accepted
+    accepted: int = 0
 
 
 def item_seed(run_seed: int, item_id: str) -> int:
@@ -128,6 +162,10 @@ class _Slot(SeqSlot):
     stops: tuple[str, ...] = ()  # the item's stop strings
     lp_sum: float = 0.0  # the generated tokens' log-probabilities: their sum and minimum
     lp_min: float = 0.0
+    spec: SpecController | None = None  # None: it does not draft
+    drafter: NgramDrafter | None = None
+    t_step: float = 0.0  # when its last token was emitted (drafting's timing)
+    spec_grammar: bool = False  # it may not draft: a grammar
 
 
 @dataclass
@@ -138,6 +176,34 @@ class BatchProgress:
     generated_tokens: int = 0
     prompt_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
+    # speculative decoding over the finished items (speculative_stats())
+    speculative: str = "off"  # the mode asked for
+    drafting_items: int = 0  # items that could draft (not under a grammar)
+    grammar_items: int = 0  # items that could not: a grammar
+    drafted: int = 0
+    accepted: int = 0
+    narrow_steps: int = 0  # auto: steps narrow enough to draft in
+    auto_off_items: int = 0  # auto: items whose controller stopped drafting (no speed-up)
+    # (seconds, tokens) of timed plain steps and of drafting steps, summed over the items
+    plain_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    spec_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])
+
+    def speculative_stats(self) -> SpeculativeStats:
+        """What drafting did over the run, as `run --json`'s `speculative` object: mode
+        (what ran: "ngram" or "off"), drafted, accepted, and the speed-up (the time per
+        token of timed plain steps over that of drafting steps, pooled over the items)."""
+        if self.speculative == "off":
+            return SpeculativeStats("off", reason="setting")
+        if not self.drafting_items and self.grammar_items:
+            return SpeculativeStats("off", reason="grammar")
+        (ps, pn), (ss, sn) = self.plain_sum, self.spec_sum
+        speedup = (ps / pn) / (ss / sn) if pn and sn and ss > 0 else None
+        reason = None
+        if self.speculative == "auto" and not self.narrow_steps:
+            reason = f"auto: drafts only at {AUTO_MAX_WIDTH} sequences or fewer"
+        elif self.auto_off_items and self.auto_off_items == self.drafting_items:
+            reason = "auto: no speed-up"
+        return SpeculativeStats("ngram", self.drafted, self.accepted, speedup, reason)
 
 
 class BatchRunner:
@@ -187,6 +253,7 @@ class BatchRunner:
             names=[info.path.stem, info.name],
         )
         self._closed = False
+        self._spec_mode = "off"  # this run's (run())
 
     @classmethod
     def load(
@@ -271,12 +338,13 @@ class BatchRunner:
     def _piece(self, token: int, buf: ctypes.Array[ctypes.c_char]) -> bytes:
         return token_piece(self._lib, self._vocab, token, buf)
 
-    def _logprobs(self, slots: list[_Slot], toks: list[int]) -> list[float]:
-        """log p(tok) of each slot's sampled token under the raw distribution of the row of
-        logits it was drawn from (scheduler.py's _logprob): a log-sum-exp over this step's
-        rows together, in float32, LOGPROB_ROWS at a time into a scratch buffer. A row's
-        place in llama.cpp's output buffer is read from llama_get_logits_ith, not assumed."""
-        if not slots:
+    def _logprobs(self, ats: list[int], toks: list[int]) -> list[float]:
+        """log p(tok) of each sampled token under the raw distribution of the row of logits
+        it was drawn from (`ats`: batch indices; scheduler.py's _logprob): a log-sum-exp
+        over this step's rows together, in float32, LOGPROB_ROWS at a time into a scratch
+        buffer. A row's place in llama.cpp's output buffer is read from
+        llama_get_logits_ith, not assumed."""
+        if not ats:
             return []
         lib, ctx, nv = self._lib, self._ctx, self._n_vocab
 
@@ -284,16 +352,14 @@ class BatchRunner:
             return ctypes.cast(ptr, ctypes.c_void_p).value or 0
 
         base = address(lib.llama_get_logits(ctx))
-        rows_at = [
-            (address(lib.llama_get_logits_ith(ctx, s.logits_at)) - base) // (4 * nv) for s in slots
-        ]
+        rows_at = [(address(lib.llama_get_logits_ith(ctx, at)) - base) // (4 * nv) for at in ats]
         logits = np.ctypeslib.as_array(lib.llama_get_logits(ctx), shape=(max(rows_at) + 1, nv))
         if self._scratch is None or self._ones is None:
             self._scratch = np.empty((LOGPROB_ROWS, nv), dtype=np.float32)
             self._ones = np.ones(nv, dtype=np.float32)
         ones = self._ones
         out: list[float] = []
-        for at in range(0, len(slots), LOGPROB_ROWS):
+        for at in range(0, len(ats), LOGPROB_ROWS):
             idx = rows_at[at : at + LOGPROB_ROWS]
             k = len(idx)
             lo = idx[0]
@@ -320,22 +386,32 @@ class BatchRunner:
         system: str | None = None,
         cancel: threading.Event | None = None,
         progress: BatchProgress | None = None,
+        speculative: str = "off",
     ) -> Iterator[BatchResult]:
         """Yield a BatchResult as each item finishes (not in input order).
 
         `system` picks the shared prefix; the items' messages must already hold their
         system prompt. On cancel, the items still running are dropped unreported.
+        `speculative`: "auto", "ngram" or "off" (the module docstring); `progress` sums
+        what drafting did.
         """
+        if speculative not in SPECULATIVE_MODES:
+            raise BatchError(
+                f"speculative must be one of {', '.join(SPECULATIVE_MODES)}, got {speculative!r}"
+            )
+        progress = progress or BatchProgress()
+        progress.speculative = speculative
         with self._lock:
             if self._closed:
                 raise BatchError("the model was unloaded")
+            self._spec_mode = speculative
             yield from self._run_locked(
                 iter(items),
                 sampling,
                 run_seed,
                 system,
                 cancel or threading.Event(),
-                progress or BatchProgress(),
+                progress,
             )
 
     def _run_locked(
@@ -380,48 +456,134 @@ class BatchRunner:
                 active = [s for s in slots if s.item is not None]
                 if not active:
                     break
-                n = self._fill(batch, active, cap)
+                # drafting (module docstring): `auto` only in a narrow step; a step that
+                # evaluates prompt tokens is not timed
+                may_draft = self._spec_mode == "ngram" or (
+                    self._spec_mode == "auto" and len(active) <= AUTO_MAX_WIDTH
+                )
+                timed = may_draft and all(s.n_gen for s in active)
+                progress.narrow_steps += may_draft and self._spec_mode == "auto"
+                drafting = self._plan_drafts(active, cap) if may_draft else []
+                self._fill(batch, active, cap)
+                if drafting:
+                    ask_draft_logits(batch, drafting)
                 rc = int(on_llama_thread(lambda: lib.llama_decode(self._ctx, batch)))
                 if rc != 0:
                     raise BatchError(
                         f"llama_decode returned {rc} with {len(active)} sequences; "
                         "lower --parallel or raise --ctx"
                     )
-                del n
                 now = time.perf_counter()
                 ready = [s for s in active if s.logits_at >= 0]
-                toks = [
-                    int(lib.llama_sampler_sample(s.sampler, self._ctx, s.logits_at)) for s in ready
-                ]
-                lps = self._logprobs(ready, toks)
-                for slot, tok, lp in zip(ready, toks, lps, strict=True):
+                # each ready slot's drawn tokens (one, or a verified draft's), their rows
+                drawn: list[tuple[_Slot, list[int], int]] = []  # slot, tokens, accepted
+                rows: list[int] = []
+                toks: list[int] = []
+                for s in ready:
+                    dt = now - s.t_step if s.t_step else 0.0
+                    s.t_step = now
+                    if s.n_draft:
+                        d = s.n_draft
+                        out, acc, first = verify_draft(lib, self._ctx, mem, s.sampler, s)
+                        assert s.spec is not None
+                        s.spec.record_draft(d, acc, dt if timed else 0.0)
+                        drawn.append((s, out, acc))
+                        rows.extend(range(first, first + len(out)))
+                        toks.extend(out)
+                        continue
+                    tok = int(lib.llama_sampler_sample(s.sampler, self._ctx, s.logits_at))
+                    if s.spec is not None and timed and dt:
+                        s.spec.record_plain(dt)
+                    drawn.append((s, [tok], 0))
+                    rows.append(s.logits_at)
+                    toks.append(tok)
+                lps = iter(self._logprobs(rows, toks))
+                for slot, out, acc in drawn:
+                    base = slot.pos - acc  # where out[0] goes in the sequence
                     done_reason = None
-                    if lib.llama_vocab_is_eog(self._vocab, tok):
-                        done_reason = "stop"
-                    else:
-                        slot.n_gen += 1
-                        progress.generated_tokens += 1
-                        if slot.n_gen == 1:
-                            slot.t_first = now
-                        slot.pieces.append(self._piece(tok, buf))
-                        slot.lp_sum += lp
-                        if slot.n_gen == 1 or lp < slot.lp_min:
-                            slot.lp_min = lp
-                        if slot.stops and self._stopped(slot):
-                            done_reason = "stop"  # the reply holds a stop string: cut there
-                        elif slot.n_gen >= slot.max_tokens or slot.pos + 1 >= self.n_ctx_seq:
-                            done_reason = "length"
-                        else:
-                            slot.pending = [tok]
+                    for i, tok in enumerate(out):
+                        lp = next(lps)
+                        if done_reason is not None:
+                            continue  # after the end: drawn, not emitted
+                        done_reason = self._emit(slot, tok, lp, base + i, now, buf, progress)
                     if done_reason is not None:
                         progress.done += 1
+                        self._account(slot, progress)
                         yield self._finish(slot, done_reason, prefix, now)
+                    else:
+                        slot.pending = [out[-1]]
+                        if slot.drafter is not None:
+                            slot.drafter.extend(out)
         finally:
             for slot in slots:
                 if slot.sampler is not None:
                     lib.llama_sampler_free(slot.sampler)
                     slot.sampler = None
             lib.llama_batch_free(batch)
+
+    def _emit(
+        self,
+        slot: _Slot,
+        tok: int,
+        lp: float,
+        pos: int,
+        now: float,
+        buf: ctypes.Array[ctypes.c_char],
+        progress: BatchProgress,
+    ) -> str | None:
+        """One drawn token of a slot, `pos` where it goes in the sequence: the reply's
+        next token, or the end of it (the finish reason)."""
+        if self._lib.llama_vocab_is_eog(self._vocab, tok):
+            return "stop"
+        slot.n_gen += 1
+        progress.generated_tokens += 1
+        if slot.n_gen == 1:
+            slot.t_first = now
+        slot.pieces.append(self._piece(tok, buf))
+        slot.lp_sum += lp
+        if slot.n_gen == 1 or lp < slot.lp_min:
+            slot.lp_min = lp
+        if slot.stops and self._stopped(slot):
+            return "stop"  # the reply holds a stop string: cut there
+        if slot.n_gen >= slot.max_tokens or pos + 1 >= self.n_ctx_seq:
+            return "length"
+        return None
+
+    @staticmethod
+    def _account(slot: _Slot, progress: BatchProgress) -> None:
+        """A finished item's drafting into the run's totals."""
+        spec = slot.spec
+        if spec is None:
+            progress.grammar_items += slot.spec_grammar
+            return
+        progress.drafting_items += 1
+        progress.auto_off_items += spec.off_reason is not None
+        progress.drafted += spec.drafted
+        progress.accepted += spec.accepted
+        for total, own in (
+            (progress.plain_sum, spec.plain_sum),
+            (progress.spec_sum, spec.spec_sum),
+        ):
+            total[0] += own[0]
+            total[1] += own[1]
+
+    def _plan_drafts(self, active: list[_Slot], cap: int) -> list[_Slot]:
+        """Before a step: each drafting sequence's draft after its last token, while the
+        batch has room for every generating slot's whole draft (fill_batch puts them
+        first, whole), never past max_tokens (a step emits up to k + 1) nor the window;
+        the slots that drafted. The scheduler's _plan_drafts, over this runner's slots."""
+        room = cap - len(active)
+        limit = self.n_ctx_seq - 2
+        out: list[_Slot] = []
+        for slot in active:
+            if slot.spec is None or len(slot.pending) != 1 or not slot.n_gen:
+                continue
+            k = min(room, slot.max_tokens - slot.n_gen - 1, limit - slot.pos)
+            d = draft_into(slot, slot.spec, slot.drafter, k)
+            if d:
+                room -= d
+                out.append(slot)
+        return out
 
     def _decode_prefix(self, batch: Any, prefix: list[int]) -> None:
         lib = self._lib
@@ -491,6 +653,17 @@ class BatchRunner:
         slot.t_first = 0.0
         slot.lp_sum = 0.0
         slot.lp_min = 0.0
+        slot.n_draft = 0
+        slot.t_step = 0.0
+        slot.spec = slot.drafter = None
+        slot.spec_grammar = False
+        if self._spec_mode != "off":
+            if sampling.grammar is not None:
+                # a grammar's sampler state cannot be stepped back over a rejected draft
+                slot.spec_grammar = True
+            else:
+                slot.spec = SpecController("ngram", auto=self._spec_mode == "auto")
+                slot.drafter = NgramDrafter(tokens)
         return None
 
     @staticmethod
@@ -530,9 +703,13 @@ class BatchRunner:
             seed=slot.seed,
             mean_logprob=slot.lp_sum / slot.n_gen if slot.n_gen else None,
             min_logprob=slot.lp_min if slot.n_gen else None,
+            drafted=slot.spec.drafted if slot.spec is not None else 0,
+            accepted=slot.spec.accepted if slot.spec is not None else 0,
         )
         slot.item = None
         slot.pending = []
+        slot.n_draft = 0
+        slot.spec = slot.drafter = None
         slot.cached = []  # fill_batch's record of the tokens; the runner does not read it
         slot.pieces = []
         return result
