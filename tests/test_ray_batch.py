@@ -260,8 +260,10 @@ def test_killed_ray_batch_resumes(ray_address: str, tmp_path: Path) -> None:
 
 
 def test_ray_without_address_starts_a_local_instance(tmp_path: Path) -> None:
+    """No ADDRESS, no --ray-actors, no --threads: a local Ray with one actor per core, each
+    with 1 thread (the layout measured fastest)."""
     src = _write_prompts(tmp_path / "in.txt", PROMPTS[:3])
-    flags = ("--max-tokens", "6", "--parallel", "2", "--threads", "1")
+    flags = ("--max-tokens", "6", "--parallel", "2")
     out = tmp_path / "ray.jsonl"
     done = subprocess.run(
         [sys.executable, "-m", "tui_infer", "batch", str(src), "-o", str(out), *flags, "--ray"],
@@ -272,6 +274,7 @@ def test_ray_without_address_starts_a_local_instance(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "decoding on a local Ray instance" in done.stderr
+    assert f": {os.cpu_count()} actor(s) x 1 thread(s)," in done.stderr
     _same_rows(_rows(out), _local_batch(tmp_path, src, *flags))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import sys
 import time
@@ -89,7 +90,11 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         "needs pip install 'tui-infer[ray]'",
     )
     p.add_argument(
-        "--ray-actors", type=int, default=1, help="Ray actors, each with --threads (default 1)"
+        "--ray-actors",
+        type=int,
+        default=None,
+        help="Ray actors, each with --threads (default: a local Ray gets one actor per core "
+        "with 1 thread, unless --threads is given; a cluster 1)",
     )
     p.add_argument(
         "--ray-send-model",
@@ -580,6 +585,22 @@ def _write_rejects(path: Path, rejects: list[Reject]) -> None:
     )
 
 
+def _ray_layout(args: argparse.Namespace, opts: LoadOptions) -> tuple[int, LoadOptions]:
+    """--ray-actors and each actor's threads. Given, as given. Left out on a local Ray: one
+    actor per core with 1 thread each (--threads N instead: cores // N actors), the layout
+    measured fastest (BENCHMARKS.md, "Batch on Ray vs local": 2 actors x 1 thread 0.94 of a
+    local batch, 1 actor x 2 threads 0.83). Left out on a cluster (an ADDRESS or
+    RAY_ADDRESS): 1, since every actor loads the model and a cluster's memory is not ours to
+    guess."""
+    if args.ray_actors is not None:
+        return args.ray_actors, opts
+    if args.ray or os.environ.get("RAY_ADDRESS"):
+        return 1, opts
+    if args.threads is None:
+        opts = replace(opts, threads=1)
+    return max(1, (os.cpu_count() or 1) // max(1, opts.threads)), opts
+
+
 def _run_todo(
     store: Any,
     run_id: int,
@@ -614,6 +635,7 @@ def _run_todo(
     if getattr(args, "ray", None) is not None:  # the same loop, decoded by Ray actors
         from tui_infer.core.static.ray_batch import RayRunner
 
+        actors, opts = _ray_layout(args, opts)
         runner = RayRunner.start(
             args.ray or None,
             model_path,
@@ -621,13 +643,13 @@ def _run_todo(
             opts,
             parallel,
             args.kv_unified,
-            args.ray_actors,
+            actors,
             args.ray_send_model,
             log=lambda line: print(line, file=sys.stderr),
         )
         spec_kw = {}  # Ray's actors decode without drafts
         progress.speculative = "off"
-    elif getattr(args, "ray_actors", 1) != 1 or getattr(args, "ray_send_model", False):
+    elif getattr(args, "ray_actors", None) is not None or getattr(args, "ray_send_model", False):
         from tui_infer.core.errors import TuiInferError
 
         raise TuiInferError("--ray-actors and --ray-send-model go with --ray [ADDRESS]")
