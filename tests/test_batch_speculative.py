@@ -16,6 +16,9 @@ import pytest
 from tui_infer.cli import main
 from tui_infer.core.inference.batched import (
     AUTO_MAX_WIDTH,
+    AUTO_MIN_ACCEPT,
+    AUTO_POOL,
+    AUTO_PROBE,
     BatchItem,
     BatchProgress,
     BatchResult,
@@ -102,11 +105,20 @@ def test_greedy_outputs_and_logprobs_are_the_same_with_drafts(runner: BatchRunne
     assert stats.accepted == sum(r.accepted for r in drafted.values())
 
 
-def test_auto_drafts_only_in_a_narrow_batch(runner: BatchRunner) -> None:
+def test_auto_drafts_only_in_a_narrow_batch_and_while_drafts_are_taken(
+    runner: BatchRunner,
+) -> None:
     # as many items as auto drafts beside: narrow, whatever --parallel
-    _, progress = run(runner, items(COPYING[:AUTO_MAX_WIDTH]), GREEDY, "auto")
+    batch = items(COPYING[:AUTO_MAX_WIDTH])
+    auto, progress = run(runner, batch, GREEDY, "auto")
+    ngram, _ = run(runner, batch, GREEDY, "ngram")
     assert progress.drafted > 0 and progress.accepted > 0
-    assert progress.speculative_stats().reason is None
+    # auto is the more careful: smaller first drafts, and it stops a sequence's drafting
+    # once they are taken at less than AUTO_MIN_ACCEPT
+    assert progress.drafted <= sum(r.drafted for r in ngram.values())
+    for r in auto.values():
+        if r.drafted >= AUTO_PROBE and r.accepted < AUTO_MIN_ACCEPT * r.drafted:
+            assert progress.auto_off_items > 0
     # `parallel` copies of a prompt run side by side and end together; one more copy then
     # runs alone: in a wide batch only that one drafts
     n = runner.parallel
@@ -114,9 +126,28 @@ def test_auto_drafts_only_in_a_narrow_batch(runner: BatchRunner) -> None:
     assert len({r.text for r in got.values()}) == 1
     if n > AUTO_MAX_WIDTH:
         assert [got[f"p{i}"].drafted for i in range(n)] == [0] * n
+        assert got[f"p{n}"].drafted > 0
     else:
-        assert all(got[f"p{i}"].drafted > 0 for i in range(n))
-    assert got[f"p{n}"].drafted > 0
+        assert got["p0"].drafted > 0
+
+
+def test_auto_stops_drafting_where_drafts_are_not_taken(runner: BatchRunner) -> None:
+    """Free text, one sequence at a time: after the run's first drafts are mostly
+    rejected, new sequences start without drafts (but for a trial now and then)."""
+    free = items(FREE * 4)
+    if runner.parallel > 1:
+        pytest.skip("one run at --parallel 1 shows it")
+    auto, progress = run(runner, free, GREEDY, "auto")
+    ngram, _ = run(runner, free, GREEDY, "ngram")
+    assert {k: r.text for k, r in auto.items()} == {k: r.text for k, r in ngram.items()}
+    pooled = sum(r.drafted for r in ngram.values())
+    assert pooled >= AUTO_POOL  # ngram drafts throughout
+    assert sum(r.accepted for r in ngram.values()) < AUTO_MIN_ACCEPT * pooled
+    assert progress.drafted < pooled / 2
+    # the last third started after the run's first drafts were judged: without drafts
+    late = [auto[f"p{i}"] for i in range(8, 12)]
+    assert sum(r.drafted > 0 for r in late) <= 1
+    assert progress.speculative_stats().reason is None  # the early ones drafted a while
 
 
 def test_seeded_samples_are_the_same_text_with_drafts(runner: BatchRunner) -> None:

@@ -71,7 +71,8 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         metavar="auto|ngram|off",
         help="speculative decoding by prompt lookup, each sequence drafting in the same "
         "decode: auto (the default, or the 'speculative' setting: only while at most 2 "
-        "sequences run, and while it pays), ngram (always), off; outputs are the same",
+        "sequences run and drafts are mostly taken), ngram (always), off; the outputs are "
+        "the same",
     )
     p.add_argument(
         "--json",

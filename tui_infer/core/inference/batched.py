@@ -49,8 +49,15 @@ controller sees only its own share of that). So `auto` drafts only while at most
 AUTO_MAX_WIDTH sequences run (a narrow run, or the tail of a wide one) and, there, each
 sequence's SpecController compares its time per token with and without drafts and backs
 off as in the scheduler; steps that evaluated prompt tokens are not timed (a prompt's cost
-is not the draft's). benchmarks/batch_speculative.py measured the choice (see
-AUTO_MAX_WIDTH). `ngram` drafts at any width.
+is not the draft's). Timing alone is too slow to judge a batch's short replies (free text
+drafts a few times a reply: the controller's warm-up is never reached), and on a CPU a
+drafted token costs most of a plain step (the small model's decode grows nearly linearly
+with the tokens in it), so an accepted one saves only the step's fixed part and drafting
+pays only at a high acceptance: `auto` also stops a sequence's drafting when its first
+AUTO_PROBE drafted tokens or more were accepted at less than AUTO_MIN_ACCEPT, and starts a
+new sequence without drafts once the run's drafts so far were (AUTO_POOL, AUTO_RETRY).
+`ngram` drafts at any width and acceptance. benchmarks/batch_speculative.py measured these
+choices (see AUTO_MAX_WIDTH; figures in its commit and BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -101,6 +108,15 @@ _LOG2E = np.float32(1.4426950408889634)
 # `auto` drafts only while at most this many sequences are in a step (module docstring;
 # benchmarks/batch_speculative.py)
 AUTO_MAX_WIDTH = 2
+# `auto`: a sequence stops drafting once AUTO_PROBE tokens drafted show an acceptance below
+# AUTO_MIN_ACCEPT (module docstring: on a CPU a drafted token costs most of a step), and
+# once the run's sequences together show it over AUTO_POOL drafted tokens, a new sequence
+# starts without drafts, but for one in AUTO_RETRY (a trial, which keeps the figure fresh)
+AUTO_PROBE = 4
+AUTO_MIN_ACCEPT = 0.8
+AUTO_POOL = 16
+AUTO_RETRY = 8
+AUTO_K_START = 2  # `auto`'s first draft (the controller doubles it while drafts are taken)
 SPECULATIVE_MODES = ("auto", "ngram", "off")  # what the batch runner does (no draft model)
 
 
@@ -183,7 +199,8 @@ class BatchProgress:
     drafted: int = 0
     accepted: int = 0
     narrow_steps: int = 0  # auto: steps narrow enough to draft in
-    auto_off_items: int = 0  # auto: items whose controller stopped drafting (no speed-up)
+    auto_off_items: int = 0  # auto: items whose controller stopped drafting
+    auto_off_reason: str | None = None  # the last one's reason
     # (seconds, tokens) of timed plain steps and of drafting steps, summed over the items
     plain_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])
     spec_sum: list[float] = field(default_factory=lambda: [0.0, 0.0])
@@ -202,7 +219,7 @@ class BatchProgress:
         if self.speculative == "auto" and not self.narrow_steps:
             reason = f"auto: drafts only at {AUTO_MAX_WIDTH} sequences or fewer"
         elif self.auto_off_items and self.auto_off_items == self.drafting_items:
-            reason = "auto: no speed-up"
+            reason = self.auto_off_reason
         return SpeculativeStats("ngram", self.drafted, self.accepted, speedup, reason)
 
 
@@ -254,6 +271,8 @@ class BatchRunner:
         )
         self._closed = False
         self._spec_mode = "off"  # this run's (run())
+        self._pool = [0, 0]  # auto: tokens drafted and accepted in this run so far
+        self._auto_items = 0  # auto: items assigned in this run
 
     @classmethod
     def load(
@@ -405,6 +424,8 @@ class BatchRunner:
             if self._closed:
                 raise BatchError("the model was unloaded")
             self._spec_mode = speculative
+            self._pool = [0, 0]
+            self._auto_items = 0
             yield from self._run_locked(
                 iter(items),
                 sampling,
@@ -486,7 +507,16 @@ class BatchRunner:
                         d = s.n_draft
                         out, acc, first = verify_draft(lib, self._ctx, mem, s.sampler, s)
                         assert s.spec is not None
-                        s.spec.record_draft(d, acc, dt if timed else 0.0)
+                        spec = s.spec
+                        spec.record_draft(d, acc, dt if timed else 0.0)
+                        self._pool[0] += d
+                        self._pool[1] += acc
+                        if (
+                            spec.auto
+                            and spec.drafted >= AUTO_PROBE
+                            and spec.accepted < AUTO_MIN_ACCEPT * spec.drafted
+                        ):
+                            spec.off_reason = "auto: low acceptance"
                         drawn.append((s, out, acc))
                         rows.extend(range(first, first + len(out)))
                         toks.extend(out)
@@ -557,7 +587,9 @@ class BatchRunner:
             progress.grammar_items += slot.spec_grammar
             return
         progress.drafting_items += 1
-        progress.auto_off_items += spec.off_reason is not None
+        if spec.off_reason is not None:
+            progress.auto_off_items += 1
+            progress.auto_off_reason = spec.off_reason
         progress.drafted += spec.drafted
         progress.accepted += spec.accepted
         for total, own in (
@@ -662,7 +694,18 @@ class BatchRunner:
                 # a grammar's sampler state cannot be stepped back over a rejected draft
                 slot.spec_grammar = True
             else:
-                slot.spec = SpecController("ngram", auto=self._spec_mode == "auto")
+                auto = self._spec_mode == "auto"
+                slot.spec = SpecController("ngram", auto=auto)
+                if auto:
+                    slot.spec.k = AUTO_K_START
+                    self._auto_items += 1
+                    drafted, accepted = self._pool
+                    if (
+                        drafted >= AUTO_POOL
+                        and accepted < AUTO_MIN_ACCEPT * drafted
+                        and self._auto_items % AUTO_RETRY
+                    ):
+                        slot.spec.off_reason = "auto: low acceptance"
                 slot.drafter = NgramDrafter(tokens)
         return None
 
