@@ -37,8 +37,10 @@ sequences' tokens and prompts; verification, the draft's logits and the KV cache
 rejected cells are decoding.py's helpers, the scheduler's own. Each emitted token takes
 the plain path (end of generation, stop strings, max_tokens, the window) and its
 log-probability is read from the row it was drawn from, so greedy outputs, seeded samples
-and the mean/min log-probabilities are those of decoding without drafts. A sequence under
-a grammar does not draft (as in the scheduler).
+and the mean/min log-probabilities are those of decoding without drafts, within the limit
+speculative.py's docstring measures (past KV cell 256 llama.cpp's CPU flash attention
+rounds a lone token's logits differently from a batch's, so a near-tie there can part a
+long reply). A sequence under a grammar does not draft (as in the scheduler).
 
 `auto` in a batch: a draft is extra tokens in a decode every sequence waits for. At one or
 two sequences a step is bound by reading the weights, and verifying a few more tokens
