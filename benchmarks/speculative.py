@@ -216,6 +216,12 @@ def main() -> None:
     ap.add_argument("--draft", type=Path, help="a draft model: adds the `draft` contender")
     ap.add_argument("--ngram-max", type=int, default=speculative.NGRAM_MAX)
     ap.add_argument("--ngram-min", type=int, default=speculative.NGRAM_MIN)
+    ap.add_argument(
+        "--repeat-penalty",
+        type=float,
+        default=SamplingParams.repeat_penalty,
+        help="the sampler's (default: the app's); 1.0 lets a reply repeat its input freely",
+    )
     ap.add_argument("--k-start", type=int, default=speculative.K_START)
     ap.add_argument("--k-max", type=int, default=speculative.K_MAX)
     args = ap.parse_args()
@@ -228,7 +234,9 @@ def main() -> None:
     if args.draft is not None:
         options = LoadOptions(ctx=2048, threads=args.threads, draft_model=str(args.draft))
     engine = Engine.load(path, options)
-    sampling = SamplingParams(temperature=0, max_tokens=args.max_tokens)
+    sampling = SamplingParams(
+        temperature=0, max_tokens=args.max_tokens, repeat_penalty=args.repeat_penalty
+    )
     copying = COPYING[: args.prompts] if args.prompts else list(COPYING)
     if args.only_long:
         copying = list(LONG)
