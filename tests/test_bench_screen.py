@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, Label, Static
 
 from tests.support.pilot import make_app, wait_for
 from tui_infer.app.screens.bench import BenchScreen, bar_chart
@@ -35,6 +35,9 @@ async def test_bench_screen_runs_and_keeps_history(tmp_path: Path, model_path: P
         await wait_for(pilot, lambda: isinstance(app.screen, BenchScreen))
         screen = app.screen
         assert isinstance(screen, BenchScreen)
+        # the library's name for the model (as the chat's title), not its path
+        shown = str(screen.query_one("#bench-model", Label).render())
+        assert shown == f"Model: {model_path.stem}", shown
         for widget_id, value in (("#bench-pp", "16"), ("#bench-tg", "8"), ("#bench-reps", "2")):
             screen.query_one(widget_id, Input).value = value
         await pilot.press("ctrl+r")

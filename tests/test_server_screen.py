@@ -137,7 +137,7 @@ async def test_the_server_screen_serves_the_chats_model(
         [entry] = registry.list_running(state)
         assert (entry.kind, entry.address, entry.model) == ("app", None, model_path.name)
         screen = await open_server_screen(pilot)
-        assert model_path.name in text_of(screen, "#server-model")
+        assert f"Model: {model_path.stem} " in text_of(screen, "#server-model")  # the library name
         assert "2 sequences decode at once" in text_of(screen, "#server-note")
 
         # refused: an open host without a key; a taken port (one line each, no server)
@@ -250,6 +250,6 @@ async def test_no_model_no_server(tmp_path: Path, model_path: Path) -> None:
         await ready(pilot)
         await pilot.pause(1.2)
         assert not screen.query_one("#server-toggle", Button).disabled
-        assert model_path.name in text_of(screen, "#server-model")
+        assert f"Model: {model_path.stem} " in text_of(screen, "#server-model")
         [entry] = registry.list_running(tmp_path / "data" / "state")
         assert entry.model == model_path.name

@@ -34,6 +34,7 @@ from textual.worker import Worker, WorkerState
 from tui_infer.app.screens.dialogs import ConfirmScreen, TextPromptScreen
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.models.library import model_stem
 from tui_infer.core.static import verify
 
 POLL_S = 1.0
@@ -154,7 +155,7 @@ class BatchScreen(Screen[None]):
                 f"{r.n_done}/{r.n_items}",
                 str(r.n_rejected),
                 str(r.generated_tokens),
-                Path(r.model_path).name,
+                model_stem(Path(r.model_path)),
                 when(r.created_at),
                 when(r.published_at),
                 key=str(r.id),

@@ -19,6 +19,7 @@ from textual.worker import Worker, WorkerState
 from tui_infer.core.bench.measure import BenchConfig, BenchResult
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
+from tui_infer.core.models.library import model_stem
 
 BAR_WIDTH = 40
 
@@ -66,10 +67,18 @@ class BenchScreen(Screen[None]):
         self.running = False
         self._cancel = threading.Event()
 
+    def _model_name(self) -> str:
+        """The library's name (file stem or hub repo and quant), as the chat shows it."""
+        if self.model_path is None:
+            return "none loaded"
+        from tui_infer.core.models.names import library_name
+
+        return library_name(self.model_path, self.data_dir)
+
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="bench-body"):
-            yield Label(f"Model: {self.model_path or 'none loaded'}", id="bench-model")
+            yield Label(f"Model: {self._model_name()}", id="bench-model")
             with Horizontal(id="bench-form"):
                 yield Label("pp")
                 yield Input("512", id="bench-pp", restrict=r"[0-9,]*")
@@ -108,7 +117,7 @@ class BenchScreen(Screen[None]):
             (
                 str(run.id),
                 datetime.fromtimestamp(run.created).strftime("%Y-%m-%d %H:%M"),
-                f"{Path(run.model_path).name} {run.quantization}",
+                f"{model_stem(Path(run.model_path))} {run.quantization}",
                 ", ".join(f"{r.test} {r.mean:.1f}" for r in run.results),
             )
             for run in reversed(runs)

@@ -38,6 +38,7 @@ from textual.worker import Worker, WorkerState
 from tui_infer.core.config import Settings
 from tui_infer.core.errors import TuiInferError
 from tui_infer.core.inference.types import ChatEngine
+from tui_infer.core.models.names import library_name
 
 if TYPE_CHECKING:
     from tui_infer.app.screens.chat_base import ChatScreenBase
@@ -243,7 +244,8 @@ class ServerScreen(Screen[None]):
             note.update("")
             return
         path = chat.model_path
-        model.update(f"Model: {path.name if path else engine.info.name} (the chat's, shared)")
+        name = library_name(path, self.data_dir) if path else engine.info.name
+        model.update(f"Model: {name} (the chat's, shared)")
         parallel = _parallel(engine)
         if parallel == 1:
             note.update(
