@@ -546,7 +546,7 @@ class ModelLibrary:
 
     def verify(self, entry: ModelEntry, progress: ProgressFn | None = None) -> list[str]:
         """Rehash every part and compare with the remembered hash; returns the problems."""
-        if entry.status != "ok" and not entry.verify_failed:
+        if not all(Path(p.path).is_file() for p in entry.parts):
             return [f"{entry.name}: {entry.status}"]  # missing parts: nothing to hash
         problems = []
         total, done = entry.size, 0
