@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tui_infer.commands.tables import output_flags, print_json, wants
 from tui_infer.core.units import human_size
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     )
     ver = bsub.add_parser("verify", help="check every file of a bundle against its manifest")
     ver.add_argument("dir", type=Path, metavar="DIR")
+    output_flags(ver)
     imp = bsub.add_parser(
         "import",
         help="verify a bundle, then add its models, predictions (and config) here",
@@ -245,22 +247,47 @@ def _verify(args: argparse.Namespace) -> int:
     manifest = read_manifest(root)
     with _bar("verifying") as bar:
         problems, good = verify(root, manifest, bar)
-    if problems:
+    size = sum(int(f["size"]) for f in manifest["files"])
+    made_by = (
+        manifest.get("tui_infer_version"),
+        manifest["python"]["system"],
+        manifest["python"]["machine"],
+        manifest.get("llama_cpp", {}).get("backend"),
+    )
+    if wants(args, "json"):
+        print_json(
+            {
+                "bundle": str(root),
+                "ok": not problems,
+                "files": len(manifest["files"]),
+                "size_bytes": size,
+                "matched": len(good),
+                "problems": [
+                    {"path": p.path, "what": p.what, "detail": p.detail} for p in problems
+                ],
+                "tui_infer_version": made_by[0],
+                "system": made_by[1],
+                "machine": made_by[2],
+                "llama_cpp_backend": made_by[3],
+            }
+        )
+    else:
         for p in problems:
             print(f"{root.name}: {p}")
+    if problems:
         print(
             f"tui-infer: error: {root}: {len(problems)} file(s) do not match the manifest; "
             "copy the bundle again",
             file=sys.stderr,
         )
         return 1
-    size = sum(int(f["size"]) for f in manifest["files"])
-    print(
-        f"{root}: intact ({len(good)} files, {human_size(size)}; made by tui-infer "
-        f"{manifest.get('tui_infer_version', '?')} on {manifest['python']['system']} "
-        f"{manifest['python']['machine']}, llama.cpp "
-        f"{manifest.get('llama_cpp', {}).get('backend', '?')})"
-    )
+    if not wants(args, "json"):
+        version, system, machine, backend = made_by
+        print(
+            f"{root}: intact ({len(good)} files, {human_size(size)}; made by tui-infer "
+            f"{'?' if version is None else version} on {system} {machine}, llama.cpp "
+            f"{'?' if backend is None else backend})"
+        )
     return 0
 
 

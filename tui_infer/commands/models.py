@@ -46,6 +46,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
 
     verify = msub.add_parser("verify", help="rehash files and compare with the recorded sha256")
     verify.add_argument("target", nargs="?", metavar="NAME|PATH", help="default: every model")
+    output_flags(verify)
 
     search = msub.add_parser("search", help="search GGUF repositories on the hub")
     search.add_argument("query")
@@ -363,7 +364,8 @@ def _rm(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
 
 def _verify(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> int:
     entries = [_library_entry(lib, args.target)] if args.target else lib.entries()
-    bad = 0
+    as_json = wants(args, "json")
+    checked: list[dict[str, Any]] = []
     for e in entries:
         had = e.sha256
         problems = (
@@ -371,13 +373,27 @@ def _verify(args: argparse.Namespace, lib: ModelLibrary, settings: Settings) -> 
             if e.status == "ok" or e.verify_failed  # a failed one is checked again
             else [f"{e.name}: {e.status}"]
         )
+        checked.append(
+            {
+                "name": e.name,
+                "path": str(e.path),
+                "sha256": e.sha256,  # the recorded one (a failed file's is not its own)
+                "ok": not problems,
+                "recorded_now": not problems and not had,
+                "problems": problems,
+            }
+        )
+        if as_json:
+            continue
         if problems:
-            bad += 1
             for p in problems:
                 print(f"FAILED  {p}")
         else:
             note = "" if had else " (no hash recorded before: recorded now)"
             print(f"ok      {e.name}  {e.sha256}{note}")
+    bad = sum(not c["ok"] for c in checked)
+    if as_json:
+        print_json({"ok": not bad, "checked": len(checked), "failed": bad, "models": checked})
     if bad:
         print(
             f"tui-infer: error: {bad} model(s) failed verification; re-download or re-import them",

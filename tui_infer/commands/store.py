@@ -74,6 +74,7 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
         help="a shell command reading the rows as JSONL on stdin and answering "
         "'ID pass' or 'ID fail REASON' per line on stdout",
     )
+    output_flags(ver)
     rej = ss.add_parser("reject", help="reject predictions of a run by id")
     rej.add_argument("run", type=int)
     rej.add_argument("ids", nargs="+", metavar="ID")
@@ -403,12 +404,32 @@ def _verify(store: Any, args: argparse.Namespace, settings: Settings, paths: Pat
     )
     outcome = verify.verify_run(store, args.run, checks, _runner_opener(store, settings, paths))
     by_item = outcome.by_item()
-    for item, flags in by_item.items():
-        for f in flags:
-            print(f"{item}  {f.check}: {f.detail}")
     counts: dict[str, int] = {}
     for f in outcome.flags:
         counts[f.check] = counts.get(f.check, 0) + 1
+    g = verify.gate(store, args.run)
+    if wants(args, "json"):
+        print_json(
+            {
+                "run": args.run,
+                "checked": outcome.checked,
+                "flagged": len(by_item),
+                "counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+                "flags": [
+                    {"id": item, "check": f.check, "detail": f.detail}
+                    for item, flags in by_item.items()
+                    for f in flags
+                ],
+                "resampled": outcome.resampled,
+                "notes": outcome.notes,
+                "clear": g.clear,
+                "unreviewed": list(g.unreviewed),
+            }
+        )
+        return 0
+    for item, flags in by_item.items():
+        for f in flags:
+            print(f"{item}  {f.check}: {f.detail}")
     what = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     summary = f"run {args.run}: {outcome.checked} predictions checked, {len(by_item)} flagged"
     summary += f" ({what})" if what else ""
@@ -418,7 +439,6 @@ def _verify(store: Any, args: argparse.Namespace, settings: Settings, paths: Pat
     print(summary)
     for note in outcome.notes:
         print(f"  {note}")
-    g = verify.gate(store, args.run)
     if g.clear:
         print(f"nothing to review: 'tui-infer store publish {args.run}' serves it")
     else:
