@@ -22,9 +22,10 @@ cache type (f16), one KV stream per sequence (--no-kv-unified: our default).
    is timed the same way: from the first decode that holds one token of each of the N
    sequences and nothing else (all prompts in) to the 129th such decode, which is 128
    whole steps: pl x 128 / that time. Unlike llama-batched-bench, which decodes random
-   tokens and never samples, ours samples each token (greedy, llama.cpp's sampler), takes
-   its log-probability (store verify's confidence) and its text, as `tui-infer batch`
-   does: that cost is counted. The prompts are counting sequences, so that greedy
+   tokens and never samples, ours draws each token (greedy with no penalty: the row's
+   argmax, found in the pass over the row that takes the token's log-probability, store
+   verify's confidence) and reads its text, as `tui-infer batch` does: that cost is
+   counted. The prompts are counting sequences, so that greedy
    decoding never meets the end of text. Continuous batching starts a sequence's
    generation as soon as its prompt is in, so at 8 sequences and more (more prompt tokens
    than one 512-token batch) the first sequences are a few tokens deeper (at most

@@ -118,3 +118,26 @@ def test_progress_and_cancel(runner: BatchRunner) -> None:
     assert progress.done == 1 and progress.generated_tokens >= got[0].generated_tokens
     # the context is usable again after a cancelled run
     assert len(list(runner.run(_items(PROMPTS[:2]), GREEDY))) == 2
+
+
+def test_greedy_without_penalty_equals_the_engine(runner: BatchRunner, engine: Engine) -> None:
+    # greedy with no penalty and no grammar: the runner takes each token as the row's
+    # argmax in its log-probability pass instead of calling llama.cpp's sampler; the engine
+    # samples through llama.cpp's greedy sampler, so a wrong pick or a wrong tie-break parts
+    plain = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=24)
+    items = _items(PROMPTS)
+    results = {r.id: r for r in runner.run(items, plain)}
+    for it in items:
+        got = results[it.id]
+        assert got.text == _engine_reply(engine, it.messages, plain), it.id
+        assert got.mean_logprob is not None and got.min_logprob is not None
+        assert got.min_logprob <= got.mean_logprob <= 0.0
+
+
+def test_a_consumer_that_stops_early_leaves_the_runner_usable(runner: BatchRunner) -> None:
+    # the loop runs on the llama.cpp thread: closing its generator must end it there
+    gen = runner.run(_items(PROMPTS), GREEDY)
+    first = next(gen)
+    gen.close()
+    assert first.id in {str(i) for i in range(len(PROMPTS))}
+    assert len(list(runner.run(_items(PROMPTS[:2]), GREEDY))) == 2

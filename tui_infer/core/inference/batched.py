@@ -90,7 +90,7 @@ from tui_infer.core.inference.decoding import (
     tokenize,
     verify_draft,
 )
-from tui_infer.core.inference.llama_thread import on_llama_thread
+from tui_infer.core.inference.llama_thread import iterate_on_llama_thread, on_llama_thread
 from tui_infer.core.inference.speculative import NgramDrafter, SpecController, SpeculativeStats
 from tui_infer.core.inference.template import ChatTemplate, limits_for
 from tui_infer.core.inference.types import (
@@ -184,6 +184,9 @@ class _Slot(SeqSlot):
     drafter: NgramDrafter | None = None
     t_step: float = 0.0  # when its last token was emitted (drafting's timing)
     spec_grammar: bool = False  # it may not draft: a grammar
+    # its sampler chain is llama.cpp's greedy alone (no penalty, no grammar): its token is
+    # the row's argmax, taken in the log-probability pass (_draw) without the sampler
+    argmax: bool = False
 
 
 @dataclass
@@ -364,7 +367,9 @@ class BatchRunner:
         it was drawn from (`ats`: batch indices; scheduler.py's _logprob): a log-sum-exp
         over this step's rows together, in float32, LOGPROB_ROWS at a time into a scratch
         buffer. A row's place in llama.cpp's output buffer is read from
-        llama_get_logits_ith, not assumed."""
+        llama_get_logits_ith, not assumed. A token given as -1 is the row's argmax (the
+        first of equal maxima, as llama.cpp's greedy sampler picks it): `toks` is filled
+        in with it."""
         if not ats:
             return []
         lib, ctx, nv = self._lib, self._ctx, self._n_vocab
@@ -386,7 +391,11 @@ class BatchRunner:
             lo = idx[0]
             # llama.cpp keeps a step's rows in batch order: a slice, no copy (else gathered)
             rows = logits[lo : lo + k] if idx == list(range(lo, lo + k)) else logits[idx]
-            top = rows.max(axis=1)
+            best = rows.argmax(axis=1)
+            top = rows[np.arange(k), best]
+            for j in range(k):
+                if toks[at + j] < 0:
+                    toks[at + j] = int(best[j])
             buf = self._scratch[:k]
             # exp(x - top) as 2^(x*log2(e) - top*log2(e)): exp2 is twice as fast as exp here,
             # and the sum a matrix-vector product (25% less than max, subtract, exp, sum)
@@ -428,13 +437,14 @@ class BatchRunner:
             self._spec_mode = speculative
             self._pool = [0, 0]
             self._auto_items = 0
-            yield from self._run_locked(
-                iter(items),
-                sampling,
-                run_seed,
-                system,
-                cancel or threading.Event(),
-                progress,
+            cancel = cancel or threading.Event()
+            # the whole loop on the llama.cpp thread, as the engine's (a hand-off there and
+            # back for each step's decode cost 15-20 % at one sequence: benchmarks/
+            # vs_llama_bench.py); the loop never waits for this consumer, and a consumer
+            # that stops early sets `cancel`, which ends the loop at its next step
+            yield from iterate_on_llama_thread(
+                self._run_locked(iter(items), sampling, run_seed, system, cancel, progress),
+                cancel.set,
             )
 
     def _run_locked(
@@ -523,14 +533,22 @@ class BatchRunner:
                         rows.extend(range(first, first + len(out)))
                         toks.extend(out)
                         continue
-                    tok = int(lib.llama_sampler_sample(s.sampler, self._ctx, s.logits_at))
+                    # greedy alone: the argmax, drawn in _logprobs (-1 until then)
+                    tok = (
+                        -1
+                        if s.argmax
+                        else int(lib.llama_sampler_sample(s.sampler, self._ctx, s.logits_at))
+                    )
                     if s.spec is not None and timed and dt:
                         s.spec.record_plain(dt)
                     drawn.append((s, [tok], 0))
                     rows.append(s.logits_at)
                     toks.append(tok)
                 lps = iter(self._logprobs(rows, toks))
+                at = 0  # drawn's tokens in order in `toks` (argmax ones filled in now)
                 for slot, out, acc in drawn:
+                    out = toks[at : at + len(out)]
+                    at += len(out)
                     base = slot.pos - acc  # where out[0] goes in the sequence
                     done_reason = None
                     for i, tok in enumerate(out):
@@ -672,6 +690,9 @@ class BatchRunner:
         if slot.sampler is not None:
             self._lib.llama_sampler_free(slot.sampler)
         slot.sampler = make_sampler(self._lib, self._n_vocab, sampling, seed, self._vocab)
+        slot.argmax = (
+            sampling.greedy and sampling.repeat_penalty == 1.0 and sampling.grammar is None
+        )
         slot.item = item
         slot.tokens = tokens
         slot.pending = tokens[kept:]
