@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.pilot import make_app, ready, send, wait_for
-from tui_infer.core.inference.pacing import SHARED, SPARE, stream_pacing
+from tui_infer.core.inference.pacing import SHARED, SPARE, planned_offload, stream_pacing
+from tui_infer.core.models.gguf import read_header
 
 
 def test_every_core_busy_on_the_cpu_is_shared() -> None:
@@ -27,6 +28,27 @@ def test_a_spare_core_or_a_whole_gpu_offload_is_spare() -> None:
     assert stream_pacing(2, 2, offloaded_layers=30, total_layers=30) is SPARE
     assert SHARED.text_s > SPARE.text_s and SHARED.figures_s > SPARE.figures_s
     assert "every core" in SHARED.describe() and "text 2/s" in SHARED.describe()
+
+
+def test_doctor_judges_gpu_layers_against_the_models_layers(model_path: Path) -> None:
+    # doctor has no model loaded: it reads n_layer from the default model's header, and
+    # llama.cpp offloads n_layer + 1 layers (the output layer too) for "all"
+    n = read_header(model_path).n_layer
+    assert n > 0
+    assert planned_offload(-1, n, gpu=True) == (n + 1, n + 1)
+    assert stream_pacing(2, 2, *planned_offload(-1, n, True)) is SPARE
+    assert stream_pacing(2, 2, *planned_offload(n + 1, n, True)) is SPARE
+    assert stream_pacing(2, 2, *planned_offload(99, n, True)) is SPARE
+    # n layers leave the output layer on the CPU: its threads still take every core
+    assert planned_offload(n, n, True) == (n, n + 1)
+    assert stream_pacing(2, 2, *planned_offload(n, n, True)) is SHARED
+    assert stream_pacing(2, 2, *planned_offload(5, n, True)) is SHARED
+    # a CPU-only build (or no GPU device) offloads nothing, whatever the setting
+    assert planned_offload(-1, n, gpu=False) == (0, n + 1)
+    assert planned_offload(0, n, gpu=True) == (0, n + 1)
+    # no model to read n_layer from: -1 is whole, a count cannot be judged whole
+    assert stream_pacing(2, 2, *planned_offload(-1, 0, True)) is SPARE
+    assert stream_pacing(2, 2, *planned_offload(40, 0, True)) is SHARED
 
 
 def test_the_redraws_setting_sets_the_text_pace(tmp_path: Path) -> None:

@@ -107,13 +107,18 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
     t.add_row("threads", f"{settings.effective_threads} (of {os.cpu_count()} logical CPUs)")
     doc["threads"] = settings.effective_threads
     doc["logical_cpus"] = os.cpu_count()
-    from tui_infer.core.inference.pacing import stream_pacing
+    from tui_infer.core.inference.pacing import planned_offload, stream_pacing
 
-    # (a GPU build with gpu_layers set counts as the whole model on the GPU)
-    on_gpu = 1 if offload and settings.gpu_layers and any(d.is_gpu for d in probed) else 0
+    # the model on the GPU wholly, partly or not at all: gpu_layers against the default
+    # model's n_layer + 1 (read from its header; without one a count is judged partial)
+    gpu = bool(offload) and any(d.is_gpu for d in probed)
+    n_layer = _default_model_layers(settings)
+    on_gpu, total = planned_offload(settings.gpu_layers, n_layer, gpu)
     pacing = stream_pacing(
-        settings.effective_threads, os.cpu_count(), on_gpu, 1, settings.redraws
+        settings.effective_threads, os.cpu_count(), on_gpu, total, settings.redraws
     ).describe()
+    if gpu and n_layer:
+        pacing += f"; {on_gpu}/{total} layers on the GPU"
     t.add_row("TUI redraws while a reply streams", pacing)
     doc["tui_redraws"] = pacing
     t.add_row("llama_cpp module", os.path.dirname(llama_cpp.__file__))
@@ -179,6 +184,19 @@ def doctor_command(args: argparse.Namespace, settings: Settings, paths: Paths) -
         print(f"tui-infer: error: {problem}", file=sys.stderr)
         return int(problem.exit_code)
     return 0
+
+
+def _default_model_layers(settings: Settings) -> int:
+    """n_layer of the model the app would load (0 when there is none or it is unreadable:
+    the model row reports that)."""
+    from tui_infer.core.models.gguf import read_header
+    from tui_infer.core.models.resolve import resolve_model
+
+    try:
+        model = resolve_model(settings.model)
+        return read_header(model).n_layer if model is not None else 0
+    except TuiInferError:
+        return 0
 
 
 def _installed(dist: str) -> str | None:

@@ -44,3 +44,18 @@ def stream_pacing(
     if redraws > 0:
         return replace(chosen, text_s=1 / redraws)
     return chosen
+
+
+def planned_offload(gpu_layers: int, n_layer: int, gpu: bool) -> tuple[int, int]:
+    """(layers a load would offload, offloadable layers) before any model is loaded (doctor):
+    llama.cpp counts n_layer + 1 offloadable layers (the output layer too), -1 means all of
+    them, and a CPU-only build or no GPU device offloads none. n_layer 0 (no model to read
+    it from): a positive count cannot be judged whole, so it counts as partial."""
+    total = n_layer + 1 if n_layer > 0 else 0
+    if not gpu or gpu_layers == 0:
+        return 0, max(total, 1)
+    if gpu_layers < 0:
+        return (total, total) if total else (1, 1)
+    if not total:
+        return 0, 1
+    return min(gpu_layers, total), total
