@@ -199,7 +199,10 @@ def test_a_grammar_item_does_not_draft(runner: BatchRunner) -> None:
 def test_a_bad_mode_for_the_runner(runner: BatchRunner) -> None:
     from tui_infer.core.inference.batched import BatchError
 
-    with pytest.raises(BatchError, match="speculative must be one of auto, ngram, off"):
+    with pytest.raises(BatchError, match="speculative must be one of auto, ngram, draft, off"):
+        list(runner.run(items(FREE[:1]), GREEDY, speculative="fast"))
+    # draft needs a draft model loaded (tests/test_batch_draft.py)
+    with pytest.raises(BatchError, match="needs a draft model"):
         list(runner.run(items(FREE[:1]), GREEDY, speculative="draft"))
 
 
@@ -282,7 +285,7 @@ def test_batch_takes_the_speculative_setting(
     assert json.loads(out)["speculative"]["mode"] == "off"
 
 
-def test_draft_and_bad_values_are_one_line_exit_2(
+def test_draft_without_a_model_and_bad_values_are_one_line_exit_2(
     model_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -291,8 +294,8 @@ def test_draft_and_bad_values_are_one_line_exit_2(
     code, rows, _, err = batch_cli(tmp_path, monkeypatch, capsys, "draft", "--speculative", "draft")
     assert code == 2 and not rows
     assert len(err.strip().splitlines()) == 1
-    assert "--speculative ngram or auto" in err and "draft model" in err
+    assert "--speculative ngram" in err and "--draft MODEL" in err
     code, rows, _, err = batch_cli(tmp_path, monkeypatch, capsys, "bad", "--speculative", "fast")
     assert code == 2 and not rows
     assert len(err.strip().splitlines()) == 1
-    assert "--speculative must be one of auto, ngram, off, got 'fast'" in err
+    assert "--speculative must be one of auto, ngram, draft, off, got 'fast'" in err

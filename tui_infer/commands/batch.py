@@ -67,21 +67,22 @@ def add_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences")
     p.add_argument(
         "--speculative",
-        dest="batch_speculative",  # checked here (no draft model): see _speculative_mode
-        metavar="auto|ngram|off",
-        help="speculative decoding by prompt lookup, each sequence drafting in the same "
-        "decode: auto (the default, or the 'speculative' setting: only while at most 2 "
-        "sequences run and drafts are mostly taken), ngram (always), off; the outputs are "
-        "the same",
+        dest="batch_speculative",  # checked here (batch's own auto): see _speculative_mode
+        metavar="auto|ngram|draft|off",
+        help="speculative decoding, each sequence drafting in the same decode: auto (the "
+        "default, or the 'speculative' setting: by prompt lookup, only while at most 2 "
+        "sequences run and drafts are mostly taken), ngram (prompt lookup always), draft "
+        "(the --draft model always; the default with --draft), off; the outputs are the same",
     )
     p.add_argument(
         "--json",
         action="store_true",
         help="print the run's summary as one JSON document (with a 'speculative' object)",
     )
-    from tui_infer.commands.request_flags import add_request_flags
+    from tui_infer.commands.request_flags import add_draft_flag, add_request_flags
 
     add_request_flags(p)  # --preset, --json-schema, --grammar, --template
+    add_draft_flag(p)  # --draft MODEL, as run's
     p.add_argument(
         "--ray",
         nargs="?",
@@ -116,6 +117,8 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise TuiInferError(f"--parallel must be at least 1, got {args.parallel}")
     speculative = _speculative_mode(args, settings)
+    # the draft model's file (Ray's actors decode without drafts: none there)
+    draft = _draft_file(settings, speculative) if getattr(args, "ray", None) is None else None
     if args.output.resolve() == args.input.resolve():
         raise TuiInferError("OUTPUT is the INPUT file; give another path with -o")
     from tui_infer.core.files import MissingFolderError
@@ -239,6 +242,7 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
                     len(batch_items) - len(todo),
                     speculative,
                     progress,
+                    draft,
                 )
             except KeyboardInterrupt:
                 store.set_run_status(run_id, "interrupted")
@@ -355,34 +359,50 @@ def execute(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
 
 
 def _speculative_mode(args: argparse.Namespace, settings: Settings) -> str:
-    """--speculative, else the 'speculative' setting, as `run` takes it: auto, ngram or off.
-    The batch runner drafts by prompt lookup only: the flag's draft is a one-line error
-    naming the way out; the setting's draft (for the chat and `run`, with its draft_model)
-    runs here as auto, said on stderr."""
+    """--speculative, else draft when --draft is given, else the 'speculative' setting, as
+    `run` takes them: auto, ngram, draft or off. Draft needs a draft model (--draft or the
+    'draft_model' setting): without one it is a one-line error naming the way out, as in
+    `run`. Batch's auto drafts by prompt lookup (batched.py), so --draft beside auto, ngram
+    or off is unused, said on stderr. --ray decodes without drafts: --draft or
+    --speculative draft with it is an error (the setting's draft is not: Ray runs off)."""
     from tui_infer.core.errors import TuiInferError
     from tui_infer.core.inference.batched import SPECULATIVE_MODES
 
     flag = getattr(args, "batch_speculative", None)
-    if flag == "draft":
-        raise TuiInferError(
-            "batch --speculative draft: batch has no draft model, it drafts by prompt "
-            "lookup; use --speculative ngram or auto (--draft MODEL works with run, serve "
-            "and the chat)"
-        )
     if flag is not None and flag not in SPECULATIVE_MODES:
         raise TuiInferError(
             f"--speculative must be one of {', '.join(SPECULATIVE_MODES)}, got {flag!r}"
         )
-    if flag is not None:
-        return str(flag)
-    if settings.speculative == "draft":
+    given = getattr(args, "draft_model", None)  # --draft MODEL on this command line
+    mode = str(flag) if flag is not None else "draft" if given else settings.speculative
+    if mode == "draft" and not settings.draft_model.strip():
+        raise TuiInferError(
+            "batch --speculative draft needs a draft model: give --draft MODEL (or set "
+            "'draft_model'), or use --speculative ngram"
+        )
+    if mode == "draft" and getattr(args, "ray", None) is not None and (given or flag):
+        raise TuiInferError(
+            "batch --ray decodes without drafts: drop --draft (and --speculative draft), "
+            "or run without --ray"
+        )
+    if given and mode != "draft":
         print(
-            "tui-infer: note: the 'speculative' setting is draft, but batch drafts by prompt "
-            "lookup only: auto here (give --speculative to choose)",
+            f"tui-infer: note: --draft is unused with --speculative {mode} (batch's auto "
+            "drafts by prompt lookup); give --speculative draft to draft with it",
             file=sys.stderr,
         )
-        return "auto"
-    return settings.speculative
+    return mode
+
+
+def _draft_file(settings: Settings, speculative: str) -> Path | None:
+    """The draft model's file for --speculative draft, resolved and its header checked as
+    `run` does it (a path or a library name; ModelFileError names what is wrong)."""
+    if speculative != "draft":
+        return None
+    from tui_infer.core.inference.engine import _draft_path
+    from tui_infer.core.inference.types import LoadOptions
+
+    return _draft_path(replace(LoadOptions.from_settings(settings), speculative="draft"))
 
 
 def _provenance(
@@ -618,6 +638,7 @@ def _run_todo(
     already: int,
     speculative: str,
     progress: Any,
+    draft: Path | None = None,
 ) -> int:
     from tui_infer.core.inference.batched import BatchRunner, default_parallel
 
@@ -655,7 +676,11 @@ def _run_todo(
 
         raise TuiInferError("--ray-actors and --ray-send-model go with --ray [ADDRESS]")
     else:
-        runner = BatchRunner.load(model_path, opts, parallel=parallel, kv_unified=args.kv_unified)
+        runner = BatchRunner.load(
+            model_path, opts, parallel=parallel, kv_unified=args.kv_unified, draft=draft
+        )
+        if runner.draft_note:
+            print(f"tui-infer: warning: {runner.draft_note}", file=sys.stderr)
     bar = _Bar(total, already, progress) if sys.stderr.isatty() else None
     try:
         items = [b for _, b in todo]

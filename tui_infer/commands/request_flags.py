@@ -1,5 +1,6 @@
 """Flags `run` and `batch` share: --preset NAME, --json-schema FILE, --grammar FILE,
---template NAME|FILE; and `run`'s --raw. Imports only the standard library at the top."""
+--template NAME|FILE, --draft MODEL; and `run`'s --raw. Imports only the standard library
+at the top."""
 
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         "drafts by prompt lookup, or with --draft's model, while it pays), ngram (prompt "
         "lookup always), draft (the --draft model always), off",
     )
+    add_draft_flag(p)
+
+
+def add_draft_flag(p: argparse.ArgumentParser) -> None:
+    """--draft MODEL (`run` and `batch`): the 'draft_model' setting."""
     p.add_argument(
         "--draft",
         dest="draft_model",

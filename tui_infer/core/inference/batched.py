@@ -42,6 +42,15 @@ speculative.py's docstring measures (past KV cell 256 llama.cpp's CPU flash atte
 rounds a lone token's logits differently from a batch's, so a near-tie there can part a
 long reply). A sequence under a grammar does not draft (as in the scheduler).
 
+With "draft" each sequence drafts with a draft model instead (draft.py: `load(...,
+draft=PATH)` loads it beside the model, its vocabulary checked, with one draft sequence per
+slot): a ModelDrafter in place of the NgramDrafter, the rest of the path the same. The
+draft model's decodes run in _plan_drafts, before the step's, on the llama.cpp thread the
+whole loop runs on; each draft token costs one decode of the draft model, so drafting pays
+only with a draft much smaller than the model and drafts mostly taken (the model as its
+own draft, as the tests use it, is slower). "draft" drafts at any width and acceptance, as
+"ngram" does; `auto` drafts by prompt lookup even when a draft model is loaded.
+
 `auto` in a batch: a draft is extra tokens in a decode every sequence waits for. At one or
 two sequences a step is bound by reading the weights, and verifying a few more tokens
 costs little beside it, so drafts accepted pay nearly in full; the wider the batch, the
@@ -70,7 +79,7 @@ import io
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +99,7 @@ from tui_infer.core.inference.decoding import (
     tokenize,
     verify_draft,
 )
+from tui_infer.core.inference.draft import DraftModel, ModelDrafter, load_draft
 from tui_infer.core.inference.llama_thread import iterate_on_llama_thread, on_llama_thread
 from tui_infer.core.inference.speculative import NgramDrafter, SpecController, SpeculativeStats
 from tui_infer.core.inference.template import ChatTemplate, limits_for
@@ -119,7 +129,8 @@ AUTO_MIN_ACCEPT = 0.8
 AUTO_POOL = 16
 AUTO_RETRY = 8
 AUTO_K_START = 2  # `auto`'s first draft (the controller doubles it while drafts are taken)
-SPECULATIVE_MODES = ("auto", "ngram", "off")  # what the batch runner does (no draft model)
+# what the batch runner does: "draft" needs a draft model (load(..., draft=PATH))
+SPECULATIVE_MODES = ("auto", "ngram", "draft", "off")
 
 
 class BatchError(TuiInferError):
@@ -181,7 +192,7 @@ class _Slot(SeqSlot):
     lp_sum: float = 0.0  # the generated tokens' log-probabilities: their sum and minimum
     lp_min: float = 0.0
     spec: SpecController | None = None  # None: it does not draft
-    drafter: NgramDrafter | None = None
+    drafter: NgramDrafter | ModelDrafter | None = None
     t_step: float = 0.0  # when its last token was emitted (drafting's timing)
     spec_grammar: bool = False  # it may not draft: a grammar
     # its sampler chain is llama.cpp's greedy alone (no penalty, no grammar): its token is
@@ -212,8 +223,10 @@ class BatchProgress:
 
     def speculative_stats(self) -> SpeculativeStats:
         """What drafting did over the run, as `run --json`'s `speculative` object: mode
-        (what ran: "ngram" or "off"), drafted, accepted, and the speed-up (the time per
-        token of timed plain steps over that of drafting steps, pooled over the items)."""
+        (what ran: "ngram", "draft" or "off"), drafted, accepted, and the speed-up (the time
+        per token of timed plain steps over that of drafting steps, pooled over the items;
+        None without timed plain steps, as in "draft", where every step after a reply's
+        first token drafts)."""
         if self.speculative == "off":
             return SpeculativeStats("off", reason="setting")
         if not self.drafting_items and self.grammar_items:
@@ -225,7 +238,8 @@ class BatchProgress:
             reason = f"auto: drafts only at {AUTO_MAX_WIDTH} sequences or fewer"
         elif self.auto_off_items and self.auto_off_items == self.drafting_items:
             reason = self.auto_off_reason
-        return SpeculativeStats("ngram", self.drafted, self.accepted, speedup, reason)
+        mode = "draft" if self.speculative == "draft" else "ngram"
+        return SpeculativeStats(mode, self.drafted, self.accepted, speedup, reason)
 
 
 class BatchRunner:
@@ -240,6 +254,8 @@ class BatchRunner:
         options: LoadOptions,
         parallel: int,
         kv_unified: bool,
+        draft: DraftModel | None = None,
+        draft_note: str | None = None,
     ) -> None:
         self._lib = lib
         self._model = model
@@ -274,6 +290,10 @@ class BatchRunner:
             add_bos=bool(lib.llama_vocab_get_add_bos(self._vocab)),
             names=[info.path.stem, info.name],
         )
+        # the draft model (draft.py; load(..., draft=PATH)), one sequence per slot, and a
+        # warning about it (it is larger than the model)
+        self.draft = draft
+        self.draft_note = draft_note
         self._closed = False
         self._spec_mode = "off"  # this run's (run())
         self._pool = [0, 0]  # auto: tokens drafted and accepted in this run so far
@@ -281,9 +301,17 @@ class BatchRunner:
 
     @classmethod
     def load(
-        cls, path: str | Path, options: LoadOptions, parallel: int = 8, kv_unified: bool = False
+        cls,
+        path: str | Path,
+        options: LoadOptions,
+        parallel: int = 8,
+        kv_unified: bool = False,
+        draft: Path | None = None,
     ) -> BatchRunner:
-        """Check the GGUF header as Engine.load does, then create a context for `parallel`."""
+        """Check the GGUF header as Engine.load does, then create a context for `parallel`;
+        with `draft` (a checked GGUF path) load that draft model beside it (draft.py's
+        load_draft: its vocabulary checked, a context of `parallel` sequences of the
+        model's cells each), for run(speculative="draft")."""
         if parallel < 1:
             raise BatchError(f"--parallel must be at least 1, got {parallel}")
         if options.kv_type not in KV_TYPE_IDS:
@@ -307,15 +335,36 @@ class BatchRunner:
                 f"llama.cpp could not create a context of {options.ctx} tokens for "
                 f"{parallel} sequences: {reason}; lower --ctx or --parallel"
             )
-        return cls(lib, model, ctx, info, options, parallel, kv_unified)
+        dm, note = None, None
+        if draft is not None:
+            try:
+                # the draft's sequences get the model's cells each: ctx / parallel
+                dm, note = on_llama_thread(
+                    lambda: load_draft(
+                        lib,
+                        draft,
+                        model,
+                        header.path,
+                        replace(options, parallel=parallel),
+                        options.ctx,
+                        sink,
+                    )
+                )
+            except BaseException:
+                lib.llama_free(ctx)
+                lib.llama_model_free(model)
+                raise
+        return cls(lib, model, ctx, info, options, parallel, kv_unified, dm, note)
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                lib, ctx, model = self._lib, self._ctx, self._model
+                lib, ctx, model, dm = self._lib, self._ctx, self._model, self.draft
 
                 def free() -> None:
+                    if dm is not None:
+                        dm.close()
                     lib.llama_free(ctx)
                     lib.llama_model_free(model)
 
@@ -422,12 +471,17 @@ class BatchRunner:
 
         `system` picks the shared prefix; the items' messages must already hold their
         system prompt. On cancel, the items still running are dropped unreported.
-        `speculative`: "auto", "ngram" or "off" (the module docstring); `progress` sums
-        what drafting did.
+        `speculative`: "auto", "ngram", "draft" (with a draft model loaded) or "off" (the
+        module docstring); `progress` sums what drafting did.
         """
         if speculative not in SPECULATIVE_MODES:
             raise BatchError(
                 f"speculative must be one of {', '.join(SPECULATIVE_MODES)}, got {speculative!r}"
+            )
+        if speculative == "draft" and self.draft is None:
+            raise BatchError(
+                "speculative draft needs a draft model: load the runner with draft=PATH, "
+                "or use ngram"
             )
         progress = progress or BatchProgress()
         progress.speculative = speculative
@@ -491,7 +545,7 @@ class BatchRunner:
                     break
                 # drafting (module docstring): `auto` only in a narrow step; a step that
                 # evaluates prompt tokens is not timed
-                may_draft = self._spec_mode == "ngram" or (
+                may_draft = self._spec_mode in ("ngram", "draft") or (
                     self._spec_mode == "auto" and len(active) <= AUTO_MAX_WIDTH
                 )
                 timed = may_draft and all(s.n_gen for s in active)
@@ -718,7 +772,13 @@ class BatchRunner:
                 slot.spec_grammar = True
             else:
                 auto = self._spec_mode == "auto"
-                slot.spec = SpecController("ngram", auto=auto)
+                if self._spec_mode == "draft":
+                    assert self.draft is not None
+                    # the draft's sequence starts where the model's did (`kept`)
+                    slot.drafter = self.draft.drafter(slot.seq, tokens, sampling, kept)
+                else:
+                    slot.drafter = NgramDrafter(tokens)
+                slot.spec = SpecController(self._spec_mode if not auto else "ngram", auto=auto)
                 if auto:
                     slot.spec.k = AUTO_K_START
                     self._auto_items += 1
@@ -729,7 +789,6 @@ class BatchRunner:
                         and self._auto_items % AUTO_RETRY
                     ):
                         slot.spec.off_reason = "auto: low acceptance"
-                slot.drafter = NgramDrafter(tokens)
         return None
 
     @staticmethod

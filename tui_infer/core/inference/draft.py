@@ -1,30 +1,32 @@
 """A draft model for speculative decoding: a small model of the target's vocabulary, loaded
 beside it, that drafts K tokens greedily for the target to verify (speculative.py, the
-scheduler's `_spec_step`).
+scheduler's `_spec_step`, and the batch runner's step in batched.py).
 
 Loading (`load_draft`, on the llama.cpp thread): the draft file gets its own context of the
-target's shape (the same cells per sequence, one sequence per scheduler slot), then its
-vocabulary is compared with the target's (`fingerprint`, `vocab_mismatch`): the number of
-tokens (llama.cpp's own speculative example tolerates a difference of up to 128 padding
-tokens, and so do we; a drafted id the target does not have ends the draft), BOS, EOS and
-EOT, whether BOS is added, the text of a spread sample of token ids, and the ids a probe
-text tokenizes to. A mismatch is one error naming both files and the way out.
+target's shape (the same cells per sequence, one sequence per scheduler or batch runner
+slot), then its vocabulary is compared with the target's (`fingerprint`, `vocab_mismatch`):
+the number of tokens (llama.cpp's own speculative example tolerates a difference of up to
+128 padding tokens, and so do we; a drafted id the target does not have ends the draft),
+BOS, EOS and EOT, whether BOS is added, the text of a spread sample of token ids, and the
+ids a probe text tokenizes to. A mismatch is one error naming both files and the way out.
 
-Drafting (`ModelDrafter`, one per request, the interface of NgramDrafter): the draft
-model's sequence for a slot is kept beside the target's. Before a draft it is brought in
-step with the request's tokens (prompt and reply so far): what it holds beyond their
-common prefix (a rejected draft, another request's tokens) goes with llama_memory_seq_rm,
-the missing tokens are evaluated (the whole prompt the first time, one or two tokens
-afterwards), then K tokens are drawn greedily, each evaluated in turn to draw the next.
+Drafting (`ModelDrafter`, one per request or batch item, the interface of NgramDrafter):
+the draft model's sequence for a slot is kept beside the target's. Before a draft it is
+brought in step with the request's tokens (prompt and reply so far): what it holds beyond
+their common prefix (a rejected draft, another request's tokens) goes with
+llama_memory_seq_rm, the missing tokens are evaluated (the whole prompt the first time, one
+or two tokens afterwards), then K tokens are drawn greedily, each evaluated in turn to draw
+the next.
 The draft's sampler chain is greedy after the request's repetition penalty (fed the reply's
 own tokens, as the target's chain is), so that at temperature 0 the draft model used as
 its own draft proposes exactly what the target will choose.
 
 A greedy draft is a point mass q on the drafted token x, and the standard rule (accept x
 with probability min(1, p(x)/q(x)), else draw from max(0, p - q) renormalised) becomes:
-accept with probability p(x), else draw from p without x. The scheduler verifies a model's
-draft exactly as a prompt-lookup one: one draw from the target's own chain per emitted
-token, accepted while it equals the draft (speculative.py explains why that is the rule).
+accept with probability p(x), else draw from p without x. The scheduler and the batch
+runner verify a model's draft exactly as a prompt-lookup one: one draw from the target's
+own chain per emitted token, accepted while it equals the draft (speculative.py explains
+why that is the rule).
 """
 
 from __future__ import annotations
@@ -121,8 +123,9 @@ def vocab_mismatch(target: VocabFingerprint, draft: VocabFingerprint) -> str | N
 
 
 class DraftModel:
-    """The draft model, its context (n_seq sequences, one per scheduler slot) and what
-    each sequence holds. Used on the llama.cpp thread only, under the scheduler's lock."""
+    """The draft model, its context (n_seq sequences, one per scheduler or batch runner
+    slot) and what each sequence holds. Used on the llama.cpp thread only, under the
+    scheduler's (or the batch runner's) lock."""
 
     def __init__(self, lib: Any, model: Any, ctx: Any, path: Path, n_vocab_target: int) -> None:
         self._lib = lib
