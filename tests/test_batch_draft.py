@@ -9,20 +9,19 @@ KV cell 256 (speculative.py's docstring: past it a near-tie may part a long repl
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tui_infer.cli import main
+from tests.support.batch_runs import assert_same, items, run
+from tests.support.batch_runs import batch_cli as support_batch_cli
 from tui_infer.core.inference.batched import (
     BatchError,
     BatchItem,
-    BatchProgress,
-    BatchResult,
     BatchRunner,
 )
 from tui_infer.core.inference.draft import DraftModelError
@@ -36,12 +35,6 @@ PROMPTS = [
     "Give three tips for writing clear emails.",
 ]
 GREEDY = SamplingParams(temperature=0, max_tokens=40)
-LP_TOL = 2e-3  # the same row of logits decoded in a wider batch: float rounding only
-
-
-def items(prompts: list[str], tag: str = "p", system: str | None = None) -> list[BatchItem]:
-    head = (Message("system", system),) if system else ()
-    return [BatchItem(f"{tag}{i}", (*head, Message("user", p))) for i, p in enumerate(prompts)]
 
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["parallel1", "parallel3"])
@@ -54,31 +47,6 @@ def runner(request: pytest.FixtureRequest, model_path: Path) -> Iterator[BatchRu
     ) as r:
         assert r.draft is not None and r.draft_note is None  # not larger than itself
         yield r
-
-
-def run(
-    runner: BatchRunner,
-    batch: list[BatchItem],
-    sampling: SamplingParams,
-    mode: str,
-    seed: int = 7,
-    system: str | None = None,
-) -> tuple[dict[str, BatchResult], BatchProgress]:
-    progress = BatchProgress()
-    got = runner.run(batch, sampling, seed, system, None, progress, speculative=mode)
-    return {r.id: r for r in got}, progress
-
-
-def assert_same(plain: dict[str, BatchResult], drafted: dict[str, BatchResult]) -> None:
-    assert plain.keys() == drafted.keys()
-    for key, a in plain.items():
-        b = drafted[key]
-        assert b.text == a.text, key
-        assert (b.finish_reason, b.generated_tokens) == (a.finish_reason, a.generated_tokens)
-        assert a.mean_logprob is not None and b.mean_logprob is not None
-        assert a.min_logprob is not None and b.min_logprob is not None
-        assert math.isclose(b.mean_logprob, a.mean_logprob, abs_tol=LP_TOL), key
-        assert math.isclose(b.min_logprob, a.min_logprob, abs_tol=LP_TOL), key
 
 
 def test_greedy_outputs_and_logprobs_are_those_without_drafts(runner: BatchRunner) -> None:
@@ -181,26 +149,7 @@ def test_close_frees_the_draft(model_path: Path) -> None:
 # ----- the command ---------------------------------------------------------------------------
 
 
-def batch_cli(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    name: str,
-    *flags: str,
-) -> tuple[int, list[dict], str, str]:
-    """`tui-infer batch` on PROMPTS in a data dir of its own (the store would otherwise
-    answer the second run from the first one's predictions)."""
-    src = tmp_path / "in.jsonl"
-    src.write_text(
-        "".join(json.dumps({"id": f"c{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS))
-    )
-    monkeypatch.setenv("TUI_INFER_DATA_DIR", str(tmp_path / f"data-{name}"))
-    out = tmp_path / f"{name}.jsonl"
-    argv = ["batch", str(src), "-o", str(out), "--max-tokens", "32", "--ctx", "1024", *flags]
-    code = main(argv)
-    captured = capsys.readouterr()
-    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    return code, rows, captured.out, captured.err
+batch_cli = functools.partial(support_batch_cli, prompts=PROMPTS, max_tokens=32, ctx=1024)
 
 
 SAME = ("id", "output", "key", "params_hash", "finish_reason", "generated_tokens")

@@ -5,15 +5,16 @@ without drafts, and the run's summary carries what drafting did."""
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tui_infer.cli import main
+from tests.support.batch_runs import assert_same, items, run
+from tests.support.batch_runs import batch_cli as support_batch_cli
 from tui_infer.core.inference.batched import (
     AUTO_MAX_WIDTH,
     AUTO_MIN_ACCEPT,
@@ -21,7 +22,6 @@ from tui_infer.core.inference.batched import (
     AUTO_PROBE,
     BatchItem,
     BatchProgress,
-    BatchResult,
     BatchRunner,
 )
 from tui_infer.core.inference.types import LoadOptions, Message, SamplingParams
@@ -51,11 +51,6 @@ FREE = [
     "Give me three tips for learning to cook.",
 ]
 GREEDY = SamplingParams(temperature=0, max_tokens=64)
-LP_TOL = 2e-3  # the same row of logits decoded in a wider batch: float rounding only
-
-
-def items(prompts: list[str], tag: str = "p") -> list[BatchItem]:
-    return [BatchItem(f"{tag}{i}", (Message("user", p),)) for i, p in enumerate(prompts)]
 
 
 @pytest.fixture(scope="module", params=[1, 4], ids=["parallel1", "parallel4"])
@@ -65,26 +60,6 @@ def runner(request: pytest.FixtureRequest, model_path: Path) -> Iterator[BatchRu
         model_path, LoadOptions(ctx=1024 * parallel, threads=2), parallel=parallel
     ) as r:
         yield r
-
-
-def run(
-    runner: BatchRunner, batch: list[BatchItem], sampling: SamplingParams, mode: str
-) -> tuple[dict[str, BatchResult], BatchProgress]:
-    progress = BatchProgress()
-    got = runner.run(batch, sampling, 7, None, None, progress, speculative=mode)
-    return {r.id: r for r in got}, progress
-
-
-def assert_same(plain: dict[str, BatchResult], drafted: dict[str, BatchResult]) -> None:
-    assert plain.keys() == drafted.keys()
-    for key, a in plain.items():
-        b = drafted[key]
-        assert b.text == a.text, key
-        assert (b.finish_reason, b.generated_tokens) == (a.finish_reason, a.generated_tokens)
-        assert a.mean_logprob is not None and b.mean_logprob is not None
-        assert a.min_logprob is not None and b.min_logprob is not None
-        assert math.isclose(b.mean_logprob, a.mean_logprob, abs_tol=LP_TOL), key
-        assert math.isclose(b.min_logprob, a.min_logprob, abs_tol=LP_TOL), key
 
 
 def test_greedy_outputs_and_logprobs_are_the_same_with_drafts(runner: BatchRunner) -> None:
@@ -209,26 +184,7 @@ def test_a_bad_mode_for_the_runner(runner: BatchRunner) -> None:
 # ----- the command ---------------------------------------------------------------------------
 
 
-def batch_cli(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    name: str,
-    *flags: str,
-) -> tuple[int, list[dict], str, str]:
-    """`tui-infer batch` on the copying prompts in a data dir of its own (the store would
-    otherwise answer the second run from the first one's predictions)."""
-    src = tmp_path / "in.jsonl"
-    src.write_text(
-        "".join(json.dumps({"id": f"c{i}", "prompt": p}) + "\n" for i, p in enumerate(COPYING))
-    )
-    monkeypatch.setenv("TUI_INFER_DATA_DIR", str(tmp_path / f"data-{name}"))
-    out = tmp_path / f"{name}.jsonl"
-    argv = ["batch", str(src), "-o", str(out), "--max-tokens", "40", "--ctx", "2048", *flags]
-    code = main(argv)
-    captured = capsys.readouterr()
-    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    return code, rows, captured.out, captured.err
+batch_cli = functools.partial(support_batch_cli, prompts=COPYING, max_tokens=40, ctx=2048)
 
 
 def test_batch_cli_drafts_and_keeps_outputs_and_keys(
@@ -285,16 +241,13 @@ def test_batch_takes_the_speculative_setting(
     assert json.loads(out)["speculative"]["mode"] == "off"
 
 
-def test_draft_without_a_model_and_bad_values_are_one_line_exit_2(
+def test_a_bad_value_is_one_line_exit_2(
     model_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, rows, _, err = batch_cli(tmp_path, monkeypatch, capsys, "draft", "--speculative", "draft")
-    assert code == 2 and not rows
-    assert len(err.strip().splitlines()) == 1
-    assert "--speculative ngram" in err and "--draft MODEL" in err
+    # (--speculative draft without a draft model: tests/test_batch_draft.py)
     code, rows, _, err = batch_cli(tmp_path, monkeypatch, capsys, "bad", "--speculative", "fast")
     assert code == 2 and not rows
     assert len(err.strip().splitlines()) == 1

@@ -399,10 +399,10 @@ def _draft_file(settings: Settings, speculative: str) -> Path | None:
     `run` does it (a path or a library name; ModelFileError names what is wrong)."""
     if speculative != "draft":
         return None
-    from tui_infer.core.inference.engine import _draft_path
+    from tui_infer.core.inference.engine import draft_path
     from tui_infer.core.inference.types import LoadOptions
 
-    return _draft_path(replace(LoadOptions.from_settings(settings), speculative="draft"))
+    return draft_path(replace(LoadOptions.from_settings(settings), speculative="draft"))
 
 
 def _provenance(

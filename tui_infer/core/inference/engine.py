@@ -53,10 +53,10 @@ from tui_infer.core.inference.types import (
 )
 from tui_infer.core.models.gguf import GgufHeader, read_header
 
-__all__ = ["Engine", "GenerationError", "ReplyStream", "make_sampler", "token_piece"]
+__all__ = ["Engine", "GenerationError", "ReplyStream", "draft_path", "make_sampler", "token_piece"]
 
 
-def _draft_path(options: LoadOptions) -> Path | None:
+def draft_path(options: LoadOptions) -> Path | None:
     """The draft model's file (LoadOptions.draft_model: a path or a library name), its
     header checked; None without one, or when the mode never drafts with it."""
     if not options.draft_model or options.speculative in ("off", "ngram"):
@@ -191,7 +191,7 @@ class Engine:
         # llama.cpp's C log is caught by llama_log; Python-level prints by the sink.
         sink = io.StringIO()
         n_ctx = options.ctx * options.parallel
-        draft_path = _draft_path(options)
+        draft_file = draft_path(options)
 
         def build() -> tuple[Any, Any]:
             model = load_model(lib, header.path, options, sink)
@@ -214,12 +214,12 @@ class Engine:
             )
         load_log = llama_log.lines_since(mark)
         draft, note = None, None
-        if draft_path is not None:
+        if draft_file is not None:
             from tui_infer.core.inference.draft import load_draft
 
             try:
                 draft, note = on_llama_thread(
-                    lambda: load_draft(lib, draft_path, model, header.path, options, n_ctx, sink)
+                    lambda: load_draft(lib, draft_file, model, header.path, options, n_ctx, sink)
                 )
             except BaseException:
                 lib.llama_free(ctx)
