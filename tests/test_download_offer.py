@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets import Button, Input, OptionList, ProgressBar, Static
 
 from tests.support.hub_server import HubServer, Repo
 from tests.support.pilot import banner, wait_for
@@ -46,6 +46,22 @@ async def the_offer(pilot: object) -> DownloadOfferScreen:
     return screen
 
 
+async def click_download(pilot: object, offer: DownloadOfferScreen) -> None:
+    """Click Download as a person would once the offer is drawn: the hub's answer shows the
+    file and fit lines and enables the button in one handler, and a click aimed before the
+    dialog is laid out again lands where the button was (seen under load)."""
+    button = offer.query_one("#offer-download", Button)
+    await wait_for(pilot, lambda: not button.disabled, 60)
+    await pilot.pause(0.1)  # type: ignore[attr-defined]
+    await pilot.click("#offer-download")  # type: ignore[attr-defined]
+    app = pilot.app  # type: ignore[attr-defined]
+    try:
+        await wait_for(pilot, lambda: offer.downloading or app.screen is not offer, 10)
+    except AssertionError:
+        status = text(offer, "#offer-status")
+        raise AssertionError(f"the click did not start the download: {status}") from None
+
+
 async def test_the_offer_gives_size_and_fit_and_download_loads_the_model(
     server: HubServer,  # noqa: F811
     model_path: Path,
@@ -70,7 +86,7 @@ async def test_the_offer_gives_size_and_fit_and_download_loads_the_model(
         assert all(h.range for h in server.state.gets(REAL_FILE))
         assert server.state.bytes_sent(REAL_FILE) < size
 
-        await pilot.click("#offer-download")
+        await click_download(pilot, offer)
         await wait_for(pilot, lambda: app.screen is app.chat, 120)  # type: ignore[attr-defined]
         await wait_for(pilot, lambda: app.chat.engine is not None, 120)  # type: ignore[attr-defined]
         loaded = app.chat.model_path  # type: ignore[attr-defined]
@@ -112,9 +128,13 @@ async def test_cancel_during_the_download_keeps_the_part_and_the_next_resumes(
     async with app.run_test(size=SIZE) as pilot:  # type: ignore[attr-defined]
         offer = await the_offer(pilot)
         await wait_for(pilot, lambda: offer.model is not None, 60)
-        await pilot.click("#offer-download")
-        await wait_for(pilot, lambda: server.state.bytes_sent(REAL_FILE) > 2_000_000, 30)
-        assert str(offer.query_one("#offer-cancel", Button).label) == "Cancel download"
+        await click_download(pilot, offer)
+        # well into the file (the server counts a request's bytes only when it ends, and
+        # the offer's header reads are requests of their own: watch the progress bar)
+        bar = offer.query_one("#offer-bar", ProgressBar)
+        await wait_for(pilot, lambda: (bar.progress or 0) > 2_000_000, 30)
+        shown = f"{text(offer, '#offer-status')} / {offer.query_one('#offer-progress').render()}"
+        assert str(offer.query_one("#offer-cancel", Button).label) == "Cancel download", shown
         await pilot.press("escape")  # stops the download; the dialog closes once it has
         await wait_for(pilot, lambda: app.screen is app.chat, 30)  # type: ignore[attr-defined]
         assert not offer.downloading and app.chat.engine is None  # type: ignore[attr-defined]
@@ -127,7 +147,7 @@ async def test_cancel_during_the_download_keeps_the_part_and_the_next_resumes(
         await pilot.press("enter")
         offer = await the_offer(pilot)
         await wait_for(pilot, lambda: offer.model is not None, 60)
-        await pilot.click("#offer-download")
+        await click_download(pilot, offer)
         await wait_for(pilot, lambda: app.chat.engine is not None, 120)  # type: ignore[attr-defined]
         assert app.chat.model_path.read_bytes() == model_path.read_bytes()  # type: ignore[attr-defined]
     last = server.state.gets(REAL_FILE)[-1]
