@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import Static
 from textual.widgets._footer import FooterKey
 
+from tests.support.app_classes import app_classes_with_keys
 from tests.support.pilot import ready, synthetic_app
 from tui_infer.app.app import TuiInferApp
 from tui_infer.app.screens.chat import ChatScreen
@@ -32,24 +33,12 @@ def _bindings() -> list[Binding]:
 
 
 def _every_screens_bindings() -> list[Binding]:
-    """The bindings of every screen, dialog and widget of the app (its modules' classes)."""
-    import importlib
-    import inspect
-    import pkgutil
-
-    import tui_infer.app
-    import tui_infer.app.screens
-    import tui_infer.app.widgets
-
+    """The bindings of every screen, dialog and widget of the app (its modules' classes;
+    Textual's own left out: a TextArea's Ctrl+A is line start, not ours)."""
     out = _bindings()
-    for pkg in (tui_infer.app, tui_infer.app.screens, tui_infer.app.widgets):
-        for info in pkgutil.iter_modules(pkg.__path__):
-            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
-            for _, cls in inspect.getmembers(module, inspect.isclass):
-                if cls.__module__ != module.__name__:
-                    continue  # Textual's own (a TextArea's Ctrl+A is line start, not ours)
-                for b in cls.__dict__.get("BINDINGS", []):
-                    out.append(b if isinstance(b, Binding) else Binding(b[0], b[1]))
+    for cls in app_classes_with_keys():
+        for b in cls.__dict__["BINDINGS"]:
+            out.append(b if isinstance(b, Binding) else Binding(b[0], b[1]))
     return out
 
 

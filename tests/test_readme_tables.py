@@ -7,9 +7,6 @@ flag without its row (or leave a row behind) and a test here fails, naming it.""
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
-import pkgutil
 import re
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 
+from tests.support.app_classes import app_classes_with_keys
 from tui_infer.app.app import TuiInferApp
 from tui_infer.app.screens.batch import BatchScreen
 from tui_infer.app.screens.bench import BenchScreen
@@ -133,22 +131,6 @@ def _bindings_of(cls: type) -> list[Binding]:
     ]
 
 
-def _app_classes_with_keys() -> set[type]:
-    """Every class of tui_infer.app's modules that declares BINDINGS."""
-    import tui_infer.app
-    import tui_infer.app.screens
-    import tui_infer.app.widgets
-
-    found = set()
-    for pkg in (tui_infer.app, tui_infer.app.screens, tui_infer.app.widgets):
-        for info in pkgutil.iter_modules(pkg.__path__):
-            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
-            for _, cls in inspect.getmembers(module, inspect.isclass):
-                if cls.__module__ == module.__name__ and "BINDINGS" in cls.__dict__:
-                    found.add(cls)
-    return found
-
-
 def _chat_bindings() -> list[Binding]:
     return [*_bindings_of(TuiInferApp), *_bindings_of(ChatScreen)]
 
@@ -247,7 +229,7 @@ def test_the_screens_tables_rows_are_their_bindings() -> None:
 
 def test_every_screen_with_keys_has_its_rows() -> None:
     mapped = {c for classes in SCREENS.values() for c in classes}
-    missing = _app_classes_with_keys() - mapped - {TuiInferApp, ChatScreen}
+    missing = app_classes_with_keys() - mapped - {TuiInferApp, ChatScreen}
     assert not missing, (
         f"screens with keys the README's tables leave out: {sorted(c.__name__ for c in missing)}"
     )
@@ -260,7 +242,7 @@ def test_every_bold_key_in_the_readme_exists() -> None:
     assert len(named) > 20
     bound = {
         k
-        for cls in _app_classes_with_keys() | {TuiInferApp, ChatScreen}
+        for cls in app_classes_with_keys() | {TuiInferApp, ChatScreen}
         for b in _bindings_of(cls)
         for k in b.key.split(",")
     } | UNBOUND_CHAT_KEYS

@@ -15,18 +15,10 @@ import pytest
 
 from tests.support.gguf_craft import write_gguf
 from tests.test_json_output import documented, run
+from tests.test_models_cli import META
 from tests.test_verify import CRAFTED, EXPECTED, ORDINARY, crafted_run, store_path
 from tui_infer.cli import main
 from tui_infer.core.static.store import PredictionStore
-
-META = {
-    "general.architecture": "llama",
-    "general.name": "Tiny",
-    "llama.block_count": 2,
-    "llama.context_length": 256,
-    "llama.embedding_length": 8,
-    "llama.attention.head_count": 2,
-}
 
 
 def both(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str, int, Any, str]:
